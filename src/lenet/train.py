@@ -43,9 +43,14 @@ def train(cfg: DictConfig) -> dict[str, float]:
     trainer.test(module, datamodule=datamodule, ckpt_path="best" if best else None, verbose=False)
 
     metrics = summary.metrics
-    log.info("val/acc_best %.4f  test/acc %.4f  (%d epochs, %.1f s, %.0f train images/s)",
-             metrics.get("val/acc_best", float("nan")), metrics.get("test/acc", float("nan")),
-             metrics["epochs"], metrics["wall_s"], metrics["train_images_per_s"])
+    log.info(
+        "val/acc_best %.4f  test/acc %.4f  (%d epochs, %.1f s, %.0f train images/s)",
+        metrics.get("val/acc_best", float("nan")),
+        metrics.get("test/acc", float("nan")),
+        metrics["epochs"],
+        metrics["wall_s"],
+        metrics["train_images_per_s"],
+    )
     log.info("Run outputs: %s", run_dir.resolve())
     return metrics
 

@@ -1,0 +1,91 @@
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from conftest import compose_config, fixture_overrides
+from lenet.config import CONFIG_DIR, ConfigError, check
+from lenet.summary import hparams_of
+from lenet.train import train
+
+GROUPS = ["model", "data", "optimizer", "scheduler", "trainer", "logger", "callbacks", "experiment", "debug"]
+
+
+def options(group: str) -> list[str]:
+    return sorted(path.stem for path in (Path(CONFIG_DIR) / group).glob("*.yaml"))
+
+
+def test_every_group_has_options():
+    assert all(options(group) for group in GROUPS)
+    assert options("data") == ["fashion_mnist", "kmnist", "mnist"]
+    assert options("optimizer") == ["adam", "adamw", "sgd"]
+    assert options("scheduler") == ["cosine", "none", "onecycle", "step"]
+
+
+@pytest.mark.parametrize(
+    "override", [f"{g}={o}" for g in GROUPS for o in options(g) if g != "trainer"] + ["trainer=cpu"]
+)
+def test_every_option_composes_and_trains(override, flat_root, tmp_path):
+    quick = [] if override.startswith("debug=") else ["debug=fast_dev_run"]
+    cfg = compose_config(*fixture_overrides(flat_root, tmp_path), override, *quick)
+    metrics = train(cfg)
+    assert metrics["epochs"] >= 1 and 0 <= metrics["test/acc"] <= 1
+    assert set(hparams_of(cfg)) == set(hparams_of(compose_config(f"run_dir={tmp_path}")))
+
+
+def test_trainer_options_compose_with_their_accelerator():
+    assert [compose_config(f"trainer={o}", "run_dir=x").trainer.accelerator for o in options("trainer")] == [
+        "cpu",
+        "auto",
+        "gpu",
+    ]
+
+
+def test_experiment_seed_is_the_seed_scripts_recipe():
+    cfg = compose_config("experiment=seed", "run_dir=x")
+    assert OmegaConf.to_container(cfg.optimizer) == {
+        "_target_": "torch.optim.SGD",
+        "_partial_": True,
+        "lr": 0.001,
+        "momentum": 0.9,
+        "nesterov": False,
+        "weight_decay": 0.0,
+    }
+    assert not cfg.scheduler
+    assert (cfg.data.batch_size, cfg.data.mean, cfg.data.std, cfg.trainer.max_epochs) == (64, 0.5, 0.5, 10)
+    assert OmegaConf.to_container(cfg.model) == OmegaConf.to_container(compose_config("run_dir=x").model)
+    assert (cfg.model.activation, cfg.model.pooling, cfg.model.batch_norm, cfg.model.dropout) == (
+        "relu",
+        "max",
+        False,
+        0,
+    )
+
+
+def test_keys_users_type_exist():
+    cfg = compose_config("run_dir=x")
+    for key in ["optimizer.lr", "data.batch_size", "data.root", "trainer.max_epochs", "trainer.accelerator", "seed"]:
+        assert OmegaConf.select(cfg, key, default="missing") != "missing", key
+    assert cfg.ckpt_path is None
+
+
+def test_data_root_defaults_to_data_and_follows_LENET_DATA(monkeypatch):
+    assert compose_config("run_dir=x").data.root == "data"
+    monkeypatch.setenv("LENET_DATA", "/srv/mnist")
+    assert compose_config("run_dir=x").data.root == "/srv/mnist"
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("optimizer.lr=abc", "optimizer.lr='abc' is not allowed: it must be a number > 0"),
+        ("optimizer.lr=-0.1", "optimizer.lr=-0.1 is not allowed"),
+        ("data.batch_size=0", "data.batch_size=0 is not allowed: it must be an integer >= 1"),
+        ("data.batch_size=1.5", "data.batch_size=1.5 is not allowed"),
+        ("trainer.max_epochs=0", "trainer.max_epochs=0 is not allowed"),
+    ],
+)
+def test_bad_values_are_named_with_what_is_allowed(override, message):
+    with pytest.raises(ConfigError) as error:
+        check(compose_config(override, "run_dir=x"))
+    assert str(error.value).startswith(message)

@@ -1,0 +1,58 @@
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lenet.model import LeNet
+
+
+class SeedLeNet(nn.Module):
+    """The model of the seed script (../shared/seed/), verbatim."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 6, 5)
+        self.pool = nn.MaxPool2d(2, 2)
+        self.conv2 = nn.Conv2d(6, 16, 5)
+        self.fc1 = nn.Linear(16 * 4 * 4, 120)
+        self.fc2 = nn.Linear(120, 84)
+        self.fc3 = nn.Linear(84, 10)
+
+    def forward(self, x):
+        x = self.pool(F.relu(self.conv1(x)))
+        x = self.pool(F.relu(self.conv2(x)))
+        x = x.view(-1, 16 * 4 * 4)
+        x = F.relu(self.fc1(x))
+        x = F.relu(self.fc2(x))
+        return self.fc3(x)
+
+
+def test_default_model_computes_exactly_what_the_seed_model_computes():
+    seed, ours = SeedLeNet(), LeNet()
+    ours.load_state_dict(dict(zip(ours.state_dict(), seed.state_dict().values(), strict=True)))
+    images = torch.randn(8, 1, 28, 28)
+    torch.testing.assert_close(ours(images), seed(images), rtol=0, atol=0)
+    assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in seed.parameters()) == 44426
+
+
+@pytest.mark.parametrize("activation", ["relu", "tanh"])
+@pytest.mark.parametrize("pooling", ["max", "avg"])
+@pytest.mark.parametrize("batch_norm", [False, True])
+def test_every_knob_builds_a_trainable_model(activation, pooling, batch_norm):
+    model = LeNet(activation=activation, pooling=pooling, batch_norm=batch_norm, dropout=0.3)
+    logits = model(torch.randn(4, 1, 28, 28))
+    assert logits.shape == (4, 10)
+    logits.sum().backward()
+    assert all(p.grad is not None for p in model.parameters())
+    assert any(isinstance(m, nn.BatchNorm2d) for m in model) == batch_norm
+    assert any(isinstance(m, nn.Dropout) for m in model)
+
+
+def test_dropout_is_off_by_default_and_classes_are_configurable():
+    assert not any(isinstance(m, nn.Dropout) for m in LeNet())
+    assert LeNet(num_classes=3)(torch.randn(2, 1, 28, 28)).shape == (2, 3)
+
+
+def test_unknown_activation_names_the_choices():
+    with pytest.raises(ValueError, match="relu"):
+        LeNet(activation="gelu")

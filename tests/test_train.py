@@ -1,0 +1,89 @@
+"""A real training run on fixture data, and what it leaves behind."""
+
+import json
+import subprocess
+
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
+
+from conftest import compose_config, fixture_overrides, lenet_command
+from lenet.train import train
+
+EPOCHS = 3
+
+
+@pytest.fixture(scope="module")
+def run(flat_root, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("run")
+    metrics = train(compose_config(*fixture_overrides(flat_root, run_dir)))
+    return run_dir, metrics
+
+
+@pytest.fixture(scope="module")
+def events(run):
+    accumulator = EventAccumulator(str(run[0]), size_guidance={"scalars": 0, "images": 0, "tensors": 0})
+    return accumulator.Reload()
+
+
+def test_training_learns_far_above_chance(run):
+    _, metrics = run
+    assert metrics["val/acc_best"] > 0.6 and metrics["test/acc"] > 0.6  # chance is 0.1, the fixture's ceiling ~0.82
+    assert metrics["train/loss"] < 2.0  # ln(10) = 2.30 at chance
+
+
+def test_metrics_json_holds_the_final_metrics_under_their_logged_names(run):
+    run_dir, metrics = run
+    written = json.loads((run_dir / "metrics.json").read_text())
+    assert written == pytest.approx(metrics)
+    for key in ["train/loss", "train/acc", "val/loss", "val/acc", "val/acc_best", "test/loss", "test/acc"]:
+        assert 0 <= written[key] < 10, key
+    assert written["epochs"] == EPOCHS
+    assert written["wall_s"] > 0 and written["train_images_per_s"] > 0
+
+
+def test_best_and_last_checkpoints_are_written(run):
+    run_dir, _ = run
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
+
+
+def test_tensorboard_gets_curves_lr_and_a_confusion_matrix(events, run):
+    scalars = events.Tags()["scalars"]
+    for tag in ["train/loss", "train/acc", "val/loss", "val/acc", "val/acc_best", "test/acc", "lr-SGD"]:
+        assert tag in scalars, tag
+    assert len(events.Scalars("val/acc")) == EPOCHS
+    assert "test/confusion_matrix" in events.Tags()["images"]
+
+
+def test_tensorboard_hparams_carry_the_config_and_the_real_final_accuracy(events, run):
+    _, metrics = run
+    session = HParamsPluginData.FromString(events.PluginTagToContent("hparams")["_hparams_/session_start_info"])
+    hparams = session.session_start_info.hparams
+    assert hparams["optimizer"].string_value == "SGD" and hparams["lr"].number_value == pytest.approx(0.05)
+    assert hparams["batch_size"].number_value == 32
+    assert "hp_metric" not in events.Tags()["scalars"]  # Lightning's placeholder -1 is off
+    assert events.Scalars("hp/test_acc")[-1].value == pytest.approx(metrics["test/acc"])
+    assert events.Scalars("hp/val_acc_best")[-1].value == pytest.approx(metrics["val/acc_best"])
+
+
+def test_eval_on_the_best_checkpoint_reproduces_the_test_accuracy(run, tmp_path):
+    run_dir, metrics = run
+    eval_dir = tmp_path / "eval"
+    command = lenet_command("eval", f"ckpt_path={run_dir / 'checkpoints' / 'best.ckpt'}", f"hydra.run.dir={eval_dir}")
+    subprocess.run(command, cwd=tmp_path, check=True, capture_output=True)
+    evaluated = json.loads((eval_dir / "metrics.json").read_text())
+    assert evaluated["test/acc"] == pytest.approx(metrics["test/acc"], abs=1e-6)
+    assert evaluated["test/loss"] == pytest.approx(metrics["test/loss"], rel=1e-5)
+
+
+def test_resuming_from_last_checkpoint_continues_the_epoch_count(flat_root, tmp_path):
+    # A constant LR: OneCycle's length is fixed at the start, so a finished OneCycle run cannot be extended.
+    constant = [*fixture_overrides(flat_root, tmp_path / "first"), "scheduler=none"]
+    first = train(compose_config(*constant, "trainer.max_epochs=2"))
+    last = tmp_path / "first" / "checkpoints" / "last.ckpt"
+    resume = [*fixture_overrides(flat_root, tmp_path / "resumed"), "scheduler=none", f"ckpt_path={last}"]
+    resumed = train(compose_config(*resume, "trainer.max_epochs=3"))
+    assert (first["epochs"], resumed["epochs"]) == (2, 3)
+    assert resumed["val/acc_best"] >= first["val/acc_best"]  # the best so far survives the restart
+    events = EventAccumulator(str(tmp_path / "resumed")).Reload()
+    assert [event.step for event in events.Scalars("val/acc")] == [3 * 32 - 1]  # one new epoch, at step 96
