@@ -59,7 +59,7 @@ def test_tensorboard_hparams_carry_the_config_and_the_real_final_accuracy(events
     _, metrics = run
     session = HParamsPluginData.FromString(events.PluginTagToContent("hparams")["_hparams_/session_start_info"])
     hparams = session.session_start_info.hparams
-    assert hparams["optimizer"].string_value == "SGD" and hparams["lr"].number_value == pytest.approx(0.05)
+    assert hparams["optimizer"].string_value == "SGD" and hparams["lr"].number_value == pytest.approx(0.1)
     assert hparams["batch_size"].number_value == 32
     assert "hp_metric" not in events.Tags()["scalars"]  # Lightning's placeholder -1 is off
     assert events.Scalars("hp/test_acc")[-1].value == pytest.approx(metrics["test/acc"])

@@ -4,7 +4,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from lenet import UserError
+from lenet.console import UserError
 
 _PACKAGED = Path(__file__).parent / "conf"  # the copy a wheel ships
 _SOURCE = Path(__file__).parents[2] / "conf"  # the top-level conf/ of a source checkout
@@ -20,7 +20,7 @@ CHECKS = {
     "optimizer.lr": (float, lambda v: v > 0, "a number > 0"),
     "data.batch_size": (int, lambda v: v >= 1, "an integer >= 1"),
     "data.eval_batch_size": (int, lambda v: v >= 1, "an integer >= 1"),
-    "data.val_size": (int, lambda v: v >= 1, "an integer >= 1"),
+    "data.val_size": (int, lambda v: v >= 0, "an integer >= 0 (0: no validation)"),
     "trainer.max_epochs": (int, lambda v: v >= 1, "an integer >= 1"),
     "seed": (int, lambda v: True, "an integer"),
 }

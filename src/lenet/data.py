@@ -11,7 +11,7 @@ import torch
 from torchvision import datasets
 from torchvision.datasets.mnist import read_image_file, read_label_file
 
-from lenet import UserError
+from lenet.console import UserError
 
 DATASETS = {"mnist": datasets.MNIST, "fashion_mnist": datasets.FashionMNIST, "kmnist": datasets.KMNIST}
 # The four standard IDX files, as every MNIST-family dataset names them.
@@ -76,7 +76,8 @@ class MNISTDataModule(L.LightningDataModule):
 
     `root` is either torchvision's layout (`root/MNIST/raw/...`, downloaded there when missing) or a
     plain folder holding the four IDX files. Validation is `val_size` images carved from the official
-    training set with a fixed `split_seed`; the official test set is only ever used for testing.
+    training set with a fixed `split_seed` (0: no validation, as in the seed script); the official test
+    set is only ever used for testing.
     """
 
     def __init__(
@@ -112,9 +113,10 @@ class MNISTDataModule(L.LightningDataModule):
             try:
                 dataset(self.root, train=train, download=True)
             except (RuntimeError, OSError) as e:
+                reason = str(e).strip().splitlines()[-1]  # torchvision ends with the last mirror's error
                 files = ", ".join(f"{name}.gz" for names in SPLIT_FILES.values() for name in names)
                 raise DataError(
-                    f"could not download {dataset.__name__} into {self.root} ({str(e).splitlines()[0]}). "
+                    f"could not download {dataset.__name__} into {self.root} ({reason}). "
                     f"Without network, put {files} in a folder and pass data.root=FOLDER"
                 ) from None
 
@@ -124,8 +126,8 @@ class MNISTDataModule(L.LightningDataModule):
         device = self.trainer.strategy.root_device if self.trainer else torch.device("cpu")
         train_x, train_y = self._load("train", device)
         val_size = self.hparams.val_size
-        if not 0 < val_size < len(train_y):
-            raise DataError(f"data.val_size={val_size} must be between 1 and {len(train_y) - 1}")
+        if not 0 <= val_size < len(train_y):
+            raise DataError(f"data.val_size={val_size} must be between 0 (no validation) and {len(train_y) - 1}")
         order = torch.randperm(len(train_y), generator=torch.Generator().manual_seed(self.hparams.split_seed))
         val, train = order[:val_size].to(device), order[val_size:].to(device)
         self.splits = {
@@ -149,6 +151,8 @@ class MNISTDataModule(L.LightningDataModule):
         return InMemoryLoader(*self.splits["train"], self.hparams.batch_size, generator=self.shuffle)
 
     def val_dataloader(self):
+        if not self.hparams.val_size:
+            return []  # Lightning skips validation
         return InMemoryLoader(*self.splits["val"], self.hparams.eval_batch_size)
 
     def test_dataloader(self):

@@ -13,8 +13,8 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from lenet import report_user_errors
 from lenet.config import CONFIG_DIR, ConfigError
+from lenet.console import report_user_errors
 from lenet.data import MNISTDataModule
 from lenet.module import LeNetModule
 

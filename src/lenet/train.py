@@ -9,8 +9,8 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from lenet import report_user_errors
 from lenet.config import CONFIG_DIR, ConfigError, check
+from lenet.console import report_user_errors
 from lenet.module import LeNetModule
 from lenet.summary import RunSummary, hparams_of
 
@@ -43,14 +43,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     trainer.test(module, datamodule=datamodule, ckpt_path="best" if best else None, verbose=False)
 
     metrics = summary.metrics
-    log.info(
-        "val/acc_best %.4f  test/acc %.4f  (%d epochs, %.1f s, %.0f train images/s)",
-        metrics.get("val/acc_best", float("nan")),
-        metrics.get("test/acc", float("nan")),
-        metrics["epochs"],
-        metrics["wall_s"],
-        metrics["train_images_per_s"],
-    )
+    finals = "  ".join(f"{name} {metrics[name]:.4f}" for name in ("val/acc_best", "test/acc") if name in metrics)
+    speed = f"{metrics['epochs']} epochs, {metrics['wall_s']:.1f} s, {metrics['train_images_per_s']:.0f} train images/s"
+    log.info("%s  (%s)", finals, speed)
     log.info("Run outputs: %s", run_dir.resolve())
     return metrics
 

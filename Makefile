@@ -1,0 +1,54 @@
+# `make train` and `make test` build the virtual environment on first use.
+VENV ?= .venv
+PYTHON := $(VENV)/bin/python
+# torch and torchvision first, pinned: the rest of the stack installs against them.
+TORCH ?= torch==2.14.1 torchvision==0.29.1
+ARGS ?=
+FASHION_MNIST ?= /usr/share/datasets/fashion-mnist
+
+.DEFAULT_GOAL := help
+.PHONY: help install train sweep tensorboard test test-fast bench bench-gpu lint format clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+	@echo "  Pass overrides with ARGS, e.g. make train ARGS='optimizer=adam data.batch_size=256'"
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PYTHON) -m pip install --quiet --upgrade pip
+	$(PYTHON) -m pip install --quiet $(TORCH)
+	$(PYTHON) -m pip install --quiet -e ".[dev]"
+	touch $@
+
+install: $(VENV)/.installed  ## build .venv: torch, the stack, lenet (editable) and the dev tools
+
+train: install  ## train LeNet with the default config (ARGS=overrides)
+	$(PYTHON) -m lenet.train $(ARGS)
+
+sweep: install  ## a Hydra multirun: 3 learning rates x 2 optimizers (ARGS=more overrides)
+	$(PYTHON) -m lenet.train -m optimizer=sgd,adam optimizer.lr=0.1,0.01,0.001 $(ARGS)
+
+tensorboard: install  ## TensorBoard over every run and sweep in outputs/
+	$(VENV)/bin/tensorboard --logdir outputs
+
+test: install  ## the whole test suite (ARGS=pytest options)
+	$(PYTHON) -m pytest $(ARGS)
+
+test-fast: install  ## the tests not marked slow
+	$(PYTHON) -m pytest -m "not slow" $(ARGS)
+
+bench: install  ## throughput and time-to-accuracy against the seed's loop and a plain PyTorch loop
+	$(PYTHON) benchmarks/bench.py --data-root $(FASHION_MNIST) --dataset fashion_mnist $(ARGS)
+
+lint: install  ## ruff: lint and format check
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff format --check src tests benchmarks
+
+format: install  ## ruff: fix what it can and format
+	$(VENV)/bin/ruff check --fix src tests benchmarks
+	$(VENV)/bin/ruff format src tests benchmarks
+
+clean:  ## remove run outputs, caches and build files (keeps .venv and data/)
+	find outputs -mindepth 1 ! -name .gitkeep -exec rm -rf {} +
+	rm -rf dist build .pytest_cache .ruff_cache src/*.egg-info benchmarks/results
+	find . -name __pycache__ -not -path './.venv/*' -exec rm -rf {} +
