@@ -38,10 +38,13 @@ def test_the_validation_split_is_the_same_every_time_and_only_split_seed_changes
     assert not torch.equal(first[1], other[1])
 
 
-def test_images_are_normalized_once_with_the_configured_mean_and_std(flat_root):
-    images, _ = ready(flat_root, mean=0.5, std=0.5).splits["test"]
+def test_splits_stay_uint8_and_batches_are_normalized_with_the_configured_mean_and_std(flat_root):
+    datamodule = ready(flat_root, mean=0.5, std=0.5, eval_batch_size=SIZES["test"])
+    stored, _ = datamodule.splits["test"]
+    assert stored.dtype == torch.uint8 and stored.shape == (SIZES["test"], 1, 28, 28)
+    images, _ = datamodule.on_after_batch_transfer(next(iter(datamodule.test_dataloader())), 0)
     raw, _ = synthetic_split(SIZES["test"], seed=1)
-    assert images.dtype == torch.float32 and images.shape == (SIZES["test"], 1, 28, 28)
+    assert images.dtype == torch.float32
     torch.testing.assert_close(images[:, 0], (torch.as_tensor(raw).float() / 255 - 0.5) / 0.5)
 
 

@@ -1,4 +1,4 @@
-"""MNIST-family data: read the IDX files once, normalize once, batch from memory."""
+"""MNIST-family data: decode the IDX files once into uint8 tensors, batch and normalize from memory."""
 
 import gzip
 import math
@@ -143,9 +143,13 @@ class MNISTDataModule(L.LightningDataModule):
         else:
             dataset = DATASETS[self.hparams.dataset](self.root, train=split == "train", download=False)
             images, labels = dataset.data, dataset.targets
-        images = images.to(device).unsqueeze(1).float().div_(255)
-        images = images.sub_(self.hparams.mean).div_(self.hparams.std)
-        return images, labels.to(device)
+        return images.unsqueeze(1).to(device), labels.to(device)
+
+    def on_after_batch_transfer(self, batch, dataloader_idx):
+        """Normalize each batch where it lives: the splits stay uint8, a quarter of the memory of floats."""
+        images, labels = batch
+        mean, std = 255 * self.hparams.mean, 255 * self.hparams.std  # pixels are 0..255, not 0..1
+        return images.float().sub_(mean).div_(std), labels
 
     def train_dataloader(self):
         return InMemoryLoader(*self.splits["train"], self.hparams.batch_size, generator=self.shuffle)
