@@ -4,10 +4,12 @@ import json
 import subprocess
 
 import pytest
+import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 
 from conftest import compose_config, fixture_overrides, lenet_command
+from lenet.model import LeNet
 from lenet.train import train
 
 EPOCHS = 3
@@ -85,5 +87,17 @@ def test_resuming_from_last_checkpoint_continues_the_epoch_count(flat_root, tmp_
     resumed = train(compose_config(*resume, "trainer.max_epochs=3"))
     assert (first["epochs"], resumed["epochs"]) == (2, 3)
     assert resumed["val/acc_best"] >= first["val/acc_best"]  # the best so far survives the restart
-    events = EventAccumulator(str(tmp_path / "resumed")).Reload()
-    assert [event.step for event in events.Scalars("val/acc")] == [3 * 32 - 1]  # one new epoch, at step 96
+    before = {e.step: e.value for e in EventAccumulator(str(tmp_path / "first")).Reload().Scalars("val/acc")}
+    after = {e.step: e.value for e in EventAccumulator(str(tmp_path / "resumed")).Reload().Scalars("val/acc")}
+    assert [step for step in after if step not in before] == [3 * 32 - 1]  # one new epoch, ending at step 96
+    assert all(after[step] == before[step] for step in after if step in before)  # Lightning re-logs the last one
+
+
+@pytest.mark.parametrize(
+    "option", ["model.channels_last=true", pytest.param("model.compile=true", marks=pytest.mark.slow)]
+)
+def test_speed_options_train_and_leave_plain_checkpoints(option, flat_root, tmp_path):
+    metrics = train(compose_config(*fixture_overrides(flat_root, tmp_path), option, "trainer.max_epochs=2"))
+    assert metrics["test/acc"] > 0.3
+    state = torch.load(tmp_path / "checkpoints" / "best.ckpt", weights_only=True)["state_dict"]
+    LeNet().load_state_dict({k.removeprefix("net."): v for k, v in state.items() if k.startswith("net.")})

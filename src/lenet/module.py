@@ -25,7 +25,13 @@ class LeNetModule(L.LightningModule):
     def __init__(self, model: dict, optimizer: dict, scheduler: dict | None = None):
         super().__init__()
         self.save_hyperparameters(logger=False)  # the run logs its own, comparable hparams
+        model = dict(model)
+        compile_model, self.channels_last = model.pop("compile", False), model.pop("channels_last", False)
         self.net = instantiate(model)
+        if self.channels_last:
+            self.net.to(memory_format=torch.channels_last)
+        if compile_model:
+            self.net.compile()  # in place: checkpoints keep the plain parameter names
         classes = model.get("num_classes", 10)
         self.train_acc, self.val_acc, self.test_acc = (MulticlassAccuracy(classes, average="micro") for _ in "123")
         self.train_loss, self.val_loss, self.test_loss = MeanMetric(), MeanMetric(), MeanMetric()
@@ -34,6 +40,8 @@ class LeNetModule(L.LightningModule):
         self.test_confusion = MulticlassConfusionMatrix(classes)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
         return self.net(images)
 
     def _step(self, batch, stage: str) -> torch.Tensor:
