@@ -46,7 +46,9 @@ def test_train_prints_where_its_outputs_are(flat_root, tmp_path):
     ("overrides", "message"),
     [
         (["optimizer.lrr=0.1"], "Could not override 'optimizer.lrr'"),
-        (["optimizer.lr=abc"], "error: optimizer.lr='abc' is not allowed: it must be a number > 0"),
+        (["optimizer.lr=abc"], "Value 'abc' of type 'str' could not be converted to Float"),
+        (["optimizer.lr=-1"], "error: optimizer.lr=-1.0 is not allowed: it must be a number > 0"),
+        (["+optimizer.lrr=1"], "error: optimizer.lrr is not a setting of torch.optim.SGD"),
         (["trainer=gpu"], "error: trainer.accelerator=gpu but no CUDA GPU is visible"),
         (["ckpt_path=missing.ckpt"], "error: ckpt_path=missing.ckpt: no such checkpoint file"),
         (["data.root=pyproject.toml"], "error: data.root=pyproject.toml is a file"),
@@ -65,7 +67,7 @@ def test_bad_input_gets_a_short_clear_message_and_a_nonzero_exit(overrides, mess
 
 
 def test_full_error_shows_the_traceback_when_asked(tmp_path):
-    result = lenet(tmp_path, "train", "optimizer.lr=abc", env={**os.environ, "HYDRA_FULL_ERROR": "1"})
+    result = lenet(tmp_path, "train", "optimizer.lr=-1", env={**os.environ, "HYDRA_FULL_ERROR": "1"})
     assert result.returncode != 0 and "Traceback" in result.stderr
 
 

@@ -1,10 +1,11 @@
 from pathlib import Path
 
 import pytest
+from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
 from conftest import compose_config, fixture_overrides
-from lenet.config import CONFIG_DIR, ConfigError, check
+from lenet.config import CONFIG_DIR, ConfigError, validate
 from lenet.summary import hparams_of
 from lenet.train import train
 
@@ -79,14 +80,36 @@ def test_data_root_defaults_to_data_and_follows_LENET_DATA(monkeypatch):
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("optimizer.lr=abc", "optimizer.lr='abc' is not allowed: it must be a number > 0"),
-        ("optimizer.lr=-0.1", "optimizer.lr=-0.1 is not allowed"),
+        ("optimizer.lr=-0.1", "optimizer.lr=-0.1 is not allowed: it must be a number > 0"),
         ("data.batch_size=0", "data.batch_size=0 is not allowed: it must be an integer >= 1"),
-        ("data.batch_size=1.5", "data.batch_size=1.5 is not allowed"),
-        ("trainer.max_epochs=0", "trainer.max_epochs=0 is not allowed"),
+        ("data.val_size=-1", "data.val_size=-1 is not allowed: it must be an integer >= 0"),
+        ("trainer.max_epochs=0", "trainer.max_epochs=0 is not allowed: it must be an integer >= 1"),
+        ("model.activation=gelu", "model.activation='gelu' is not allowed: it must be one of relu, tanh"),
+        ("model.dropout=1.5", "model.dropout=1.5 is not allowed: it must be a number in [0, 1)"),
+        ("scheduler.pct_start=0", "scheduler.pct_start=0.0 is not allowed: it must be a number in (0, 1)"),
+        ("threads=0", "threads=0 is not allowed: it must be an integer >= 1, or null"),
+        ("+optimizer.lrr=1", "optimizer.lrr is not a setting of torch.optim.SGD; its settings: dampening,"),
+        ("++data.bach_size=1", "data.bach_size is not a setting of lenet.data.MNISTDataModule"),
+        ("+callbacks.checkpoint.monitr=x", "callbacks.checkpoint.monitr is not a setting of lightning.pytorch"),
     ],
 )
-def test_bad_values_are_named_with_what_is_allowed(override, message):
+def test_bad_values_and_unknown_keys_are_named_with_what_is_allowed(override, message):
     with pytest.raises(ConfigError) as error:
-        check(compose_config(override, "run_dir=x"))
+        validate(compose_config(override, "run_dir=x"))
     assert str(error.value).startswith(message)
+
+
+@pytest.mark.parametrize("override", ["optimizer.lr=abc", "trainer.max_epochs=1.5", "seed=x", "data.batch_size=abc"])
+def test_wrong_types_are_refused_when_hydra_composes(override):
+    with pytest.raises(ConfigCompositionException) as error:
+        compose_config(override, "run_dir=x")
+    assert "could not be converted" in str(error.value.__cause__)
+
+
+def test_trainer_arguments_without_a_schema_field_can_still_be_added():
+    validate(compose_config("+trainer.gradient_clip_val=1.0", "run_dir=x"))
+
+
+def test_a_missing_required_value_is_named():
+    with pytest.raises(ConfigError, match="ckpt_path is required: set it on the command line"):
+        validate(compose_config("run_dir=x", config_name="eval"))

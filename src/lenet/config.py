@@ -1,34 +1,73 @@
-"""Where the Hydra configs live, and the start-up checks on the values users type most."""
+"""Where the Hydra configs live, and the start-up check of a composed config."""
 
+import inspect
+from dataclasses import fields
 from pathlib import Path
 
+from hydra.utils import get_object
 from omegaconf import DictConfig, OmegaConf
 
+from lenet import schema
 from lenet.console import UserError
 
 _PACKAGED = Path(__file__).parent / "conf"  # the copy a wheel ships
 _SOURCE = Path(__file__).parents[2] / "conf"  # the top-level conf/ of a source checkout
 CONFIG_DIR = str(_PACKAGED if _PACKAGED.is_dir() else _SOURCE)
+HYDRA_KEYS = {"_target_", "_partial_", "_recursive_", "_convert_", "_args_"}
+
+schema.register()  # before Hydra composes: the YAML options name their schemas in their defaults
 
 
 class ConfigError(UserError):
     """A config value that cannot work."""
 
 
-# key: (type, test, what is allowed). Checked before any data loads.
-CHECKS = {
-    "optimizer.lr": (float, lambda v: v > 0, "a number > 0"),
-    "data.batch_size": (int, lambda v: v >= 1, "an integer >= 1"),
-    "data.eval_batch_size": (int, lambda v: v >= 1, "an integer >= 1"),
-    "data.val_size": (int, lambda v: v >= 0, "an integer >= 0 (0: no validation)"),
-    "trainer.max_epochs": (int, lambda v: v >= 1, "an integer >= 1"),
-    "seed": (int, lambda v: True, "an integer"),
-}
+def validate(cfg: DictConfig) -> None:
+    """Required values, ranges and choices, and keys no schema or target knows (`+optimizer.lrr=1`)."""
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise ConfigError(f"{missing[0]} is required: set it on the command line, e.g. {missing[0]}=VALUE")
+    if "run_dir" in cfg:  # the training config (lenet.eval has its own, smaller one)
+        _check_values("", cfg, schema.Config)
+    for path, node in _instantiated(cfg):
+        target_schema = schema.BY_TARGET.get(node._target_)
+        if target_schema:
+            _check_values(path, node, target_schema)
+        _check_keys(path, node, target_schema)
 
 
-def check(cfg: DictConfig) -> None:
-    for key, (kind, test, allowed) in CHECKS.items():
-        value = OmegaConf.select(cfg, key)
-        is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
-        if not is_number or (kind is int and not isinstance(value, int)) or not test(value):
-            raise ConfigError(f"{key}={value!r} is not allowed: it must be {allowed}")
+def _instantiated(node: DictConfig, path: str = ""):
+    """(dotted path, node) of every node with a `_target_`, depth first."""
+    for key in node:
+        child = node[key]
+        if isinstance(child, DictConfig):
+            child_path = f"{path}{key}"
+            if "_target_" in child:
+                yield child_path, child
+            yield from _instantiated(child, f"{child_path}.")
+
+
+def _check_values(path: str, node: DictConfig, node_schema) -> None:
+    for spec in fields(node_schema):
+        test = spec.metadata.get("test")
+        if test is None or spec.name not in node:
+            continue
+        value = node[spec.name]
+        try:
+            ok = test(value)
+        except TypeError:
+            ok = False
+        if not ok:
+            key = f"{path}.{spec.name}" if path else spec.name
+            raise ConfigError(f"{key}={value!r} is not allowed: it must be {spec.metadata['allowed']}")
+
+
+def _check_keys(path: str, node: DictConfig, node_schema) -> None:
+    parameters = inspect.signature(get_object(node._target_)).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return  # the target takes any keyword
+    known = set(parameters) | HYDRA_KEYS | ({spec.name for spec in fields(node_schema)} if node_schema else set())
+    for key in node:
+        if key not in known:
+            settings = ", ".join(sorted(known - HYDRA_KEYS - {"params", "optimizer"}))
+            raise ConfigError(f"{path}.{key} is not a setting of {node._target_}; its settings: {settings}")

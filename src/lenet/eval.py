@@ -13,7 +13,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from lenet.config import CONFIG_DIR, ConfigError
+from lenet.config import CONFIG_DIR, ConfigError, validate
 from lenet.console import report_user_errors
 from lenet.data import MNISTDataModule
 from lenet.module import LeNetModule
@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
+    validate(cfg)
     ckpt = Path(cfg.ckpt_path)
     if not ckpt.is_file():
         raise ConfigError(f"ckpt_path={cfg.ckpt_path}: no such checkpoint file")

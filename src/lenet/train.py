@@ -9,7 +9,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from lenet.config import CONFIG_DIR, ConfigError, check
+from lenet.config import CONFIG_DIR, ConfigError, validate
 from lenet.console import report_user_errors
 from lenet.module import LeNetModule
 from lenet.summary import RunSummary, hparams_of
@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit, test the best checkpoint, write `metrics.json` in `cfg.run_dir`; return the final metrics."""
-    check(cfg)
+    validate(cfg)
     if cfg.trainer.accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
         raise ConfigError("trainer.accelerator=gpu but no CUDA GPU is visible here; use trainer=cpu or trainer=default")
     resume = cfg.ckpt_path and Path(cfg.ckpt_path)
