@@ -1,8 +1,14 @@
+import gzip
+import http.server
+import threading
+from pathlib import Path
+
+import numpy as np
 import pytest
 import torch
 from torchvision import datasets
 
-from conftest import SIZES, VAL_SIZE, synthetic_split, write_dataset
+from conftest import SIZES, VAL_SIZE, synthetic_split, write_dataset, write_idx
 from lenet.data import DataError, InMemoryLoader, MNISTDataModule
 
 
@@ -85,3 +91,82 @@ def test_a_data_root_that_is_a_file_is_refused(tmp_path):
     (tmp_path / "file").write_text("")
     with pytest.raises(DataError, match="is a file"):
         MNISTDataModule(root=str(tmp_path / "file")).prepare_data()
+
+
+def broken_copy(tmp_path, damage) -> Path:
+    """A flat dataset folder whose files `damage(folder)` then breaks."""
+    root = write_dataset(tmp_path / "broken", gz=True)
+    damage(root)
+    return root
+
+
+def gunzip(path):
+    plain = path.with_suffix("")
+    plain.write_bytes(gzip.decompress(path.read_bytes()))
+    path.unlink()
+    return plain
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda r: (r / "t10k-labels-idx1-ubyte.gz").unlink(), r"lacks t10k-labels-idx1-ubyte \(or .gz\)"),
+        (
+            lambda r: (r / "train-images-idx3-ubyte.gz").write_bytes((r / "train-labels-idx1-ubyte.gz").read_bytes()),
+            r"train-images-idx3-ubyte.gz: not an IDX images file \(found 0x00000801, expected 0x00000803\)",
+        ),
+        (
+            lambda r: (p := gunzip(r / "train-images-idx3-ubyte.gz")).write_bytes(p.read_bytes()[:-100]),
+            r"train-images-idx3-ubyte: 940716 bytes where its header \(1200 images\) needs 940816",
+        ),
+        (
+            lambda r: (p := r / "train-images-idx3-ubyte.gz").write_bytes(p.read_bytes()[:-1000]),
+            r"train-images-idx3-ubyte.gz: damaged gzip file",
+        ),
+        (
+            lambda r: (p := r / "train-labels-idx1-ubyte.gz").write_bytes(_flip_byte(p.read_bytes(), 400)),
+            r"train-labels-idx1-ubyte.gz: damaged gzip file",
+        ),
+        (
+            lambda r: write_idx(r / "t10k-labels-idx1-ubyte.gz", np.zeros(399, np.uint8)),
+            r"t10k-images-idx3-ubyte.gz has 400 images but .*t10k-labels-idx1-ubyte.gz 399 labels",
+        ),
+    ],
+    ids=["missing", "wrong-magic", "truncated", "truncated-gz", "corrupted-gz", "count-mismatch"],
+)
+def test_broken_idx_files_are_named_with_what_is_wrong_and_how_to_fix_it(damage, message, tmp_path):
+    root = broken_copy(tmp_path, damage)
+    with pytest.raises(DataError, match=message) as error:
+        ready(root)
+    fixes = ("put all four IDX files there", "delete it and download again, or replace it with a good copy")
+    assert str(error.value).endswith(fixes)
+
+
+def _flip_byte(data: bytes, at: int) -> bytes:
+    return data[:at] + bytes([data[at] ^ 0xFF]) + data[at + 1 :]
+
+
+class CutOffServer(http.server.BaseHTTPRequestHandler):
+    """Promises a full-size file, sends 1 kB of it, and hangs up: a download that fails mid-way."""
+
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Length", str(9_912_422))  # MNIST's train-images .gz
+        self.end_headers()
+        self.wfile.write(b"\x1f\x8b" + bytes(1022))
+        self.close_connection = True
+
+    def log_message(self, *args):
+        pass
+
+
+def test_a_download_cut_off_mid_way_fails_cleanly_and_leaves_nothing(tmp_path, monkeypatch):
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), CutOffServer)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setattr(datasets.MNIST, "mirrors", [f"http://127.0.0.1:{server.server_port}/"])
+        with pytest.raises(DataError, match="could not download MNIST into .*pass data.root=FOLDER"):
+            MNISTDataModule(root=str(tmp_path / "data")).prepare_data()
+    finally:
+        server.shutdown()
+    assert list((tmp_path / "data").iterdir()) == [], "no partial file may stay behind"

@@ -1,9 +1,13 @@
 """MNIST-family data: decode the IDX files once into uint8 tensors, batch and normalize from memory."""
 
 import gzip
+import http.client
 import math
+import os
 import shutil
+import struct
 import tempfile
+import zlib
 from pathlib import Path
 
 import lightning as L
@@ -19,6 +23,10 @@ SPLIT_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
+ALL_FILES = [name for names in SPLIT_FILES.values() for name in names]
+READERS = {"images": read_image_file, "labels": read_label_file}
+IDX_MAGIC = {"images": 0x0803, "labels": 0x0801}  # unsigned bytes; 3 dimensions for images, 1 for labels
+FIX = "delete it and download again, or replace it with a good copy"
 
 
 class DataError(UserError):
@@ -26,25 +34,49 @@ class DataError(UserError):
 
 
 def flat_files(root: Path) -> dict[str, tuple[Path, Path]] | None:
-    """The IDX files of a plain folder (e.g. Debian's dataset-fashion-mnist), gzipped or not; None if incomplete."""
-    found = {}
-    for split, names in SPLIT_FILES.items():
-        paths = [next((p for p in (root / n, root / f"{n}.gz") if p.is_file()), None) for n in names]
-        if None in paths:
-            return None
-        found[split] = tuple(paths)
-    return found
+    """The IDX files of a plain folder (e.g. Debian's dataset-fashion-mnist), gzipped or not.
+
+    None when the folder has none of them; an error naming the missing ones when it has only some.
+    """
+    found = {name: next((p for p in (root / name, root / f"{name}.gz") if p.is_file()), None) for name in ALL_FILES}
+    missing = [name for name, path in found.items() if path is None]
+    if len(missing) == len(ALL_FILES):
+        return None
+    if missing:
+        raise DataError(f"data.root={root} lacks {', '.join(missing)} (or .gz): put all four IDX files there")
+    return {split: (found[images], found[labels]) for split, (images, labels) in SPLIT_FILES.items()}
 
 
-def read_idx(path: Path, reader) -> torch.Tensor:
-    """Read one IDX file with torchvision's reader, which only takes uncompressed files."""
+def read_idx(path: Path, kind: str) -> torch.Tensor:
+    """Check one IDX file, then read it with torchvision's reader (which takes only uncompressed files)."""
     if path.suffix != ".gz":
-        return reader(str(path))
-    with tempfile.TemporaryDirectory() as tmp, gzip.open(path) as src:
+        check_idx(path, kind, shown=path)
+        return READERS[kind](str(path))
+    with tempfile.TemporaryDirectory() as tmp:
         plain = Path(tmp) / path.stem
-        with open(plain, "wb") as dst:
-            shutil.copyfileobj(src, dst)
-        return reader(str(plain))
+        try:
+            with gzip.open(path) as src, open(plain, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+        except (OSError, EOFError, zlib.error) as error:  # gzip checks its own CRC and length
+            raise DataError(f"{path}: damaged gzip file ({error}); {FIX}") from None
+        check_idx(plain, kind, shown=path)
+        return READERS[kind](str(plain))
+
+
+def check_idx(path: Path, kind: str, shown: Path) -> None:
+    """The magic number, shape and length torchvision's reader assumes but does not check."""
+    with open(path, "rb") as f:
+        header = f.read(4)
+        magic = int.from_bytes(header, "big") if len(header) == 4 else None
+        if magic != IDX_MAGIC[kind]:
+            found = f"0x{magic:08x}" if magic is not None else "an empty file"
+            raise DataError(f"{shown}: not an IDX {kind} file (found {found}, expected 0x{IDX_MAGIC[kind]:08x}); {FIX}")
+        dims = struct.unpack(f">{magic & 0xFF}I", f.read(4 * (magic & 0xFF)))
+    if kind == "images" and dims[1:] != (28, 28):
+        raise DataError(f"{shown}: images are {dims[1]}x{dims[2]}, not 28x28; {FIX}")
+    expected, size = 4 + 4 * len(dims) + math.prod(dims), path.stat().st_size
+    if size != expected:
+        raise DataError(f"{shown}: {size} bytes where its header ({dims[0]} {kind}) needs {expected}; {FIX}")
 
 
 class InMemoryLoader:
@@ -103,22 +135,45 @@ class MNISTDataModule(L.LightningDataModule):
     def root(self) -> Path:
         return Path(self.hparams.root).expanduser()
 
-    def prepare_data(self):
+    @property
+    def dataset_class(self):
+        return DATASETS[self.hparams.dataset]
+
+    def idx_files(self) -> dict[str, tuple[Path, Path]]:
+        """The flat folder's files, else torchvision's extracted files under root/<Dataset>/raw."""
         if self.root.is_file():
             raise DataError(f"data.root={self.root} is a file; it must be a folder")
-        if flat_files(self.root):
-            return
-        dataset = DATASETS[self.hparams.dataset]
-        for train in (True, False):
+        flat = flat_files(self.root)
+        if flat:
+            return flat
+        raw = self.root / self.dataset_class.__name__ / "raw"
+        return {split: (raw / images, raw / labels) for split, (images, labels) in SPLIT_FILES.items()}
+
+    def prepare_data(self):
+        files = [path for pair in self.idx_files().values() for path in pair]
+        if not all(path.is_file() for path in files):
+            self._download()
+
+    def _download(self):
+        """Download into a temporary folder inside root, then move it into place.
+
+        An interrupted or failed download leaves nothing that a later run could take for good files.
+        """
+        name = self.dataset_class.__name__
+        self.root.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=self.root, prefix=".download-") as tmp:
             try:
-                dataset(self.root, train=train, download=True)
-            except (RuntimeError, OSError) as e:
-                reason = str(e).strip().splitlines()[-1]  # torchvision ends with the last mirror's error
-                files = ", ".join(f"{name}.gz" for names in SPLIT_FILES.values() for name in names)
+                for train in (True, False):
+                    self.dataset_class(tmp, train=train, download=True)
+            except (RuntimeError, OSError, http.client.HTTPException) as error:  # md5, network, cut off
+                reason = str(error).strip().splitlines()[-1]  # torchvision ends with the last mirror's error
+                files = ", ".join(f"{file}.gz" for file in ALL_FILES)
                 raise DataError(
-                    f"could not download {dataset.__name__} into {self.root} ({reason}). "
+                    f"could not download {name} into {self.root} ({reason}). "
                     f"Without network, put {files} in a folder and pass data.root=FOLDER"
                 ) from None
+            shutil.rmtree(self.root / name, ignore_errors=True)  # an incomplete earlier copy
+            os.replace(Path(tmp) / name, self.root / name)
 
     def setup(self, stage: str | None = None):
         if self.splits:
@@ -137,12 +192,13 @@ class MNISTDataModule(L.LightningDataModule):
         }
 
     def _load(self, split: str, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        files = flat_files(self.root)
-        if files:
-            images, labels = read_idx(files[split][0], read_image_file), read_idx(files[split][1], read_label_file)
-        else:
-            dataset = DATASETS[self.hparams.dataset](self.root, train=split == "train", download=False)
-            images, labels = dataset.data, dataset.targets
+        images_path, labels_path = self.idx_files()[split]
+        for path in (images_path, labels_path):
+            if not path.is_file():
+                raise DataError(f"{path} is missing: run again with network to download it, or pass data.root=FOLDER")
+        images, labels = read_idx(images_path, "images"), read_idx(labels_path, "labels")
+        if len(images) != len(labels):
+            raise DataError(f"{images_path} has {len(images)} images but {labels_path} {len(labels)} labels; {FIX}")
         return images.unsqueeze(1).to(device), labels.to(device)
 
     def on_after_batch_transfer(self, batch, dataloader_idx):
