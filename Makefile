@@ -7,7 +7,7 @@ ARGS ?=
 FASHION_MNIST ?= /usr/share/datasets/fashion-mnist
 
 .DEFAULT_GOAL := help
-.PHONY: help install train sweep tensorboard test test-fast bench bench-gpu lint format clean
+.PHONY: help install train sweep tensorboard test test-all bench bench-gpu lint format clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -17,10 +17,10 @@ $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PYTHON) -m pip install --quiet --upgrade pip
 	$(PYTHON) -m pip install --quiet $(TORCH)
-	$(PYTHON) -m pip install --quiet -e ".[dev]"
+	$(PYTHON) -m pip install --quiet -e ".[dev,sweep]"
 	touch $@
 
-install: $(VENV)/.installed  ## build .venv: torch, the stack, lenet (editable) and the dev tools
+install: $(VENV)/.installed  ## build .venv: torch, the stack, lenet (editable), the sweep plugins and the dev tools
 
 train: install  ## train LeNet with the default config (ARGS=overrides)
 	$(PYTHON) -m lenet.train $(ARGS)
@@ -31,11 +31,11 @@ sweep: install  ## a Hydra multirun: 3 learning rates x 2 optimizers (ARGS=more 
 tensorboard: install  ## TensorBoard over every run and sweep in outputs/
 	$(VENV)/bin/tensorboard --logdir outputs
 
-test: install  ## the whole test suite (ARGS=pytest options)
-	$(PYTHON) -m pytest $(ARGS)
+test: install  ## the tests, except those marked slow, on every core (ARGS=pytest options)
+	$(PYTHON) -m pytest -n auto -m "not slow" $(ARGS)
 
-test-fast: install  ## the tests not marked slow
-	$(PYTHON) -m pytest -m "not slow" $(ARGS)
+test-all: install  ## every test, the slow ones too (torch.compile, DDP, sweeps)
+	$(PYTHON) -m pytest -n auto $(ARGS)
 
 bench: install  ## throughput and time-to-accuracy against the seed's loop and a plain PyTorch loop
 	$(PYTHON) benchmarks/bench.py --data-root $(FASHION_MNIST) --dataset fashion_mnist $(ARGS)

@@ -1,10 +1,17 @@
 """Shared fixtures: small synthetic datasets in the real IDX format, and config composition."""
 
+import os
+
+# One intra-op thread in the tests and the processes they start: on 2 cores, two busy processes with
+# two threads each slow down many times over, and the fixture data is too small to gain from more.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 import gzip
 import struct
 import sys
 from pathlib import Path
 
+import lightning as L
 import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
@@ -86,3 +93,14 @@ def compose_config(*overrides: str, config_name: str = "config"):
 
 def lenet_command(module: str, *overrides: str) -> list[str]:
     return [sys.executable, "-m", f"lenet.{module}", *overrides]
+
+
+class InterruptAt(L.Callback):
+    """Raises KeyboardInterrupt after a given training batch, as Ctrl-C would: `+callbacks.stop=...`."""
+
+    def __init__(self, epoch: int, batch: int):
+        self.epoch, self.batch = epoch, batch
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        if (trainer.current_epoch, batch_idx) == (self.epoch, self.batch):
+            raise KeyboardInterrupt

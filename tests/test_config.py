@@ -35,11 +35,8 @@ def test_every_option_composes_and_trains(override, flat_root, tmp_path):
 
 
 def test_trainer_options_compose_with_their_accelerator():
-    assert [compose_config(f"trainer={o}", "run_dir=x").trainer.accelerator for o in options("trainer")] == [
-        "cpu",
-        "auto",
-        "gpu",
-    ]
+    accelerators = {o: compose_config(f"trainer={o}", "run_dir=x").trainer.accelerator for o in options("trainer")}
+    assert accelerators == {"cpu": "cpu", "ddp": "auto", "default": "auto", "gpu": "gpu"}
 
 
 def test_experiment_seed_is_the_seed_scripts_recipe():

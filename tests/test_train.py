@@ -1,6 +1,8 @@
 """A real training run on fixture data, and what it leaves behind."""
 
 import json
+import logging
+import signal
 import subprocess
 
 import pytest
@@ -9,8 +11,9 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 
 from conftest import compose_config, fixture_overrides, lenet_command
+from lenet.config import ConfigError
 from lenet.model import LeNet
-from lenet.train import train
+from lenet.train import Interrupted, train
 
 EPOCHS = 3
 
@@ -101,3 +104,44 @@ def test_speed_options_train_and_leave_plain_checkpoints(option, flat_root, tmp_
     assert metrics["test/acc"] > 0.3
     state = torch.load(tmp_path / "checkpoints" / "best.ckpt", weights_only=True)["state_dict"]
     LeNet().load_state_dict({k.removeprefix("net."): v for k, v in state.items() if k.startswith("net.")})
+
+
+def final_numbers(metrics: dict) -> dict:
+    """Everything but the timings."""
+    return {k: v for k, v in metrics.items() if k not in ("wall_s", "train_images_per_s")}
+
+
+def test_the_same_config_and_seed_give_identical_metrics(flat_root, tmp_path):
+    runs = [train(compose_config(*fixture_overrides(flat_root, tmp_path / str(i)), "model.dropout=0.3")) for i in "12"]
+    assert final_numbers(runs[0]) == final_numbers(runs[1])
+    other_seed = train(compose_config(*fixture_overrides(flat_root, tmp_path / "3"), "model.dropout=0.3", "seed=7"))
+    assert final_numbers(other_seed) != final_numbers(runs[0])
+
+
+def test_an_interrupted_and_resumed_run_ends_as_an_uninterrupted_one(flat_root, tmp_path):
+    handler = signal.getsignal(signal.SIGINT)  # Lightning ignores further Ctrl-C after the first
+    common = ["model.dropout=0.3"]  # dropout draws random numbers: the resumed run must continue them
+    whole = train(compose_config(*fixture_overrides(flat_root, tmp_path / "whole"), *common))
+    stop = ["+callbacks.stop._target_=conftest.InterruptAt", "+callbacks.stop.epoch=1", "+callbacks.stop.batch=5"]
+    with pytest.raises(Interrupted, match=r"1 epoch\(s\) saved. Resume with the same overrides plus ckpt_path="):
+        train(compose_config(*fixture_overrides(flat_root, tmp_path / "cut"), *common, *stop))
+    signal.signal(signal.SIGINT, handler)
+    last = tmp_path / "cut" / "checkpoints" / "last.ckpt"
+    resumed = train(compose_config(*fixture_overrides(flat_root, tmp_path / "resumed"), *common, f"ckpt_path={last}"))
+    assert final_numbers(resumed) == final_numbers(whole)
+
+
+def test_ckpt_path_last_takes_the_newest_last_checkpoint(flat_root, tmp_path, caplog):
+    outputs = [f"outputs_dir={tmp_path}", "trainer.max_epochs=1", "scheduler=none"]
+    with pytest.raises(ConfigError, match=f"ckpt_path=last: no run under {tmp_path}/ has a last.ckpt"):
+        train(compose_config(*fixture_overrides(flat_root, tmp_path / "a"), *outputs, "ckpt_path=last"))
+    for run in "ab":
+        train(compose_config(*fixture_overrides(flat_root, tmp_path / run), *outputs))
+    caplog.set_level(logging.INFO)
+    resumed = train(
+        compose_config(
+            *fixture_overrides(flat_root, tmp_path / "c"), *outputs, "ckpt_path=last", "trainer.max_epochs=2"
+        )
+    )
+    assert resumed["epochs"] == 2
+    assert f"Restoring states from the checkpoint path at {tmp_path / 'b' / 'checkpoints' / 'last.ckpt'}" in caplog.text

@@ -82,14 +82,18 @@ def check_idx(path: Path, kind: str, shown: Path) -> None:
 class InMemoryLoader:
     """Batches by slicing tensors that hold the whole split: no per-sample work, no collate.
 
-    With a generator it reshuffles every epoch; the images stay on whatever device they live on.
+    With a generator it reshuffles every epoch; the images stay on whatever device they live on. Under DDP
+    (Lightning shards only DataLoaders), rank `rank` of `world_size` takes every world_size-th image of the
+    epoch's order, which every rank draws alike from the same seed; the tail is trimmed so all ranks run the
+    same number of steps, as DDP synchronizes every step.
     """
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, generator=None):
+    def __init__(self, images, labels, batch_size: int, generator=None, rank: int = 0, world_size: int = 1):
         self.images, self.labels, self.batch_size, self.generator = images, labels, batch_size, generator
+        self.rank, self.world_size = rank, world_size
 
     def __len__(self) -> int:
-        return math.ceil(len(self.labels) / self.batch_size)
+        return math.ceil(len(self.labels) // self.world_size / self.batch_size)
 
     def __iter__(self):
         n, size = len(self.labels), self.batch_size
@@ -98,6 +102,8 @@ class InMemoryLoader:
                 yield self.images[start : start + size], self.labels[start : start + size]
             return
         order = torch.randperm(n, generator=self.generator).to(self.images.device)
+        order = order[self.rank : n - n % self.world_size : self.world_size]
+        n = len(order)
         for start in range(0, n, size):
             index = order[start : start + size]
             yield self.images[index], self.labels[index]
@@ -208,7 +214,8 @@ class MNISTDataModule(L.LightningDataModule):
         return images.float().sub_(mean).div_(std), labels
 
     def train_dataloader(self):
-        return InMemoryLoader(*self.splits["train"], self.hparams.batch_size, generator=self.shuffle)
+        shard = dict(rank=self.trainer.global_rank, world_size=self.trainer.world_size) if self.trainer else {}
+        return InMemoryLoader(*self.splits["train"], self.hparams.batch_size, generator=self.shuffle, **shard)
 
     def val_dataloader(self):
         if not self.hparams.val_size:

@@ -8,6 +8,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
+STAGES = ("train", "val", "test")
 # Schedulers whose length is the whole run, counted in optimizer steps: the keyword that takes it.
 RUN_LENGTH_ARGUMENT = {
     "torch.optim.lr_scheduler.OneCycleLR": "total_steps",
@@ -33,11 +34,14 @@ class LeNetModule(L.LightningModule):
         if compile_model:
             self.net.compile()  # in place: checkpoints keep the plain parameter names
         classes = model.get("num_classes", 10)
-        self.train_acc, self.val_acc, self.test_acc = (MulticlassAccuracy(classes, average="micro") for _ in "123")
-        self.train_loss, self.val_loss, self.test_loss = MeanMetric(), MeanMetric(), MeanMetric()
+        # Per stage: mean loss and accuracy, accumulated on the device without a per-step sync or log call
+        # (validate_args and NaN checks would each wait for the device), logged once per epoch.
+        for stage in STAGES:  # attributes, not a ModuleDict: "train" would shadow nn.Module.train
+            setattr(self, f"{stage}_loss", MeanMetric(nan_strategy="disable"))
+            setattr(self, f"{stage}_acc", MulticlassAccuracy(classes, average="micro", validate_args=False))
         self.val_acc_best = MaxMetric()
         self.val_acc_best.persistent(True)  # a resumed run keeps its best so far
-        self.test_confusion = MulticlassConfusionMatrix(classes)
+        self.test_confusion = MulticlassConfusionMatrix(classes, validate_args=False)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if self.channels_last:
@@ -48,14 +52,25 @@ class LeNetModule(L.LightningModule):
         images, labels = batch
         logits = self(images)
         loss = F.cross_entropy(logits, labels)
-        # Metric objects accumulate on the device; Lightning computes them once per epoch (no per-step sync).
-        getattr(self, f"{stage}_loss").update(loss.detach(), len(labels))
-        getattr(self, f"{stage}_acc").update(logits.detach(), labels)
-        self.log(f"{stage}/loss", getattr(self, f"{stage}_loss"), on_step=False, on_epoch=True)
-        self.log(f"{stage}/acc", getattr(self, f"{stage}_acc"), on_step=False, on_epoch=True, prog_bar=True)
+        mean_loss, accuracy = self._metrics(stage)
+        mean_loss.update(loss.detach(), len(labels))
+        accuracy.update(logits.detach(), labels)
         if stage == "test":
             self.test_confusion.update(logits, labels)
         return loss
+
+    def _log_epoch(self, stage: str) -> torch.Tensor:
+        """Log `{stage}/loss` and `{stage}/acc` for the epoch, start the next one afresh; return the accuracy."""
+        mean_loss, accuracy = self._metrics(stage)
+        value = accuracy.compute()
+        self.log(f"{stage}/loss", mean_loss.compute())
+        self.log(f"{stage}/acc", value, prog_bar=True)
+        mean_loss.reset()
+        accuracy.reset()
+        return value
+
+    def _metrics(self, stage: str) -> tuple[MeanMetric, MulticlassAccuracy]:
+        return getattr(self, f"{stage}_loss"), getattr(self, f"{stage}_acc")
 
     def training_step(self, batch, batch_idx):
         return self._step(batch, "train")
@@ -66,17 +81,29 @@ class LeNetModule(L.LightningModule):
     def test_step(self, batch, batch_idx):
         self._step(batch, "test")
 
+    def on_train_epoch_end(self):
+        self._log_epoch("train")
+
     def on_validation_epoch_end(self):
+        accuracy = self._log_epoch("val")
         if not self.trainer.sanity_checking:
-            self.val_acc_best.update(self.val_acc.compute())
+            self.val_acc_best.update(accuracy)
             self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=True)
 
     def on_test_epoch_end(self):
+        self._log_epoch("test")
         for logger in self.loggers:
             if isinstance(logger, TensorBoardLogger):
                 figure, _ = self.test_confusion.plot(labels=list(range(self.test_confusion.num_classes)))
                 logger.experiment.add_figure("test/confusion_matrix", figure, self.global_step)
         self.test_confusion.reset()
+
+    def on_save_checkpoint(self, checkpoint):
+        checkpoint["torch_rng_state"] = torch.get_rng_state()  # dropout draws from it; resumes continue it
+
+    def on_load_checkpoint(self, checkpoint):
+        if "torch_rng_state" in checkpoint:
+            torch.set_rng_state(checkpoint["torch_rng_state"])
 
     def configure_optimizers(self):
         optimizer = instantiate(self.hparams.optimizer)(self.parameters())

@@ -113,6 +113,8 @@ class Trainer:
     _target_: str = "lightning.pytorch.Trainer"
     accelerator: str = "auto"
     devices: Any = 1
+    strategy: Any = "auto"  # trainer=ddp: ddp
+    num_nodes: int = at_least(1, 1)
     max_epochs: int = at_least(1, 8)
     precision: Any = "32-true"
     default_root_dir: str = MISSING
@@ -140,6 +142,8 @@ class Config:
     seed: int = 42
     ckpt_path: Optional[str] = None  # noqa: UP045 (OmegaConf 2.3 reads Optional, not X | None)
     threads: Optional[int] = allowed(None, lambda v: v is None or v >= 1, "an integer >= 1, or null")  # noqa: UP045
+    outputs_dir: str = "outputs"
+    hparams_search: Any = None  # hparams_search=optuna: the search's storage, study name and trial count
     run_dir: str = MISSING
 
 

@@ -44,7 +44,7 @@ class RunSummary(L.Callback):
         self._stop_clock()
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
-        self.train_images += len(batch[1])
+        self.train_images += len(batch[1]) * trainer.world_size  # every rank trains on as many
 
     def on_fit_end(self, trainer, module):
         self._stop_clock()

@@ -7,14 +7,21 @@ import hydra
 import lightning as L
 import torch
 from hydra.utils import instantiate
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from lenet.config import CONFIG_DIR, ConfigError, validate
-from lenet.console import report_user_errors
+from lenet.console import UserError, in_multirun, report_user_errors
 from lenet.module import LeNetModule
 from lenet.summary import RunSummary, hparams_of
 
 log = logging.getLogger(__name__)
+
+
+class Interrupted(UserError):
+    """Ctrl-C or SIGTERM stopped training."""
+
+    exit_status = 130  # 128 + the signal, as shells report it: 130 for SIGINT, 143 for SIGTERM
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
@@ -22,9 +29,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     validate(cfg)
     if cfg.trainer.accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
         raise ConfigError("trainer.accelerator=gpu but no CUDA GPU is visible here; use trainer=cpu or trainer=default")
-    resume = cfg.ckpt_path and Path(cfg.ckpt_path)
-    if resume and not resume.is_file():
-        raise ConfigError(f"ckpt_path={cfg.ckpt_path}: no such checkpoint file")
+    resume = checkpoint_to_resume(cfg.ckpt_path, Path(cfg.outputs_dir))
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -35,10 +40,16 @@ def train(cfg: DictConfig) -> dict[str, float]:
     plain = OmegaConf.to_container(cfg, resolve=True)  # checkpoints must hold plain containers
     module = LeNetModule(model=plain["model"], optimizer=plain["optimizer"], scheduler=plain["scheduler"])
     loggers = [instantiate(logger) for logger in cfg.logger.values()]
-    callbacks = [instantiate(callback) for callback in cfg.callbacks.values() if callback] + [summary]
+    callbacks = [instantiate(callback) for callback in cfg.callbacks.values() if callback] + [summary, FiniteLoss()]
     trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
+    refuse_spawned_ddp_in_multirun(trainer)
 
-    trainer.fit(module, datamodule=datamodule, ckpt_path=resume or None)
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
+    except SystemExit as stop:  # how Lightning ends fit on Ctrl-C (status 1) and on SIGTERM (status 0)
+        interrupted = Interrupted(resume_hint(run_dir))
+        interrupted.exit_status = 143 if isinstance(stop, SIGTERMException) else 130
+        raise interrupted from None
     best = trainer.checkpoint_callback and trainer.checkpoint_callback.best_model_path
     trainer.test(module, datamodule=datamodule, ckpt_path="best" if best else None, verbose=False)
 
@@ -48,6 +59,63 @@ def train(cfg: DictConfig) -> dict[str, float]:
     log.info("%s  (%s)", finals, speed)
     log.info("Run outputs: %s", run_dir.resolve())
     return metrics
+
+
+class Diverged(UserError):
+    """The training loss became NaN or infinite."""
+
+
+def refuse_spawned_ddp_in_multirun(trainer: L.Trainer) -> None:
+    """Lightning starts DDP's other ranks by re-running this command line, which in a multirun is the whole sweep.
+
+    Ranks that SLURM starts (hydra/launcher=slurm with tasks_per_node = trainer.devices) are fine.
+    """
+    environment = getattr(trainer.strategy, "cluster_environment", None)
+    if in_multirun() and trainer.world_size > 1 and not (environment and environment.creates_processes_externally):
+        raise ConfigError(
+            f"DDP over {trainer.world_size} processes cannot run inside a multirun: each extra rank would re-run "
+            "the whole sweep. Sweep with one device per job, or run DDP as a single run or via hydra/launcher=slurm"
+        )
+
+
+class FiniteLoss(L.Callback):
+    """Fails the run (and so its sweep job) when the loss is NaN or infinite at an epoch's end.
+
+    The logged train/loss cannot tell: torchmetrics' mean drops NaNs. A NaN in the weights makes every later
+    loss NaN, so the epoch's last loss is enough, and costs one device sync per epoch rather than per step.
+    """
+
+    loss = None
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        self.loss = outputs["loss"]
+
+    def on_train_epoch_end(self, trainer, module):
+        if self.loss is not None and not torch.isfinite(self.loss):
+            epoch = trainer.current_epoch
+            raise Diverged(f"the training loss is {self.loss.item()} in epoch {epoch}: lower optimizer.lr")
+
+
+def checkpoint_to_resume(ckpt_path: str | None, outputs_dir: Path) -> Path | None:
+    """`ckpt_path` as a file: `last` means the newest last.ckpt of any run under `outputs_dir`."""
+    if not ckpt_path:
+        return None
+    if ckpt_path == "last":
+        runs = sorted(outputs_dir.glob("**/checkpoints/last.ckpt"), key=lambda path: path.stat().st_mtime)
+        if not runs:
+            raise ConfigError(f"ckpt_path=last: no run under {outputs_dir}/ has a last.ckpt; give a checkpoint path")
+        return runs[-1]
+    if not Path(ckpt_path).is_file():
+        raise ConfigError(f"ckpt_path={ckpt_path}: no such checkpoint file")
+    return Path(ckpt_path)
+
+
+def resume_hint(run_dir: Path) -> str:
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if not last.is_file():
+        return "interrupted before the first epoch ended: nothing was saved to resume from"
+    epochs = torch.load(last, map_location="cpu", weights_only=True)["epoch"] + 1
+    return f"interrupted; {epochs} epoch(s) saved. Resume with the same overrides plus ckpt_path={last}"
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")

@@ -1,0 +1,174 @@
+"""The fault battery: every bad input and fault a user can meet, run as the user would (a subprocess).
+
+Each case asserts the exit status, that stderr names the problem, and that it is short: no traceback.
+The README's "Bad input" table lists the same cases.
+"""
+
+import gzip
+import http.server
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import VAL_SIZE, lenet_command, write_dataset
+
+FIXTURE = [f"data.val_size={VAL_SIZE}", "data.batch_size=32", "callbacks.progress_bar.refresh_rate=0"]
+# A mirror that refuses at once, so the real download code runs and fails with no network.
+OFFLINE = (
+    "from torchvision import datasets; datasets.MNIST.mirrors = [{mirror!r}]; from lenet.train import main; main()"
+)
+
+
+def run(cwd: Path, *overrides: str, module: str = "train", mirror: str | None = None) -> subprocess.CompletedProcess:
+    command = lenet_command(module, *overrides)
+    if mirror:
+        command = [sys.executable, "-c", OFFLINE.format(mirror=mirror), *overrides]
+    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+def assert_short_failure(result: subprocess.CompletedProcess, message: str, status: int = 1) -> None:
+    assert result.returncode == status, result.stderr
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) <= 8, result.stderr  # Hydra's own messages take up to 7
+
+
+def broken(tmp_path: Path, file: str, damage) -> Path:
+    root = write_dataset(tmp_path / "data", gz=True)
+    damage(root / file)
+    return root
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["optimizer.lrr=0.1"], "Could not override 'optimizer.lrr'"),
+        (["+optimizer.lrr=0.1"], "error: optimizer.lrr is not a setting of torch.optim.SGD"),
+        (["optimizer.lr=abc"], "Value 'abc' of type 'str' could not be converted to Float"),
+        (["optimizer.lr=0"], "error: optimizer.lr=0.0 is not allowed: it must be a number > 0"),
+        (["data.batch_size=0"], "error: data.batch_size=0 is not allowed: it must be an integer >= 1"),
+        (["data.val_size=-5"], "error: data.val_size=-5 is not allowed: it must be an integer >= 0"),
+        (["trainer.max_epochs=0"], "error: trainer.max_epochs=0 is not allowed: it must be an integer >= 1"),
+        (["model.activation=gelu"], "error: model.activation='gelu' is not allowed: it must be one of relu, tanh"),
+        (["ckpt_path=missing.ckpt"], "error: ckpt_path=missing.ckpt: no such checkpoint file"),
+        (["ckpt_path=last"], "error: ckpt_path=last: no run under outputs/ has a last.ckpt"),
+        (["data.root=afile"], "data.root=afile is a file; it must be a folder"),
+        (["hydra.run.dir=afile/run"], "error: cannot write the run dir afile/run (Not a directory)"),
+    ],
+)
+def test_bad_config(overrides, message, tmp_path):
+    (tmp_path / "afile").write_text("")
+    assert_short_failure(run(tmp_path, *overrides), message)
+    assert not list(tmp_path.glob("outputs/**/*.ckpt")), "a refused run trains nothing"
+
+
+def test_trainer_gpu_without_a_gpu(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    assert_short_failure(run(tmp_path, "trainer=gpu"), "error: trainer.accelerator=gpu but no CUDA GPU is visible")
+
+
+def test_eval_without_its_required_checkpoint(tmp_path):
+    assert_short_failure(run(tmp_path, module="eval"), "error: ckpt_path is required: set it on the command line")
+
+
+@pytest.mark.parametrize(
+    ("file", "damage", "message"),
+    [
+        ("t10k-labels-idx1-ubyte.gz", Path.unlink, "lacks t10k-labels-idx1-ubyte (or .gz): put all four IDX files"),
+        (
+            "train-images-idx3-ubyte.gz",
+            lambda p: p.write_bytes(gzip.compress(b"\0\0\0\0" + bytes(12))),
+            "train-images-idx3-ubyte.gz: not an IDX images file (found 0x00000000, expected 0x00000803)",
+        ),
+        (
+            "train-images-idx3-ubyte.gz",
+            lambda p: p.write_bytes(gzip.compress(gzip.decompress(p.read_bytes())[:-784])),
+            "train-images-idx3-ubyte.gz: 940032 bytes where its header (1200 images) needs 940816",
+        ),
+        (
+            "train-labels-idx1-ubyte.gz",
+            lambda p: p.write_bytes(p.read_bytes()[:-20]),
+            "train-labels-idx1-ubyte.gz: damaged gzip file",
+        ),
+        (
+            "t10k-labels-idx1-ubyte.gz",
+            lambda p: p.write_bytes(gzip.compress(gzip.decompress(p.read_bytes())[:-10])),
+            "t10k-labels-idx1-ubyte.gz: 398 bytes where its header (400 labels) needs 408",
+        ),
+    ],
+    ids=["missing-file", "wrong-magic", "truncated-images", "broken-gzip", "truncated-labels"],
+)
+def test_broken_data_files(file, damage, message, tmp_path):
+    root = broken(tmp_path, file, damage)
+    result = run(tmp_path, f"data.root={root}", *FIXTURE)
+    assert_short_failure(result, message)
+    assert result.stderr.strip().endswith(("put all four IDX files there", "or replace it with a good copy"))
+
+
+def test_mnist_that_cannot_be_downloaded(tmp_path):
+    result = run(tmp_path, mirror="http://127.0.0.1:9/")
+    assert_short_failure(result, "error: could not download MNIST into data (")
+    assert "pass data.root=FOLDER" in result.stderr
+    assert not [p for p in (tmp_path / "data").rglob("*") if p.is_file()], "nothing partial is left"
+
+
+class CutOff(http.server.BaseHTTPRequestHandler):
+    """Promises MNIST's full-size file, sends 1 kB of it and hangs up."""
+
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Length", "9912422")
+        self.end_headers()
+        self.wfile.write(b"\x1f\x8b" + bytes(1022))
+        self.close_connection = True
+
+    def log_message(self, *args):
+        pass
+
+
+def test_a_download_that_fails_mid_way(tmp_path):
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), CutOff)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        result = run(tmp_path, mirror=f"http://127.0.0.1:{server.server_port}/")
+    finally:
+        server.shutdown()
+    assert_short_failure(result, "error: could not download MNIST into data (")
+    assert not [p for p in (tmp_path / "data").rglob("*") if p.is_file()], "nothing partial is left"
+
+
+def test_a_diverging_run_stops_with_a_nonzero_exit(flat_root, tmp_path):
+    result = run(tmp_path, f"data.root={flat_root}", *FIXTURE, "optimizer.lr=1e6")
+    assert_short_failure(result, "error: the training loss is nan in epoch 0: lower optimizer.lr")
+
+
+@pytest.mark.parametrize(("sent", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_an_interrupt_keeps_last_ckpt_says_how_to_resume_and_resume_finishes(sent, status, flat_root, tmp_path):
+    overrides = [f"data.root={flat_root}", *FIXTURE, "trainer.max_epochs=30", "scheduler=none"]
+    training = subprocess.Popen(lenet_command("train", *overrides), cwd=tmp_path, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not list(tmp_path.glob("outputs/*/*/checkpoints/last.ckpt")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    training.send_signal(sent)
+    _, stderr = training.communicate(timeout=120)
+    result = subprocess.CompletedProcess(training.args, training.returncode, "", stderr)
+    assert_short_failure(result, "epoch(s) saved. Resume with the same overrides plus ckpt_path=", status)
+
+    resumed = run(tmp_path, *overrides, "ckpt_path=last")
+    assert resumed.returncode == 0, resumed.stderr
+    metrics = sorted(tmp_path.glob("outputs/*/*/metrics.json"))
+    assert len(metrics) == 1 and '"epochs": 30' in metrics[0].read_text()
+
+
+def test_full_error_shows_the_traceback_when_asked(tmp_path, monkeypatch):
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "1")
+    result = run(tmp_path, "optimizer.lr=-1")
+    assert result.returncode != 0 and "Traceback" in result.stderr and "ConfigError" in result.stderr

@@ -1,0 +1,255 @@
+"""Sweeps at scale: Optuna, the joblib and submitit launchers, DDP, the sweep report, failing jobs, TensorBoard."""
+
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from conftest import VAL_SIZE, lenet_command
+from lenet import report
+from lenet.config import CONFIG_DIR
+
+# One epoch on fixture data, one thread per process: two cores shared with other work collapse with more.
+TINY = [
+    f"data.val_size={VAL_SIZE}",
+    "data.batch_size=32",
+    "data.eval_batch_size=200",
+    "trainer.max_epochs=1",
+    "callbacks.progress_bar.refresh_rate=0",
+    "threads=1",
+]
+QUICK = ["debug=fast_dev_run", "callbacks.progress_bar.refresh_rate=0", f"data.val_size={VAL_SIZE}", "threads=1"]
+
+
+def train(cwd: Path, *overrides: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(lenet_command("train", *overrides), cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
+def sweep_dirs(cwd: Path) -> list[Path]:
+    return sorted(cwd.glob("outputs/multirun/*/*"))
+
+
+def metrics(job_dir: Path) -> dict:
+    return json.loads((job_dir / "metrics.json").read_text())
+
+
+# --- A crash does not sink a sweep; the report is written when a multirun ends ---
+
+
+@pytest.fixture(scope="module")
+def failing_sweep(flat_root, tmp_path_factory):
+    """Four jobs: two that train, one refused at start-up (lr=-1), one whose loss turns NaN (lr=1e9)."""
+    cwd = tmp_path_factory.mktemp("failing_sweep")
+    result = train(cwd, "-m", "optimizer.lr=0.05,-1,1e9,0.02", f"data.root={flat_root}", *TINY)
+    return result, sweep_dirs(cwd)[0]
+
+
+def test_a_failing_job_does_not_stop_the_others_and_the_sweep_exits_nonzero(failing_sweep):
+    result, sweep = failing_sweep
+    assert result.returncode != 0
+    assert sorted(path.parent.name for path in sweep.glob("*/metrics.json")) == ["0", "3"], (
+        "jobs after the failures ran"
+    )
+    assert "error: optimizer.lr=-1.0 is not allowed: it must be a number > 0" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert "error: the training loss is nan in epoch 0" in (sweep / "2" / "train.log").read_text()
+
+
+def test_the_report_is_written_when_the_multirun_ends(failing_sweep):
+    _, sweep = failing_sweep
+    md = (sweep / "report.md").read_text()
+    assert "4 jobs: 2 done, 2 failed, 0 unfinished." in md
+    assert "job 1 failed: error: optimizer.lr=-1.0 is not allowed" in md
+    assert "job 2 failed: error: the training loss is nan" in md
+    table = [line.split(" | ")[0].strip("| ") for line in md.splitlines() if line.startswith("| ")][1:]
+    best = max(("0", "3"), key=lambda job: metrics(sweep / job)["val/acc_best"])
+    assert table[0] == best, "best first"
+    assert f"python -m lenet.train optimizer.lr={'0.05' if best == '0' else '0.02'} data.root=" in md
+    rows = (sweep / "report.csv").read_text().splitlines()
+    assert rows[0].startswith("job,status,optimizer.lr,val/acc_best,test/acc,epochs,wall_s,train_images_per_s")
+    assert len(rows) == 5
+    assert (sweep / "report.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_report_lists_unfinished_jobs_and_spells_out_the_best_command(tmp_path, capsys):
+    def job(name: str, overrides: list[str], metrics: dict | None = None, log: str = ""):
+        hydra_dir = tmp_path / name / ".hydra"
+        hydra_dir.mkdir(parents=True)
+        OmegaConf.save(OmegaConf.create(overrides), hydra_dir / "overrides.yaml")
+        OmegaConf.save(OmegaConf.create({"hydra": {"job": {"name": "train"}}}), hydra_dir / "hydra.yaml")
+        (tmp_path / name / "train.log").write_text(log)
+        if metrics:
+            (tmp_path / name / "metrics.json").write_text(json.dumps(metrics))
+
+    done = {"test/acc": 0.8, "epochs": 2, "wall_s": 3.0, "train_images_per_s": 900.0}
+    job("0", ["hparams_search=optuna", "optimizer=adam", "optimizer.lr=0.001"], done | {"val/acc_best": 0.81})
+    job("1", ["hparams_search=optuna", "optimizer=sgd", "optimizer.lr=0.1"], done | {"val/acc_best": 0.85})
+    job("2", ["hparams_search=optuna", "optimizer=sgd", "optimizer.lr=0.3"])  # still running, or killed
+    job("10", ["hparams_search=optuna", "optimizer=sgd", "optimizer.lr=0.5"], log="[t][x][ERROR] - error: boom\n")
+    report.main([str(tmp_path)])
+    md = capsys.readouterr().out
+    assert [line[2:4].strip() for line in md.splitlines() if line.startswith("| ")][1:] == ["1", "0", "2", "10"]
+    assert "| 1 | done | sgd | 0.1 | 0.8500 | 0.8000 | 2 | 3.0 | 900 |" in md
+    assert "python -m lenet.train optimizer=sgd optimizer.lr=0.1\n" in md, "a search's own override is left out"
+    assert "- job 2 unfinished: no metrics.json" in md and "- job 10 failed: error: boom" in md
+    assert sorted(p.name for p in tmp_path.glob("report.*")) == ["report.csv", "report.md", "report.png"]
+
+
+def test_report_of_a_folder_without_jobs_says_so(tmp_path):
+    with pytest.raises(SystemExit, match="holds no job dirs"):
+        report.main([str(tmp_path)])
+
+
+# --- DDP ---
+
+
+def test_ddp_is_refused_inside_a_multirun(flat_root, tmp_path):
+    ddp = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"]
+    result = train(tmp_path, "-m", *ddp, f"data.root={flat_root}", *TINY)
+    assert result.returncode != 0
+    assert "error: DDP over 2 processes cannot run inside a multirun" in result.stderr
+    assert not list(tmp_path.glob("outputs/**/train_ddp_process_1.log")), "no extra rank was started"
+
+
+@pytest.mark.slow
+def test_ddp_on_two_cpu_processes_matches_one_process(flat_root, tmp_path):
+    common = [f"data.root={flat_root}", *TINY, "trainer.max_epochs=2"]
+    single, ddp = tmp_path / "single", tmp_path / "ddp"
+    assert train(tmp_path, "trainer=cpu", *common, f"hydra.run.dir={single}").returncode == 0
+    result = train(
+        tmp_path, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", *common, f"hydra.run.dir={ddp}"
+    )
+    assert result.returncode == 0, result.stderr
+    assert (ddp / "train_ddp_process_1.log").is_file(), "a second rank ran"
+    events = [path.name for path in ddp.glob("events.out.tfevents.*")]
+    assert len({name.split(".")[-2] for name in events}) == 1, f"one process wrote events: {events}"  # .<pid>.<n>
+    assert len(events) == len(list(single.glob("events.out.tfevents.*")))
+    assert sorted(p.name for p in (ddp / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
+    assert metrics(ddp)["epochs"] == 2
+    assert abs(metrics(ddp)["val/acc_best"] - metrics(single)["val/acc_best"]) < 0.1
+
+
+# --- Optuna ---
+
+
+@pytest.mark.slow
+def test_optuna_search_stores_its_trials_and_resumes(flat_root, tmp_path):
+    import optuna
+
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    search = ["hparams_search=optuna", f"hparams_search.storage={storage}", f"data.root={flat_root}", *QUICK]
+    first = train(tmp_path, *search, "hparams_search.n_trials=3")
+    assert first.returncode == 0, first.stderr
+    resumed = train(tmp_path, *search, "hparams_search.n_trials=1")  # no -m: the search config sets MULTIRUN
+    assert resumed.returncode == 0, resumed.stderr
+    study = optuna.load_study(study_name="lenet", storage=storage)
+    assert [trial.state.name for trial in study.trials] == ["COMPLETE"] * 4
+    assert set(study.best_params) == {"optimizer", "optimizer.lr", "optimizer.weight_decay", "data.batch_size"}
+    assert all((sweep / "report.md").is_file() for sweep in sweep_dirs(tmp_path))
+    # A failing trial: the search goes on (max_failure_rate), but its exit status says so.
+    failing = train(tmp_path, *search, "hparams_search.n_trials=1", "optimizer.lr=-1")
+    assert failing.returncode != 0 and "1 job(s) failed: see" in failing.stderr
+    assert optuna.load_study(study_name="lenet", storage=storage).trials[-1].state.name == "FAIL"
+
+
+# --- Launchers ---
+
+
+def test_the_slurm_launcher_config_composes_with_its_placeholders():
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        launcher = compose("config", ["hydra/launcher=slurm", "run_dir=x"], return_hydra_config=True).hydra.launcher
+    assert launcher._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+    assert (launcher.partition, launcher.timeout_min, launcher.gpus_per_node, launcher.tasks_per_node) == (
+        None,
+        60,
+        1,
+        1,
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "launcher",
+    [
+        ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"],
+        ["hydra/launcher=submitit_local", "hydra.launcher.timeout_min=5"],
+    ],
+    ids=["joblib", "submitit_local"],
+)
+def test_a_launcher_runs_a_sweep(launcher, flat_root, tmp_path):
+    result = train(tmp_path, "-m", *launcher, "optimizer.lr=0.05,0.02", f"data.root={flat_root}", *TINY)
+    assert result.returncode == 0, result.stderr
+    sweep = sweep_dirs(tmp_path)[0]
+    assert sorted(path.parent.name for path in sweep.glob("*/metrics.json")) == ["0", "1"]
+    if "joblib" in launcher[0]:
+        assert "Joblib.Parallel(n_jobs=2" in result.stdout + result.stderr
+    else:  # one submitit job (a process, locally; a SLURM job on a cluster) per sweep job
+        assert len(list(sweep.glob(".submitit/*/*_log.out"))) == 2
+    assert "2 jobs: 2 done" in (sweep / "report.md").read_text()
+
+
+# --- TensorBoard across a sweep ---
+
+
+def test_tensorboard_serves_every_jobs_scalars_and_hparams(failing_sweep):
+    _, sweep = failing_sweep
+    port = free_port()
+    command = [Path(sys.executable).parent / "tensorboard", "--logdir", sweep, "--host", "127.0.0.1", "--port", port]
+    server = subprocess.Popen(list(map(str, command)), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        base = f"http://127.0.0.1:{port}/data"
+        tags = poll(lambda: get(f"{base}/plugin/scalars/tags"), lambda t: {"0", "3"} <= set(t))
+        assert {"val/acc", "val/acc_best", "test/acc", "hp/val_acc_best"} <= set(tags["0"]) & set(tags["3"])
+        curve = get(f"{base}/plugin/scalars/scalars?run=0&tag=val/acc")
+        assert curve[-1][2] == pytest.approx(metrics(sweep / "0")["val/acc"], abs=1e-4)
+        experiment = poll(lambda: post(f"{base}/plugin/hparams/experiment", {"experimentName": ""}), hparams_ready)
+        assert {"lr", "optimizer", "batch_size"} <= {info["name"] for info in experiment["hparamInfos"]}
+        assert "hp/val_acc_best" in {info["name"]["tag"] for info in experiment["metricInfos"]}
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def get(url: str):
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return json.load(response)
+
+
+def post(url: str, body: dict):
+    # TensorBoard refuses POSTs without this header (its cross-site request forgery guard).
+    headers = {"Content-Type": "application/json", "X-XSRF-Protected": "1"}
+    request = urllib.request.Request(url, json.dumps(body).encode(), headers)
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.load(response)
+
+
+def hparams_ready(experiment: dict) -> bool:
+    return bool(experiment.get("hparamInfos")) and bool(experiment.get("metricInfos"))
+
+
+def poll(fetch, ready, timeout: float = 90.0):
+    """fetch() until ready(result): TensorBoard starts, then loads the logdir in the background."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            result = fetch()
+            if ready(result):
+                return result
+        except OSError:  # not listening yet (URLError is an OSError)
+            result = None
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"TensorBoard not ready after {timeout} s; last answer: {result}")
+        time.sleep(0.5)
