@@ -8,7 +8,15 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
+from lenet.console import UserError
+
 STAGES = ("train", "val", "test")
+
+
+class Diverged(UserError):
+    """The training loss became NaN or infinite."""
+
+
 # Schedulers whose length is the whole run, counted in optimizer steps: the keyword that takes it.
 RUN_LENGTH_ARGUMENT = {
     "torch.optim.lr_scheduler.OneCycleLR": "total_steps",
@@ -59,15 +67,15 @@ class LeNetModule(L.LightningModule):
             self.test_confusion.update(logits, labels)
         return loss
 
-    def _log_epoch(self, stage: str) -> torch.Tensor:
-        """Log `{stage}/loss` and `{stage}/acc` for the epoch, start the next one afresh; return the accuracy."""
+    def _log_epoch(self, stage: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Log `{stage}/loss` and `{stage}/acc` for the epoch, start the next one afresh; return both."""
         mean_loss, accuracy = self._metrics(stage)
-        value = accuracy.compute()
-        self.log(f"{stage}/loss", mean_loss.compute())
-        self.log(f"{stage}/acc", value, prog_bar=True)
+        loss, acc = mean_loss.compute(), accuracy.compute()
+        self.log(f"{stage}/loss", loss)
+        self.log(f"{stage}/acc", acc, prog_bar=True)
         mean_loss.reset()
         accuracy.reset()
-        return value
+        return loss, acc
 
     def _metrics(self, stage: str) -> tuple[MeanMetric, MulticlassAccuracy]:
         return getattr(self, f"{stage}_loss"), getattr(self, f"{stage}_acc")
@@ -82,10 +90,12 @@ class LeNetModule(L.LightningModule):
         self._step(batch, "test")
 
     def on_train_epoch_end(self):
-        self._log_epoch("train")
+        loss, _ = self._log_epoch("train")
+        if not torch.isfinite(loss):  # the mean keeps NaNs (nan_strategy="disable"): one NaN step shows here
+            raise Diverged(f"the training loss is {loss.item()} in epoch {self.current_epoch}: lower optimizer.lr")
 
     def on_validation_epoch_end(self):
-        accuracy = self._log_epoch("val")
+        _, accuracy = self._log_epoch("val")
         if not self.trainer.sanity_checking:
             self.val_acc_best.update(accuracy)
             self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=True)

@@ -40,7 +40,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     plain = OmegaConf.to_container(cfg, resolve=True)  # checkpoints must hold plain containers
     module = LeNetModule(model=plain["model"], optimizer=plain["optimizer"], scheduler=plain["scheduler"])
     loggers = [instantiate(logger) for logger in cfg.logger.values()]
-    callbacks = [instantiate(callback) for callback in cfg.callbacks.values() if callback] + [summary, FiniteLoss()]
+    callbacks = [instantiate(callback) for callback in cfg.callbacks.values() if callback] + [summary]
     trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
     refuse_spawned_ddp_in_multirun(trainer)
 
@@ -61,10 +61,6 @@ def train(cfg: DictConfig) -> dict[str, float]:
     return metrics
 
 
-class Diverged(UserError):
-    """The training loss became NaN or infinite."""
-
-
 def refuse_spawned_ddp_in_multirun(trainer: L.Trainer) -> None:
     """Lightning starts DDP's other ranks by re-running this command line, which in a multirun is the whole sweep.
 
@@ -76,24 +72,6 @@ def refuse_spawned_ddp_in_multirun(trainer: L.Trainer) -> None:
             f"DDP over {trainer.world_size} processes cannot run inside a multirun: each extra rank would re-run "
             "the whole sweep. Sweep with one device per job, or run DDP as a single run or via hydra/launcher=slurm"
         )
-
-
-class FiniteLoss(L.Callback):
-    """Fails the run (and so its sweep job) when the loss is NaN or infinite at an epoch's end.
-
-    The logged train/loss cannot tell: torchmetrics' mean drops NaNs. A NaN in the weights makes every later
-    loss NaN, so the epoch's last loss is enough, and costs one device sync per epoch rather than per step.
-    """
-
-    loss = None
-
-    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
-        self.loss = outputs["loss"]
-
-    def on_train_epoch_end(self, trainer, module):
-        if self.loss is not None and not torch.isfinite(self.loss):
-            epoch = trainer.current_epoch
-            raise Diverged(f"the training loss is {self.loss.item()} in epoch {epoch}: lower optimizer.lr")
 
 
 def checkpoint_to_resume(ckpt_path: str | None, outputs_dir: Path) -> Path | None:
