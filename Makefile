@@ -40,6 +40,9 @@ test-all: install  ## every test, the slow ones too (torch.compile, DDP, sweeps)
 bench: install  ## throughput and time-to-accuracy against the seed's loop and a plain PyTorch loop
 	$(PYTHON) benchmarks/bench.py --data-root $(FASHION_MNIST) --dataset fashion_mnist $(ARGS)
 
+bench-gpu: install  ## the speed options (bf16, channels_last, torch.compile, big batches) on a GPU
+	$(PYTHON) benchmarks/gpu.py --data-root $(FASHION_MNIST) --dataset fashion_mnist $(ARGS)
+
 lint: install  ## ruff: lint and format check
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/ruff format --check src tests benchmarks

@@ -126,6 +126,7 @@ class Trainer:
     limit_train_batches: Any = None
     limit_val_batches: Any = None
     limit_test_batches: Any = None
+    num_sanity_val_steps: Any = None
 
 
 @dataclass
