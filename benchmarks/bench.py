@@ -8,7 +8,7 @@ Measures, in one invocation:
       num_workers=2), the seed's LeNet, SGD lr 0.001 momentum 0.9: training images/s over one epoch
       (or its first 40 s);
   (b) a plain PyTorch loop over tensors decoded and normalized once: images/s at batch 64, 128 and the batch
-      size of every lenet.train config below, over one epoch (or its first 15 s) each;
+      size of every lenet.train config below, the median of 3 timings of one epoch (or its first 8 s) each;
   (c) `python -m lenet.train` as a subprocess with the default config, `experiment=seed` and (when
       conf/experiment/fast.yaml exists) `experiment=fast`: whole-process wall time, peak RSS, final test
       accuracy, training images/s, and epochs / wall time to reach the seed recipe's final test accuracy.
@@ -29,6 +29,7 @@ import os
 import platform
 import resource
 import signal
+import statistics
 import struct
 import subprocess
 import sys
@@ -53,7 +54,8 @@ SEED_BATCH, SEED_LR, SEED_MOMENTUM, SEED_WORKERS = 64, 0.001, 0.9, 2
 WARMUP_BATCHES = 20  # excluded from (a)/(b) timing: first-call allocations and worker start-up
 # Caps on one (a) / (b) measurement: images/s over part of an epoch is still valid, and a busy machine
 # must not eat the time the lenet.train runs need. --quick also caps the batches.
-LOOP_LIMITS = {"full": (None, 40, 15), "quick": (200, 10, 5)}  # (batches, seconds for (a), seconds for (b))
+LOOP_LIMITS = {"full": (None, 40, 8), "quick": (200, 10, 3)}  # (batches, seconds for (a), seconds for (b))
+PLAIN_REPEATS = 3  # (b) is timed this many times and the median kept: two threads on two cores are noisy
 QUICK_OVERRIDES = ["trainer.max_epochs=1", "++trainer.limit_train_batches=100"]
 MB = 1e6  # decimal megabytes: 1 GB = 1000 MB
 RUSAGE_BOTH = (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
@@ -444,8 +446,10 @@ def loop_rows(args, batch_sizes: set[int]) -> list[dict]:
     rows = [loop_row(SEED_STYLE, SEED_BATCH, partial(seed_style_loop, images, labels, max_batches, seed_style_seconds))]
     normalized = images.unsqueeze(1).float().div(255).sub(0.5).div(0.5)  # Normalize((0.5,), (0.5,)), once
     for batch_size in sorted(batch_sizes):
-        measure = partial(plain_loop, normalized, labels, batch_size, max_batches, plain_seconds)
-        rows.append(loop_row(PLAIN, batch_size, measure))
+        once = partial(plain_loop, normalized, labels, batch_size, max_batches, plain_seconds)
+        rows.append(
+            loop_row(PLAIN, batch_size, lambda once=once: statistics.median(once() for _ in range(PLAIN_REPEATS)))
+        )
     return rows
 
 
