@@ -52,6 +52,7 @@ def test_experiment_seed_is_the_seed_scripts_recipe():
     assert not cfg.scheduler
     assert (cfg.data.batch_size, cfg.data.mean, cfg.data.std, cfg.trainer.max_epochs) == (64, 0.5, 0.5, 10)
     assert cfg.data.val_size == 0 and cfg.trainer.limit_val_batches == 0  # trains on all 60,000 images
+    assert cfg.callbacks.checkpoint is None and cfg.callbacks.last_checkpoint  # so the final model is tested
     assert OmegaConf.to_container(cfg.model) == OmegaConf.to_container(compose_config("run_dir=x").model)
     assert (cfg.model.activation, cfg.model.pooling, cfg.model.batch_norm, cfg.model.dropout) == (
         "relu",

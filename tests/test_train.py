@@ -50,6 +50,8 @@ def test_metrics_json_holds_the_final_metrics_under_their_logged_names(run):
 def test_best_and_last_checkpoints_are_written(run):
     run_dir, _ = run
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
+    last = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert (last["epoch"], last["global_step"]) == (EPOCHS - 1, EPOCHS * 32)  # every epoch, improved or not
 
 
 def test_tensorboard_gets_curves_lr_and_a_confusion_matrix(events, run):
