@@ -4,6 +4,7 @@ import inspect
 from dataclasses import fields
 from pathlib import Path
 
+import torch
 from hydra.utils import get_object
 from omegaconf import DictConfig, OmegaConf
 
@@ -23,10 +24,12 @@ class ConfigError(UserError):
 
 
 def validate(cfg: DictConfig) -> None:
-    """Required values, ranges and choices, and keys no schema or target knows (`+optimizer.lrr=1`)."""
+    """Required values, a GPU when one is asked for, ranges and choices, and keys no schema or target knows."""
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise ConfigError(f"{missing[0]} is required: set it on the command line, e.g. {missing[0]}=VALUE")
+    if OmegaConf.select(cfg, "trainer.accelerator") in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ConfigError("trainer.accelerator=gpu but no CUDA GPU is visible here; use trainer=cpu or trainer=default")
     if "run_dir" in cfg:  # the training config (lenet.eval has its own, smaller one)
         _check_values("", cfg, schema.Config)
     for path, node in _instantiated(cfg):

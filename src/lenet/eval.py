@@ -9,7 +9,6 @@ import logging
 from pathlib import Path
 
 import hydra
-import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
@@ -26,8 +25,6 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     ckpt = Path(cfg.ckpt_path)
     if not ckpt.is_file():
         raise ConfigError(f"ckpt_path={cfg.ckpt_path}: no such checkpoint file")
-    if cfg.trainer.accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
-        raise ConfigError("trainer.accelerator=gpu but no CUDA GPU is visible here; use trainer=cpu or trainer=default")
     module = LeNetModule.load_from_checkpoint(ckpt, map_location="cpu")
     overrides = {key: value for key, value in cfg.data.items() if value is not None}
     datamodule = MNISTDataModule.load_from_checkpoint(ckpt, **overrides)

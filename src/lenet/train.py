@@ -27,8 +27,6 @@ class Interrupted(UserError):
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit, test the best checkpoint, write `metrics.json` in `cfg.run_dir`; return the final metrics."""
     validate(cfg)
-    if cfg.trainer.accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
-        raise ConfigError("trainer.accelerator=gpu but no CUDA GPU is visible here; use trainer=cpu or trainer=default")
     resume = checkpoint_to_resume(cfg.ckpt_path, Path(cfg.outputs_dir))
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
