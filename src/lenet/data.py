@@ -185,7 +185,8 @@ class MNISTDataModule(L.LightningDataModule):
         if self.splits:
             return  # `setup` runs once per stage; the tensors are already in memory
         device = self.trainer.strategy.root_device if self.trainer else torch.device("cpu")
-        train_x, train_y = self._load("train", device)
+        files = self.idx_files()
+        train_x, train_y = self._load(*files["train"], device)
         val_size = self.hparams.val_size
         if not 0 <= val_size < len(train_y):
             raise DataError(f"data.val_size={val_size} must be between 0 (no validation) and {len(train_y) - 1}")
@@ -194,11 +195,10 @@ class MNISTDataModule(L.LightningDataModule):
         self.splits = {
             "train": (train_x[train], train_y[train]),
             "val": (train_x[val], train_y[val]),
-            "test": self._load("test", device),
+            "test": self._load(*files["test"], device),
         }
 
-    def _load(self, split: str, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        images_path, labels_path = self.idx_files()[split]
+    def _load(self, images_path: Path, labels_path: Path, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         for path in (images_path, labels_path):
             if not path.is_file():
                 raise DataError(f"{path} is missing: run again with network to download it, or pass data.root=FOLDER")
