@@ -1,4 +1,4 @@
-"""Where the Hydra configs live, and the start-up check of a composed config."""
+"""Where the Hydra configs live, the start-up check of a composed config, and `ckpt_path` resolved to a file."""
 
 import inspect
 from dataclasses import fields
@@ -74,3 +74,17 @@ def _check_keys(path: str, node: DictConfig, node_schema) -> None:
         if key not in known:
             settings = ", ".join(sorted(known - HYDRA_KEYS - {"params", "optimizer"}))
             raise ConfigError(f"{path}.{key} is not a setting of {node._target_}; its settings: {settings}")
+
+
+def checkpoint_file(ckpt_path: str | None, outputs_dir: Path) -> Path | None:
+    """`ckpt_path` as a file: `last` means the newest last.ckpt of any run under `outputs_dir`."""
+    if not ckpt_path:
+        return None
+    if ckpt_path == "last":
+        runs = sorted(outputs_dir.glob("**/checkpoints/last.ckpt"), key=lambda path: path.stat().st_mtime)
+        if not runs:
+            raise ConfigError(f"ckpt_path=last: no run under {outputs_dir}/ has a last.ckpt; give a checkpoint path")
+        return runs[-1]
+    if not Path(ckpt_path).is_file():
+        raise ConfigError(f"ckpt_path={ckpt_path}: no such checkpoint file")
+    return Path(ckpt_path)

@@ -12,7 +12,7 @@ import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from lenet.config import CONFIG_DIR, ConfigError, validate
+from lenet.config import CONFIG_DIR, checkpoint_file, validate
 from lenet.console import report_user_errors
 from lenet.data import MNISTDataModule
 from lenet.module import LeNetModule
@@ -22,9 +22,7 @@ log = logging.getLogger(__name__)
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
     validate(cfg)
-    ckpt = Path(cfg.ckpt_path)
-    if not ckpt.is_file():
-        raise ConfigError(f"ckpt_path={cfg.ckpt_path}: no such checkpoint file")
+    ckpt = checkpoint_file(cfg.ckpt_path, Path(cfg.outputs_dir))
     module = LeNetModule.load_from_checkpoint(ckpt, map_location="cpu")
     overrides = {key: value for key, value in cfg.data.items() if value is not None}
     datamodule = MNISTDataModule.load_from_checkpoint(ckpt, **overrides)

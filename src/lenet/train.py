@@ -10,7 +10,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
-from lenet.config import CONFIG_DIR, ConfigError, validate
+from lenet.config import CONFIG_DIR, ConfigError, checkpoint_file, validate
 from lenet.console import UserError, in_multirun, report_user_errors
 from lenet.module import LeNetModule
 from lenet.summary import RunSummary, hparams_of
@@ -27,7 +27,7 @@ class Interrupted(UserError):
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit, test the best checkpoint, write `metrics.json` in `cfg.run_dir`; return the final metrics."""
     validate(cfg)
-    resume = checkpoint_to_resume(cfg.ckpt_path, Path(cfg.outputs_dir))
+    resume = checkpoint_file(cfg.ckpt_path, Path(cfg.outputs_dir))
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -70,20 +70,6 @@ def refuse_spawned_ddp_in_multirun(trainer: L.Trainer) -> None:
             f"DDP over {trainer.world_size} processes cannot run inside a multirun: each extra rank would re-run "
             "the whole sweep. Sweep with one device per job, or run DDP as a single run or via hydra/launcher=slurm"
         )
-
-
-def checkpoint_to_resume(ckpt_path: str | None, outputs_dir: Path) -> Path | None:
-    """`ckpt_path` as a file: `last` means the newest last.ckpt of any run under `outputs_dir`."""
-    if not ckpt_path:
-        return None
-    if ckpt_path == "last":
-        runs = sorted(outputs_dir.glob("**/checkpoints/last.ckpt"), key=lambda path: path.stat().st_mtime)
-        if not runs:
-            raise ConfigError(f"ckpt_path=last: no run under {outputs_dir}/ has a last.ckpt; give a checkpoint path")
-        return runs[-1]
-    if not Path(ckpt_path).is_file():
-        raise ConfigError(f"ckpt_path={ckpt_path}: no such checkpoint file")
-    return Path(ckpt_path)
 
 
 def resume_hint(run_dir: Path) -> str:
