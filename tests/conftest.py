@@ -6,18 +6,27 @@ import os
 # two threads each slow down many times over, and the fixture data is too small to gain from more.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+import contextlib
 import gzip
+import hashlib
+import http.server
 import struct
 import sys
+import threading
+import time
 from pathlib import Path
 
 import lightning as L
 import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
 
 from lenet.config import CONFIG_DIR
+from lenet.console import quiet_lightning
 from lenet.data import SPLIT_FILES
+
+quiet_lightning()  # as the entry points do, for the runs the tests start in this process
 
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 SIZES = {"train": 1200, "test": 400}
@@ -91,6 +100,15 @@ def compose_config(*overrides: str, config_name: str = "config"):
         return compose(config_name=config_name, overrides=list(overrides))
 
 
+def datamodule(root: Path, *overrides: str, num_classes: int = 10):
+    """The data module the default config builds, on fixture data, loaded."""
+    cfg = compose_config(f"data.root={root}", f"data.val_size={VAL_SIZE}", *overrides, "run_dir=x")
+    data = instantiate(cfg.data, num_classes=num_classes)
+    data.prepare_data()
+    data.setup("fit")
+    return data
+
+
 def lenet_command(module: str, *overrides: str) -> list[str]:
     return [sys.executable, "-m", f"lenet.{module}", *overrides]
 
@@ -104,3 +122,52 @@ class InterruptAt(L.Callback):
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
         if (trainer.current_epoch, batch_idx) == (self.epoch, self.batch):
             raise KeyboardInterrupt
+
+
+class OptimizerSpy(L.Callback):
+    """Records the first param group's settings at every training step: `+callbacks.spy=...`."""
+
+    seen: list[dict] = []
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        OptimizerSpy.seen.append(dict(trainer.optimizers[0].param_groups[0]))
+
+
+class Mirror:
+    """A loopback HTTP server that serves a folder's files as a dataset mirror, counting the requests per file.
+
+    torchvision asks for each file twice: once to follow redirects (it hangs up after the headers), then for real.
+    """
+
+    def __init__(self, folder: Path, delay: float = 0.0):
+        self.requests: dict[str, int] = {}
+        self.delay = delay
+        mirror = self
+
+        class Handler(http.server.SimpleHTTPRequestHandler):
+            def __init__(self, *args, **kwargs):
+                super().__init__(*args, directory=str(folder), **kwargs)
+
+            def do_GET(self):
+                mirror.requests[self.path] = mirror.requests.get(self.path, 0) + 1
+                time.sleep(mirror.delay)
+                with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # the redirect probe hung up
+                    super().do_GET()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/"
+
+    def __enter__(self):
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+
+
+def md5s(folder: Path) -> list[tuple[str, str]]:
+    """(file, md5) of each .gz in `folder`: a torchvision dataset's `resources` for these files."""
+    return [(path.name, hashlib.md5(path.read_bytes()).hexdigest()) for path in sorted(folder.glob("*.gz"))]

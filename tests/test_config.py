@@ -1,6 +1,8 @@
+import shutil
 from pathlib import Path
 
 import pytest
+from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
@@ -79,16 +81,28 @@ def test_data_root_defaults_to_data_and_follows_LENET_DATA(monkeypatch):
     ("override", "message"),
     [
         ("optimizer.lr=-0.1", "optimizer.lr=-0.1 is not allowed: it must be a number > 0"),
+        ("optimizer.lr=abc", "optimizer.lr='abc' is not allowed: it must be a number > 0"),
         ("data.batch_size=0", "data.batch_size=0 is not allowed: it must be an integer >= 1"),
-        ("data.val_size=-1", "data.val_size=-1 is not allowed: it must be an integer >= 0"),
+        ("data.batch_size=abc", "data.batch_size='abc' is not allowed: it must be an integer >= 1"),
+        ("data.val_size=-1", "data.val_size=-1 is not allowed: it must be a share of the training images in [0, 1)"),
+        ("data.val_size=1.5", "data.val_size=1.5 is not allowed: it must be a share of the training images in [0, 1)"),
         ("trainer.max_epochs=0", "trainer.max_epochs=0 is not allowed: it must be an integer >= 1"),
+        ("trainer.max_epochs=1.5", "trainer.max_epochs=1.5 is not allowed: it must be an integer >= 1"),
+        ("seed=x", "seed='x' is not allowed: it must be an integer"),
+        ("trainer.precision=16", "trainer.precision=16 is not allowed: it must be one of 32-true, bf16-mixed,"),
+        (
+            "trainer.accumulate_grad_batches=0",
+            "trainer.accumulate_grad_batches=0 is not allowed: it must be an integer",
+        ),
         ("model.activation=gelu", "model.activation='gelu' is not allowed: it must be one of relu, tanh"),
         ("model.dropout=1.5", "model.dropout=1.5 is not allowed: it must be a number in [0, 1)"),
-        ("scheduler.pct_start=0", "scheduler.pct_start=0.0 is not allowed: it must be a number in (0, 1)"),
-        ("threads=0", "threads=0 is not allowed: it must be an integer >= 1, or null"),
+        ("model.num_classes=1", "model.num_classes=1 is not allowed: it must be an integer >= 2"),
+        ("scheduler.pct_start=0", "scheduler.pct_start=0 is not allowed: it must be a number in (0, 1)"),
+        ("threads=0", "threads=0 is not allowed: it must be null, or an integer >= 1"),
+        ("optimizer.momentum=0", "optimizer.nesterov=true needs optimizer.momentum > 0 and no dampening"),
         ("+optimizer.lrr=1", "optimizer.lrr is not a setting of torch.optim.SGD; its settings: dampening,"),
         ("++data.bach_size=1", "data.bach_size is not a setting of lenet.data.MNISTDataModule"),
-        ("+callbacks.checkpoint.monitr=x", "callbacks.checkpoint.monitr is not a setting of lightning.pytorch"),
+        ("+callbacks.checkpoint.monitr=x", "callbacks.checkpoint.monitr is not a setting of lenet.checkpoint"),
     ],
 )
 def test_bad_values_and_unknown_keys_are_named_with_what_is_allowed(override, message):
@@ -97,15 +111,36 @@ def test_bad_values_and_unknown_keys_are_named_with_what_is_allowed(override, me
     assert str(error.value).startswith(message)
 
 
-@pytest.mark.parametrize("override", ["optimizer.lr=abc", "trainer.max_epochs=1.5", "seed=x", "data.batch_size=abc"])
-def test_wrong_types_are_refused_when_hydra_composes(override):
+@pytest.mark.parametrize("betas", ["[0.9,1.0]", "[-0.1,0.999]", "[0.9]", "0.9"])
+def test_adam_betas_outside_0_1_are_refused(betas):
+    with pytest.raises(ConfigError, match=r"optimizer.betas=.* is not allowed: it must be two numbers in \[0, 1\)"):
+        validate(compose_config("optimizer=adamw", f"optimizer.betas={betas}", "run_dir=x"))
+
+
+def test_a_new_option_file_gets_its_groups_checks(tmp_path):
+    conf = tmp_path / "conf"
+    shutil.copytree(CONFIG_DIR, conf)
+    (conf / "optimizer" / "rmsprop.yaml").write_text("_target_: torch.optim.RMSprop\n_partial_: true\nlr: 0.01\n")
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        validate(compose(config_name="config", overrides=["optimizer=rmsprop", "run_dir=x"]))
+        for override, message in [("optimizer.lr=-1", "optimizer.lr=-1 is not allowed"),
+                                  ("+optimizer.momentum=1.5", "optimizer.momentum=1.5 is not allowed")]:  # fmt: skip
+            with pytest.raises(ConfigError, match=message):
+                validate(compose(config_name="config", overrides=["optimizer=rmsprop", override, "run_dir=x"]))
+
+
+def test_the_option_lists_hold_only_the_option_files():
     with pytest.raises(ConfigCompositionException) as error:
-        compose_config(override, "run_dir=x")
-    assert "could not be converted" in str(error.value.__cause__)
+        compose_config("optimizer=sdg", "run_dir=x")
+    listed = str(error.value).split("Available options in 'optimizer':")[1].split("Config search path")[0]
+    assert listed.split() == ["adam", "adamw", "sgd"]
 
 
-def test_trainer_arguments_without_a_schema_field_can_still_be_added():
-    validate(compose_config("+trainer.gradient_clip_val=1.0", "run_dir=x"))
+def test_trainer_settings_users_reach_for_need_no_plus():
+    cfg = compose_config("trainer.accumulate_grad_batches=2", "trainer.gradient_clip_val=0.5", "run_dir=x")
+    validate(cfg)
+    assert (cfg.trainer.accumulate_grad_batches, cfg.trainer.gradient_clip_val) == (2, 0.5)
+    validate(compose_config("+trainer.benchmark=true", "run_dir=x"))  # any other Trainer argument, with +
 
 
 def test_a_missing_required_value_is_named():

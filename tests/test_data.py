@@ -1,22 +1,39 @@
 import gzip
 import http.server
+import os
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from hydra.utils import instantiate
 from torchvision import datasets
 
-from conftest import SIZES, VAL_SIZE, synthetic_split, write_dataset, write_idx
-from lenet.data import DataError, InMemoryLoader, MNISTDataModule
+from conftest import (
+    SIZES,
+    VAL_SIZE,
+    Mirror,
+    compose_config,
+    datamodule,
+    fixture_overrides,
+    md5s,
+    synthetic_split,
+    write_dataset,
+    write_idx,
+)
+from lenet.data import ALL_FILES, DATASETS, DataError, InMemoryLoader, MNISTDataModule
+from lenet.train import train
 
 
-def ready(root, **kwargs) -> MNISTDataModule:
-    datamodule = MNISTDataModule(root=str(root), val_size=VAL_SIZE, **kwargs)
-    datamodule.prepare_data()
-    datamodule.setup("fit")
-    return datamodule
+def ready(root, **settings) -> MNISTDataModule:
+    return datamodule(root, *(f"data.{key}={value}" for key, value in settings.items()))
+
+
+def unprepared(root, dataset: str = "mnist") -> MNISTDataModule:
+    return instantiate(compose_config(f"data={dataset}", f"data.root={root}", "run_dir=x").data, num_classes=10)
 
 
 def test_flat_gzip_flat_plain_and_torchvision_layouts_load_the_same_data(flat_root, torchvision_root, tmp_path):
@@ -83,14 +100,14 @@ def test_a_failed_download_says_how_to_supply_the_files(tmp_path, monkeypatch):
     # Port 9 on loopback refuses at once: the real download code runs and fails, with no network.
     monkeypatch.setattr(datasets.MNIST, "mirrors", ["http://127.0.0.1:9/"])
     with pytest.raises(DataError, match=r"could not download MNIST.*data.root=FOLDER"):
-        MNISTDataModule(root=str(tmp_path / "empty")).prepare_data()
-    assert not any((tmp_path / "empty").rglob("*.gz")), "a failed download must not leave files behind"
+        unprepared(tmp_path / "empty").prepare_data()
+    assert not (tmp_path / "empty").exists(), "a failed download must not leave files, nor the folder it made"
 
 
 def test_a_data_root_that_is_a_file_is_refused(tmp_path):
     (tmp_path / "file").write_text("")
     with pytest.raises(DataError, match="is a file"):
-        MNISTDataModule(root=str(tmp_path / "file")).prepare_data()
+        unprepared(tmp_path / "file").prepare_data()
 
 
 def broken_copy(tmp_path, damage) -> Path:
@@ -166,7 +183,147 @@ def test_a_download_cut_off_mid_way_fails_cleanly_and_leaves_nothing(tmp_path, m
     try:
         monkeypatch.setattr(datasets.MNIST, "mirrors", [f"http://127.0.0.1:{server.server_port}/"])
         with pytest.raises(DataError, match="could not download MNIST into .*pass data.root=FOLDER"):
-            MNISTDataModule(root=str(tmp_path / "data")).prepare_data()
+            unprepared(tmp_path / "data").prepare_data()
     finally:
         server.shutdown()
-    assert list((tmp_path / "data").iterdir()) == [], "no partial file may stay behind"
+    assert not (tmp_path / "data").exists(), "no partial file, nor the folder the download made, may stay behind"
+
+
+# --- Downloads: the success path, concurrent jobs, files already there ---
+
+
+@pytest.mark.parametrize("dataset", ["mnist", "fashion_mnist", "kmnist"])
+def test_a_run_downloads_verifies_moves_the_files_into_place_and_trains(dataset, tmp_path, monkeypatch):
+    served = write_dataset(tmp_path / "served", gz=True)
+    torchvision_class = DATASETS[dataset]
+    with Mirror(served) as mirror:
+        monkeypatch.setattr(torchvision_class, "mirrors", [mirror.url])
+        monkeypatch.setattr(torchvision_class, "resources", md5s(served))
+        root = tmp_path / "data"
+        cfg = compose_config(*fixture_overrides(root, tmp_path / "run"), f"data={dataset}", "debug=fast_dev_run")
+        metrics = train(cfg)
+    raw = root / torchvision_class.__name__ / "raw"
+    for name in ALL_FILES:  # torchvision checked each .gz against its md5, then extracted it
+        assert (raw / name).read_bytes() == gzip.decompress((served / f"{name}.gz").read_bytes())
+    assert sorted(mirror.requests) == sorted(f"/{name}.gz" for name in ALL_FILES)
+    assert not [p for p in root.iterdir() if p.name.startswith(".download-")], "the temporary folder is gone"
+    assert metrics["data"]["dataset"] == dataset and metrics["epochs"] == 1
+
+
+def test_a_file_whose_md5_differs_is_refused(tmp_path, monkeypatch):
+    served = write_dataset(tmp_path / "served", gz=True)
+    with Mirror(served) as mirror:
+        monkeypatch.setattr(datasets.MNIST, "mirrors", [mirror.url])
+        monkeypatch.setattr(datasets.MNIST, "resources", [(name, "0" * 32) for name, _ in md5s(served)])
+        with pytest.raises(DataError, match="could not download MNIST into"):
+            unprepared(tmp_path / "data").prepare_data()
+    assert not (tmp_path / "data").exists()
+
+
+PREPARE = """
+import sys
+from torchvision import datasets
+from conftest import compose_config
+from hydra.utils import instantiate
+datasets.MNIST.mirrors = [sys.argv[1]]
+datasets.MNIST.resources = eval(sys.argv[2])
+instantiate(compose_config(f"data.root={sys.argv[3]}", "run_dir=x").data, num_classes=10).prepare_data()
+"""
+
+
+def test_parallel_jobs_download_once_and_share_the_files(tmp_path, monkeypatch):
+    served = write_dataset(tmp_path / "served", gz=True)
+    with Mirror(served) as mirror:
+        monkeypatch.setattr(datasets.MNIST, "mirrors", [mirror.url])
+        monkeypatch.setattr(datasets.MNIST, "resources", md5s(served))
+        unprepared(tmp_path / "alone").prepare_data()
+        one_download, mirror.requests = mirror.requests, {}
+        mirror.delay = 0.3  # slow enough that both jobs want the files at once
+        command = [sys.executable, "-c", PREPARE, mirror.url, repr(md5s(served)), str(tmp_path / "shared")]
+        env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
+        jobs = [subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+        errors = [job.communicate(timeout=120)[1] for job in jobs]
+    assert [job.returncode for job in jobs] == [0, 0], errors
+    assert mirror.requests == one_download, "one job downloaded, the other waited for it"
+    assert len(ready(tmp_path / "shared").splits["test"][1]) == SIZES["test"]
+
+
+def test_torchvision_layout_with_only_the_gz_files_is_used_as_it_is(tmp_path, monkeypatch):
+    write_dataset(tmp_path / "data" / "MNIST" / "raw", gz=True)
+    monkeypatch.setattr(datasets.MNIST, "mirrors", ["http://127.0.0.1:9/"])  # a download would fail
+    assert len(ready(tmp_path / "data").splits["test"][1]) == SIZES["test"]
+
+
+# --- A wrong data.root says where it looked and where the files are ---
+
+
+@pytest.mark.parametrize(
+    ("root", "message"),
+    [
+        ("typo", r"data.root=.*/typo does not exist \(the download made it, then removed it again\)"),
+        ("", r"Looked for the IDX files in .*/datasets and in .*/datasets/MNIST/raw: .*/datasets holds fashion/; "
+             r"IDX files are in .*/datasets/fashion: pass that as data.root"),
+        ("fashion/deeper", r"does not exist .*; IDX files are in .*/datasets/fashion: pass that as data.root"),
+    ],
+    ids=["typo", "parent", "one-level-too-deep"],
+)  # fmt: skip
+def test_a_wrong_data_root_says_where_it_looked_and_where_the_files_are(root, message, tmp_path, monkeypatch):
+    write_dataset(tmp_path / "datasets" / "fashion", gz=True)
+    monkeypatch.setattr(datasets.MNIST, "mirrors", ["http://127.0.0.1:9/"])
+    with pytest.raises(DataError, match=message):
+        unprepared(tmp_path / "datasets" / root).prepare_data()
+    made = [p.name for p in (tmp_path / "datasets").iterdir() if p.name != ".download.lock"]
+    assert made == ["fashion"], "nothing made, nothing left but the lock file of the download"
+
+
+# --- Values that used to crash later ---
+
+
+def test_an_idx_file_cut_inside_its_header_is_named(tmp_path):
+    root = write_dataset(tmp_path / "data", gz=False)
+    (root / "train-images-idx3-ubyte").write_bytes(bytes.fromhex("00000803") + bytes(6))
+    with pytest.raises(DataError, match=r"train-images-idx3-ubyte: its header is cut short \(10 of 16 bytes\)"):
+        ready(root)
+
+
+def test_labels_outside_the_models_classes_are_named(flat_root, tmp_path):
+    with pytest.raises(DataError, match=r"has label 9, but model.num_classes=5 allows 0..4: set model.num_classes=10"):
+        datamodule(flat_root, num_classes=5)
+    root = write_dataset(tmp_path / "data", gz=True)
+    write_idx(root / "t10k-labels-idx1-ubyte.gz", np.full(SIZES["test"], 12))
+    with pytest.raises(DataError, match=r"t10k-labels-idx1-ubyte.gz has label 12, but model.num_classes=10"):
+        datamodule(root)
+
+
+@pytest.mark.parametrize(("val_size", "count"), [("0.0833333", 100), ("0.5", 600), ("0.0", 0), ("37", 37)])
+def test_val_size_is_a_share_of_the_training_images_or_a_count(val_size, count, flat_root):
+    splits = ready(flat_root, val_size=val_size).splits
+    assert len(splits["val"][1]) == count and len(splits["train"][1]) == SIZES["train"] - count
+
+
+def test_a_val_size_that_leaves_no_training_images_is_refused(flat_root):
+    with pytest.raises(DataError, match=r"data.val_size=1200 leaves no training images of 1200"):
+        ready(flat_root, val_size=1200)
+
+
+def test_a_last_training_batch_of_one_joins_the_one_before_and_evaluation_keeps_every_image():
+    images, labels = torch.zeros(55, 1), torch.arange(55)
+    shuffled = InMemoryLoader(images, labels, 27, generator=torch.Generator().manual_seed(0), train=True)
+    assert [len(y) for _, y in shuffled] == [27, 28] and len(shuffled) == 2
+    assert [len(y) for _, y in InMemoryLoader(images, labels, 27, train=True)] == [27, 28]
+    assert [len(y) for _, y in InMemoryLoader(images, labels, 27)] == [27, 27, 1]
+
+
+@pytest.mark.parametrize("world_size", [2, 3])
+def test_ddp_ranks_share_out_evaluation_images_once_each_and_training_in_equal_steps(world_size):
+    images, labels = torch.zeros(100, 1), torch.arange(100)
+    evaluated = [torch.cat([y for _, y in InMemoryLoader(images, labels, 8, rank=r, world_size=world_size)])
+                 for r in range(world_size)]  # fmt: skip
+    assert sorted(torch.cat(evaluated).tolist()) == list(range(100))
+    generator = lambda: torch.Generator().manual_seed(0)  # noqa: E731 (every rank draws the same order)
+    trained = [
+        list(InMemoryLoader(images, labels, 8, generator(), r, world_size, train=True)) for r in range(world_size)
+    ]
+    assert len({len(batches) for batches in trained}) == 1
+    seen = torch.cat([y for batches in trained for _, y in batches]).tolist()
+    assert len(seen) == len(set(seen)) == 100 - 100 % world_size

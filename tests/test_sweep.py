@@ -57,7 +57,7 @@ def test_a_failing_job_does_not_stop_the_others_and_the_sweep_exits_nonzero(fail
     assert sorted(path.parent.name for path in sweep.glob("*/metrics.json")) == ["0", "3"], (
         "jobs after the failures ran"
     )
-    assert "error: optimizer.lr=-1.0 is not allowed: it must be a number > 0" in result.stderr
+    assert "error: optimizer.lr=-1 is not allowed: it must be a number > 0" in result.stderr
     assert "Traceback" not in result.stderr
     assert "error: the training loss is nan in epoch 0" in (sweep / "2" / "train.log").read_text()
 
@@ -66,7 +66,7 @@ def test_the_report_is_written_when_the_multirun_ends(failing_sweep):
     _, sweep = failing_sweep
     md = (sweep / "report.md").read_text()
     assert "4 jobs: 2 done, 2 failed, 0 unfinished." in md
-    assert "job 1 failed: error: optimizer.lr=-1.0 is not allowed" in md
+    assert "job 1 failed: error: optimizer.lr=-1 is not allowed" in md
     assert "job 2 failed: error: the training loss is nan" in md
     table = [line.split(" | ")[0].strip("| ") for line in md.splitlines() if line.startswith("| ")][1:]
     best = max(("0", "3"), key=lambda job: metrics(sweep / job)["val/acc_best"])

@@ -2,17 +2,32 @@
 
 import json
 import logging
+import shutil
 import signal
 import subprocess
+from pathlib import Path
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 
-from conftest import compose_config, fixture_overrides, lenet_command
+from conftest import (
+    SIZES,
+    OptimizerSpy,
+    compose_config,
+    fixture_overrides,
+    lenet_command,
+    synthetic_split,
+    write_dataset,
+    write_idx,
+)
 from lenet.config import ConfigError
+from lenet.eval import evaluate
 from lenet.model import LeNet
+from lenet.module import LeNetModule
 from lenet.train import Interrupted, train
 
 EPOCHS = 3
@@ -40,7 +55,7 @@ def test_training_learns_far_above_chance(run):
 def test_metrics_json_holds_the_final_metrics_under_their_logged_names(run):
     run_dir, metrics = run
     written = json.loads((run_dir / "metrics.json").read_text())
-    assert written == pytest.approx(metrics)
+    assert written == metrics  # floats survive JSON exactly
     for key in ["train/loss", "train/acc", "val/loss", "val/acc", "val/acc_best", "test/loss", "test/acc"]:
         assert 0 <= written[key] < 10, key
     assert written["epochs"] == EPOCHS
@@ -147,3 +162,136 @@ def test_ckpt_path_last_takes_the_newest_last_checkpoint(flat_root, tmp_path, ca
     )
     assert resumed["epochs"] == 2
     assert f"Restoring states from the checkpoint path at {tmp_path / 'b' / 'checkpoints' / 'last.ckpt'}" in caplog.text
+
+
+# --- A resume continues the run: its best epoch, its settings ---
+
+
+def shuffled_labels_copy(root: Path, folder: Path) -> Path:
+    """A copy of the fixture data whose training labels are shuffled: a model trained on it gets worse."""
+    shutil.copytree(root, folder)
+    labels = folder / "train-labels-idx1-ubyte.gz"
+    _, original = synthetic_split(SIZES["train"], seed=0)
+    write_idx(labels, np.random.default_rng(0).permutation(original))
+    return folder
+
+
+def test_a_resume_keeps_the_best_epoch_from_before_it(flat_root, tmp_path, caplog):
+    constant = ["scheduler=none", "optimizer.lr=0.05"]
+    first = train(compose_config(*fixture_overrides(flat_root, tmp_path / "first"), *constant))
+    worse = shuffled_labels_copy(flat_root, tmp_path / "worse")  # the resumed epochs learn noise
+    last = tmp_path / "first" / "checkpoints" / "last.ckpt"
+    caplog.set_level(logging.INFO)
+    resume = [*fixture_overrides(worse, tmp_path / "resumed"), *constant, f"ckpt_path={last}", "trainer.max_epochs=5"]
+    resumed = train(compose_config(*resume))
+    assert f"Resuming {last} after epoch 3." in caplog.text
+    assert resumed["val/acc"] < 0.5 < first["val/acc_best"], "the resumed epochs are worse"
+    best = torch.load(tmp_path / "resumed" / "checkpoints" / "best.ckpt", weights_only=True)
+    assert best["epoch"] <= 2, "best.ckpt is an epoch from before the resume"
+    score = next(state["best_model_score"] for key, state in best["callbacks"].items() if "val/acc" in key)
+    assert float(score) == pytest.approx(resumed["val/acc_best"]) == pytest.approx(first["val/acc_best"])
+    assert resumed["test/acc"] == pytest.approx(first["test/acc"]), "the test measures the best epoch's model"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ([], r"has trained all 3 epochs of trainer.max_epochs=3: start a new run to train longer"),
+        (["trainer.max_epochs=5"], r"trainer.max_epochs cannot change \(3 in the checkpoint, 5 now: OneCycleLR spans"),
+        (["optimizer.lr=0.05"], r"a resume continues its run, so optimizer.lr cannot change \(0.1 in the checkpoint"),
+        (["optimizer=adam"], r"so optimizer._target_ cannot change \(torch.optim.SGD in the checkpoint"),
+        (["data.val_size=100"], r"so data.val_size cannot change"),
+        (["seed=7"], r"so data.seed cannot change"),
+    ],
+    ids=["finished", "longer-one-cycle", "lr", "optimizer", "val-size", "seed"],
+)
+def test_a_resume_that_would_not_continue_its_run_is_refused_in_one_line(overrides, message, run, flat_root, tmp_path):
+    last = run[0] / "checkpoints" / "last.ckpt"
+    cfg = compose_config(*fixture_overrides(flat_root, tmp_path), f"ckpt_path={last}", *overrides)
+    with pytest.raises(ConfigError, match=message):
+        train(cfg)
+
+
+def test_a_resume_may_change_how_it_runs(flat_root, tmp_path):
+    first = [*fixture_overrides(flat_root, tmp_path / "first"), "scheduler=none", "trainer.max_epochs=1"]
+    train(compose_config(*first))
+    last = tmp_path / "first" / "checkpoints" / "last.ckpt"
+    moved = shutil.copytree(flat_root, tmp_path / "moved")
+    again = [*fixture_overrides(moved, tmp_path / "again"), "scheduler=none", f"ckpt_path={last}"]
+    resumed = train(compose_config(*again, "trainer.max_epochs=2", "data.eval_batch_size=50", "threads=1"))
+    assert resumed["epochs"] == 2
+
+
+# --- Configured values take effect ---
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key", "value"),
+    [
+        (["optimizer.momentum=0.5"], "momentum", 0.5),
+        (["optimizer=adam", "optimizer.betas=[0.8,0.99]"], "betas", (0.8, 0.99)),
+    ],
+    ids=["sgd-momentum", "adam-beta1"],
+)
+def test_the_one_cycle_schedule_trains_with_the_configured_momentum(overrides, key, value, flat_root, tmp_path):
+    OptimizerSpy.seen.clear()
+    spy = "+callbacks.spy._target_=conftest.OptimizerSpy"
+    train(compose_config(*fixture_overrides(flat_root, tmp_path), *overrides, spy, "trainer.max_epochs=1"))
+    assert len(OptimizerSpy.seen) == 32 and len({group["lr"] for group in OptimizerSpy.seen}) > 10, "the LR cycles"
+    assert {tuple(group[key]) if key == "betas" else group[key] for group in OptimizerSpy.seen} == {value}
+
+
+def test_debug_overfit_memorizes_its_batches(flat_root, tmp_path):
+    overrides = [o for o in fixture_overrides(flat_root, tmp_path) if not o.startswith("trainer.max_epochs")]
+    metrics = train(compose_config(*overrides, "debug=overfit"))
+    assert metrics["epochs"] == 100 and metrics["train/acc"] >= 0.99
+
+
+@pytest.mark.parametrize("precision", ["bf16-true", "bf16-mixed", "16-true", "16-mixed", "64-true"])
+def test_every_precision_trains_on_the_cpu(precision, flat_root, tmp_path):
+    cfg = compose_config(*fixture_overrides(flat_root, tmp_path), f"trainer.precision={precision}")
+    metrics = train(cfg)
+    assert metrics["train/loss"] < 2.0 and metrics["test/acc"] > 0.3, "it learned"
+
+
+def test_batch_norm_trains_when_the_last_batch_would_hold_one_image(flat_root, tmp_path):
+    # 1000 training images in batches of 27: 37 full ones and 1 left over, which batch norm cannot train on.
+    cfg = compose_config(*fixture_overrides(flat_root, tmp_path), "data.batch_size=27", "model.batch_norm=true")
+    assert train(cfg)["epochs"] == 3
+
+
+def test_ranks_other_than_0_draw_their_own_dropout_masks():
+    draws = []
+    for rank in (0, 1, 2):
+        torch.manual_seed(42)  # every DDP rank starts from the same seed
+        module = LeNetModule(model={"_target_": "lenet.model.LeNet"}, optimizer={})
+        module._trainer = SimpleNamespace(global_rank=rank)
+        module.setup("fit")
+        draws.append(torch.rand(3))
+    assert not torch.equal(draws[0], draws[1]) and not torch.equal(draws[1], draws[2])
+
+
+# --- What it reports ---
+
+
+def test_metrics_json_records_the_data_and_the_confusion_matrix(run, flat_root):
+    _, metrics = run
+    assert metrics["data"] | {"root": "x"} == {
+        "dataset": "mnist", "root": "x", "train_images": 1000, "val_images": 200, "test_images": 400,
+        "test_labels_sha256": metrics["data"]["test_labels_sha256"],
+    }  # fmt: skip
+    assert metrics["data"]["root"] == str(flat_root.resolve())
+    confusion = np.array(metrics["test/confusion_matrix"])
+    assert confusion.sum() == 400 and np.trace(confusion) / 400 == pytest.approx(metrics["test/acc"])
+
+
+def test_eval_on_other_data_says_so_and_records_which(run, tmp_path, caplog):
+    other = write_dataset(tmp_path / "other", gz=True)
+    write_idx(other / "t10k-labels-idx1-ubyte.gz", np.random.default_rng(5).integers(0, 10, SIZES["test"]))
+    caplog.set_level(logging.INFO)
+    ckpt = run[0] / "checkpoints" / "best.ckpt"
+    cfg = compose_config(f"ckpt_path={ckpt}", f"data.root={other}", f"run_dir={tmp_path / 'eval'}", config_name="eval")
+    metrics = evaluate(cfg)
+    assert f"The test images in {other} are not those {ckpt} was made with (mnist from" in caplog.text
+    assert metrics["data"]["root"] == str(other) and metrics["data"]["test_images"] == SIZES["test"]
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["data"] == metrics["data"]

@@ -1,22 +1,21 @@
-"""Where the Hydra configs live, the start-up check of a composed config, and `ckpt_path` resolved to a file."""
+"""Where the Hydra configs live, and the start-up checks of a composed config: of a run, and of a whole multirun."""
 
 import inspect
-from dataclasses import fields
+import sys
 from pathlib import Path
 
 import torch
+from hydra.experimental.callback import Callback
 from hydra.utils import get_object
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from lenet import schema
-from lenet.console import UserError
+from lenet.console import UserError, quiet_lightning
 
 _PACKAGED = Path(__file__).parent / "conf"  # the copy a wheel ships
 _SOURCE = Path(__file__).parents[2] / "conf"  # the top-level conf/ of a source checkout
 CONFIG_DIR = str(_PACKAGED if _PACKAGED.is_dir() else _SOURCE)
 HYDRA_KEYS = {"_target_", "_partial_", "_recursive_", "_convert_", "_args_"}
-
-schema.register()  # before Hydra composes: the YAML options name their schemas in their defaults
 
 
 class ConfigError(UserError):
@@ -24,19 +23,29 @@ class ConfigError(UserError):
 
 
 def validate(cfg: DictConfig) -> None:
-    """Required values, a GPU when one is asked for, ranges and choices, and keys no schema or target knows."""
+    """Required values, a GPU when one is asked for, each key's rule (`schema.RULES`), and keys no target knows."""
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise ConfigError(f"{missing[0]} is required: set it on the command line, e.g. {missing[0]}=VALUE")
     if OmegaConf.select(cfg, "trainer.accelerator") in ("gpu", "cuda") and not torch.cuda.is_available():
         raise ConfigError("trainer.accelerator=gpu but no CUDA GPU is visible here; use trainer=cpu or trainer=default")
-    if "run_dir" in cfg:  # the training config (lenet.eval has its own, smaller one)
-        _check_values("", cfg, schema.Config)
+    for group, rules in schema.RULES.items():
+        node = cfg.get(group) if group else cfg
+        for key in rules.keys() & set(node or ()):
+            value = _plain(node[key])
+            if not rules[key].test(value):
+                raise ConfigError(
+                    f"{group}{'.' if group else ''}{key}={value!r} is not allowed: it must be {rules[key].allowed}"
+                )
+    for group, test, advice in schema.CONSTRAINTS:
+        if group in cfg and not test(_plain(cfg[group])):
+            raise ConfigError(advice)
     for path, node in _instantiated(cfg):
-        target_schema = schema.BY_TARGET.get(node._target_)
-        if target_schema:
-            _check_values(path, node, target_schema)
-        _check_keys(path, node, target_schema)
+        _check_keys(path, node)
+
+
+def _plain(value):
+    return OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig | ListConfig) else value
 
 
 def _instantiated(node: DictConfig, path: str = ""):
@@ -50,41 +59,57 @@ def _instantiated(node: DictConfig, path: str = ""):
             yield from _instantiated(child, f"{child_path}.")
 
 
-def _check_values(path: str, node: DictConfig, node_schema) -> None:
-    for spec in fields(node_schema):
-        test = spec.metadata.get("test")
-        if test is None or spec.name not in node:
-            continue
-        value = node[spec.name]
-        try:
-            ok = test(value)
-        except TypeError:
-            ok = False
-        if not ok:
-            key = f"{path}.{spec.name}" if path else spec.name
-            raise ConfigError(f"{key}={value!r} is not allowed: it must be {spec.metadata['allowed']}")
-
-
-def _check_keys(path: str, node: DictConfig, node_schema) -> None:
+def _check_keys(path: str, node: DictConfig) -> None:
     parameters = inspect.signature(get_object(node._target_)).parameters
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
         return  # the target takes any keyword
-    known = set(parameters) | HYDRA_KEYS | ({spec.name for spec in fields(node_schema)} if node_schema else set())
+    known = set(parameters) | HYDRA_KEYS | schema.OWN_KEYS.get(path, set())
     for key in node:
         if key not in known:
             settings = ", ".join(sorted(known - HYDRA_KEYS - {"params", "optimizer"}))
             raise ConfigError(f"{path}.{key} is not a setting of {node._target_}; its settings: {settings}")
 
 
-def checkpoint_file(ckpt_path: str | None, outputs_dir: Path) -> Path | None:
-    """`ckpt_path` as a file: `last` means the newest last.ckpt of any run under `outputs_dir`."""
-    if not ckpt_path:
-        return None
-    if ckpt_path == "last":
-        runs = sorted(outputs_dir.glob("**/checkpoints/last.ckpt"), key=lambda path: path.stat().st_mtime)
-        if not runs:
-            raise ConfigError(f"ckpt_path=last: no run under {outputs_dir}/ has a last.ckpt; give a checkpoint path")
-        return runs[-1]
-    if not Path(ckpt_path).is_file():
-        raise ConfigError(f"ckpt_path={ckpt_path}: no such checkpoint file")
-    return Path(ckpt_path)
+def spawned_ddp(trainer) -> str | None:
+    """Why this trainer cannot run inside a multirun, or None.
+
+    Lightning starts DDP's other ranks by re-running this command line, which in a multirun is the whole sweep.
+    Ranks that SLURM starts (hydra/launcher=slurm with tasks_per_node = trainer.devices) are fine.
+    """
+    environment = getattr(trainer.strategy, "cluster_environment", None)
+    if trainer.world_size > 1 and not (environment and environment.creates_processes_externally):
+        return (
+            f"DDP over {trainer.world_size} processes cannot run inside a multirun: each extra rank would re-run "
+            "the whole sweep. Sweep with one device per job, or run DDP as a single run or via hydra/launcher=slurm"
+        )
+    return None
+
+
+class MultirunCheck(Callback):
+    """Hydra callback (hydra/default.yaml): refuses, once and before any job starts, a multirun no job could run.
+
+    Jobs check again for themselves: a swept override (trainer=cpu,ddp) shows only in its own job.
+    """
+
+    def on_multirun_start(self, config, **kwargs):
+        error = None
+        if config.get("ckpt_path") == "last":
+            error = (
+                "ckpt_path=last cannot run in a multirun: each job would resume the newest last.ckpt, which an "
+                "earlier job of this sweep has just written; give a checkpoint path, or resume single runs"
+            )
+        elif "trainer" in config and "SlurmLauncher" not in config.hydra.launcher._target_:
+            error = spawned_ddp(_process_layout(config.trainer))
+        if error:
+            print(f"error: {error}", file=sys.stderr)
+            raise SystemExit(1)
+
+
+def _process_layout(trainer_config):
+    """A Trainer with only the settings that decide its processes: Lightning's own answer to how many."""
+    from lightning.pytorch import Trainer
+
+    quiet_lightning()
+    keys = ("accelerator", "devices", "strategy", "num_nodes")
+    settings = {key: trainer_config[key] for key in keys if key in trainer_config}
+    return Trainer(**settings, logger=False, enable_checkpointing=False, enable_progress_bar=False)

@@ -1,8 +1,11 @@
 """What users see on the console: one line for their mistakes, none of Lightning's noise."""
 
+import contextlib
 import functools
 import logging
 import os
+import shlex
+import shutil
 import sys
 import tempfile
 import warnings
@@ -29,14 +32,14 @@ class SweepError(CompactHydraException):
 def report_user_errors(task):
     """Wrap a Hydra task so a UserError ends the process with one line and a non-zero exit status.
 
-    HYDRA_FULL_ERROR=1 shows the full traceback instead, as it does for Hydra's own errors. In a multirun
-    the error is logged and raised instead: Hydra marks that job failed, runs the others, then exits non-zero.
-    An interruption (exit status above 1) still ends the whole sweep.
+    The line also goes into the run's log; a run refused before it wrote anything but that log leaves no run dir.
+    HYDRA_FULL_ERROR=1 shows the full traceback instead, as it does for Hydra's own errors. In a multirun the error
+    is logged and raised instead: Hydra marks that job failed, runs the others, then exits non-zero. An
+    interruption (exit status above 1) still ends the whole sweep.
     """
 
     @functools.wraps(task)
     def wrapper(cfg):
-        quiet_lightning()
         try:
             return task(cfg)
         except UserError as error:
@@ -45,10 +48,29 @@ def report_user_errors(task):
             if in_multirun() and error.exit_status == 1:
                 log.error("error: %s", error)  # into the job's log, where the sweep report finds it
                 raise SweepError(f"error: {error}") from error
+            _log_to_file(f"error: {error}")
+            _remove_if_empty(Path(HydraConfig.get().runtime.output_dir))
             print(f"error: {error}", file=sys.stderr)
             raise SystemExit(error.exit_status) from None
 
     return wrapper
+
+
+def _log_to_file(message: str) -> None:
+    """Into the run's log file only: the console gets the line on stderr."""
+    record = log.makeRecord(log.name, logging.ERROR, __file__, 0, message, None, None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
+
+
+def _remove_if_empty(run_dir: Path) -> None:
+    """A run dir holding only Hydra's .hydra/ and the log records nothing but the refusal the user just saw."""
+    if not run_dir.is_dir() or any(p.name != ".hydra" and p.suffix != ".log" for p in run_dir.iterdir()):
+        return
+    shutil.rmtree(run_dir, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        run_dir.parent.rmdir()  # the day's folder, when this was its only run
 
 
 def in_multirun() -> bool:
@@ -56,12 +78,45 @@ def in_multirun() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
+def command_line(task: str, overrides: list[str]) -> str:
+    """The command that runs `lenet.<task>` with these overrides again; a search's own settings left out."""
+    kept = [o for o in overrides if not o.split("=", 1)[0].lstrip("+~").startswith(SEARCH_KEYS)]
+    return shlex.join(["python", "-m", f"lenet.{task}", *kept])
+
+
+# Overrides that turn a run into a search (hparams_search=optuna, hparams_search.storage=...): not part of a recipe.
+SEARCH_KEYS = ("hparams_search",)
+
+# Lightning's start-up notes: the run's own start line says what matters (device, data, run dir).
+LIGHTNING_NOISE = (
+    "💡 Tip",
+    "GPU available:",
+    "TPU available:",
+    "HPU available:",
+    "Loading `train_dataloader` to estimate",
+    "Restoring states from the checkpoint path",
+    "Restored all states from the checkpoint",
+    "Loaded model weights from the checkpoint",
+    "LOCAL_RANK:",
+    "`Trainer.fit` stopped: `max_epochs=",
+)
+
+
+# Lightning's warnings that do not apply to lenet: a deprecation Lightning raises against itself, and a note on
+# short epochs (lenet logs its metrics once per epoch, and the learning rate every log_every_n_steps across epochs).
+LIGHTNING_WARNINGS = (
+    r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+    r"The number of training batches \(\d+\) is smaller",
+)
+
+
 def quiet_lightning() -> None:
-    """Drop Lightning's advertising and a deprecation warning Lightning raises against itself."""
+    """Drop Lightning's notes the run says better itself, and its warnings that do not apply here."""
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
-        lambda record: not record.getMessage().startswith("💡 Tip")
+        lambda record: not record.getMessage().startswith(LIGHTNING_NOISE)
     )
-    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+    for message in LIGHTNING_WARNINGS:
+        warnings.filterwarnings("ignore", message=message)
 
 
 class CheckOutputDir(Callback):

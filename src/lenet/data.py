@@ -1,7 +1,9 @@
 """MNIST-family data: decode the IDX files once into uint8 tensors, batch and normalize from memory."""
 
 import gzip
+import hashlib
 import http.client
+import logging
 import math
 import os
 import shutil
@@ -12,6 +14,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from filelock import FileLock
 from torchvision import datasets
 from torchvision.datasets.mnist import read_image_file, read_label_file
 
@@ -28,6 +31,8 @@ READERS = {"images": read_image_file, "labels": read_label_file}
 IDX_MAGIC = {"images": 0x0803, "labels": 0x0801}  # unsigned bytes; 3 dimensions for images, 1 for labels
 FIX = "delete it and download again, or replace it with a good copy"
 
+log = logging.getLogger(__name__)
+
 
 class DataError(UserError):
     """The data cannot be found, downloaded or read."""
@@ -43,7 +48,7 @@ def flat_files(root: Path) -> dict[str, tuple[Path, Path]] | None:
     if len(missing) == len(ALL_FILES):
         return None
     if missing:
-        raise DataError(f"data.root={root} lacks {', '.join(missing)} (or .gz): put all four IDX files there")
+        raise DataError(f"{root} lacks {', '.join(missing)} (or .gz): put all four IDX files there")
     return {split: (found[images], found[labels]) for split, (images, labels) in SPLIT_FILES.items()}
 
 
@@ -65,77 +70,100 @@ def read_idx(path: Path, kind: str) -> torch.Tensor:
 
 def check_idx(path: Path, kind: str, shown: Path) -> None:
     """The magic number, shape and length torchvision's reader assumes but does not check."""
+    ndim = IDX_MAGIC[kind] & 0xFF
     with open(path, "rb") as f:
-        header = f.read(4)
-        magic = int.from_bytes(header, "big") if len(header) == 4 else None
-        if magic != IDX_MAGIC[kind]:
-            found = f"0x{magic:08x}" if magic is not None else "an empty file"
-            raise DataError(f"{shown}: not an IDX {kind} file (found {found}, expected 0x{IDX_MAGIC[kind]:08x}); {FIX}")
-        dims = struct.unpack(f">{magic & 0xFF}I", f.read(4 * (magic & 0xFF)))
+        header = f.read(4 + 4 * ndim)
+    if len(header) < 4 or int.from_bytes(header[:4], "big") != IDX_MAGIC[kind]:
+        found = f"0x{int.from_bytes(header[:4], 'big'):08x}" if len(header) >= 4 else f"a {len(header)}-byte file"
+        raise DataError(f"{shown}: not an IDX {kind} file (found {found}, expected 0x{IDX_MAGIC[kind]:08x}); {FIX}")
+    if len(header) < 4 + 4 * ndim:
+        raise DataError(f"{shown}: its header is cut short ({len(header)} of {4 + 4 * ndim} bytes); {FIX}")
+    dims = struct.unpack(f">{ndim}I", header[4:])
     if kind == "images" and dims[1:] != (28, 28):
         raise DataError(f"{shown}: images are {dims[1]}x{dims[2]}, not 28x28; {FIX}")
-    expected, size = 4 + 4 * len(dims) + math.prod(dims), path.stat().st_size
+    expected, size = 4 + 4 * ndim + math.prod(dims), path.stat().st_size
     if size != expected:
         raise DataError(f"{shown}: {size} bytes where its header ({dims[0]} {kind}) needs {expected}; {FIX}")
+
+
+def idx_folders(top: Path, depth: int = 3) -> list[Path]:
+    """`top` and the folders up to `depth` levels below it that hold a training-images IDX file."""
+    files = (file for level in range(depth + 1) for file in top.glob("*/" * level + "train-images-idx3-ubyte*"))
+    return sorted({file.parent for file in files if not any(part.startswith(".download-") for part in file.parts)})
 
 
 class InMemoryLoader:
     """Batches by slicing tensors that hold the whole split: no per-sample work, no collate.
 
-    With a generator it reshuffles every epoch; the images stay on whatever device they live on. Under DDP
-    (Lightning shards only DataLoaders), rank `rank` of `world_size` takes every world_size-th image of the
-    epoch's order, which every rank draws alike from the same seed; the tail is trimmed so all ranks run the
-    same number of steps, as DDP synchronizes every step.
+    With a generator it reshuffles every epoch; without one it keeps the split's order. The images stay on
+    whatever device they live on. Under DDP (Lightning shards only DataLoaders) rank `rank` of `world_size` takes
+    every world_size-th image. For training every rank draws the same order from the same seed and the tail is
+    trimmed, so all ranks run the same number of steps (DDP synchronizes every step); for evaluation every image
+    is kept, so metrics summed over the ranks count each image once. A last training batch of a single image
+    joins the batch before it: batch norm cannot train on one image.
     """
 
-    def __init__(self, images, labels, batch_size: int, generator=None, rank: int = 0, world_size: int = 1):
+    def __init__(self, images, labels, batch_size: int, generator=None, rank=0, world_size=1, train=False):
         self.images, self.labels, self.batch_size, self.generator = images, labels, batch_size, generator
-        self.rank, self.world_size = rank, world_size
+        self.rank, self.world_size, self.train = rank, world_size, train
 
     def __len__(self) -> int:
-        return math.ceil(len(self.labels) // self.world_size / self.batch_size)
+        return len(self._bounds())
 
     def __iter__(self):
-        n, size = len(self.labels), self.batch_size
-        if self.generator is None:
-            for start in range(0, n, size):
-                yield self.images[start : start + size], self.labels[start : start + size]
+        share = self._share()
+        if self.generator is None:  # the split's own order: every batch is a view, not a copy
+            images, labels = self.images[share], self.labels[share]
+            for start, end in self._bounds():
+                yield images[start:end], labels[start:end]
             return
-        order = torch.randperm(n, generator=self.generator).to(self.images.device)
-        order = order[self.rank : n - n % self.world_size : self.world_size]
-        n = len(order)
-        for start in range(0, n, size):
-            index = order[start : start + size]
+        order = torch.randperm(len(self.labels), generator=self.generator).to(self.images.device)[share]
+        for start, end in self._bounds():
+            index = order[start:end]
             yield self.images[index], self.labels[index]
+
+    def _share(self) -> slice:
+        """This rank's positions in the epoch's order."""
+        n = len(self.labels)
+        return slice(self.rank, n - n % self.world_size if self.train else n, self.world_size)
+
+    def _bounds(self) -> list[tuple[int, int]]:
+        """(start, end) of each batch in this rank's share."""
+        size = len(range(len(self.labels))[self._share()])
+        starts = list(range(0, size, self.batch_size))
+        if self.train and len(starts) > 1 and size - starts[-1] == 1:
+            starts.pop()
+        return list(zip(starts, [*starts[1:], size], strict=True))
 
 
 class MNISTDataModule(L.LightningDataModule):
     """MNIST, Fashion-MNIST or KMNIST from `root`.
 
-    `root` is either torchvision's layout (`root/MNIST/raw/...`, downloaded there when missing) or a
-    plain folder holding the four IDX files. Validation is `val_size` images carved from the official
-    training set with a fixed `split_seed` (0: no validation, as in the seed script); the official test
-    set is only ever used for testing.
+    `root` is either torchvision's layout (`root/MNIST/raw/...`, downloaded there when missing) or a plain folder
+    holding the four IDX files. Validation is carved from the official training set with a fixed `split_seed`:
+    `val_size` is a share of it (0 <= f < 1; 0: no validation, as in the seed script) or a count of images. The
+    official test set is only ever used for testing. Labels must lie in 0..num_classes-1.
     """
 
-    def __init__(
+    def __init__(  # no defaults: conf/data/ holds them
         self,
-        dataset: str = "mnist",
-        root: str = "data",
-        batch_size: int = 128,
-        eval_batch_size: int = 1000,
-        val_size: int = 5000,
-        mean: float = 0.1307,
-        std: float = 0.3081,
-        split_seed: int = 0,
-        seed: int = 0,
+        *,
+        dataset: str,
+        root: str,
+        batch_size: int,
+        eval_batch_size: int,
+        val_size: float,
+        mean: float,
+        std: float,
+        split_seed: int,
+        seed: int,
+        num_classes: int,
     ):
         super().__init__()
-        if dataset not in DATASETS:
-            raise DataError(f"data.dataset={dataset!r} is not one of {sorted(DATASETS)}")
         self.save_hyperparameters(logger=False)
         self.shuffle = torch.Generator().manual_seed(seed)
-        self.splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.loaded: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # the files' train and test sets
+        self.splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # train, val, test: on the run's device
 
     @property
     def root(self) -> Path:
@@ -145,28 +173,38 @@ class MNISTDataModule(L.LightningDataModule):
     def dataset_class(self):
         return DATASETS[self.hparams.dataset]
 
-    def idx_files(self) -> dict[str, tuple[Path, Path]]:
-        """The flat folder's files, else torchvision's extracted files under root/<Dataset>/raw."""
+    @property
+    def raw(self) -> Path:
+        """Where torchvision's layout keeps the IDX files."""
+        return self.root / self.dataset_class.__name__ / "raw"
+
+    def idx_files(self) -> dict[str, tuple[Path, Path]] | None:
+        """The IDX files (gzipped or not) in root itself, else in torchvision's root/<Dataset>/raw; None: neither."""
         if self.root.is_file():
             raise DataError(f"data.root={self.root} is a file; it must be a folder")
-        flat = flat_files(self.root)
-        if flat:
-            return flat
-        raw = self.root / self.dataset_class.__name__ / "raw"
-        return {split: (raw / images, raw / labels) for split, (images, labels) in SPLIT_FILES.items()}
+        return flat_files(self.root) or flat_files(self.raw)
 
     def prepare_data(self):
-        files = [path for pair in self.idx_files().values() for path in pair]
-        if not all(path.is_file() for path in files):
-            self._download()
+        if self.idx_files():
+            return
+        created = not self.root.exists()  # only a download may create data.root, and only for good
+        self.root.mkdir(parents=True, exist_ok=True)
+        try:
+            with FileLock(self.root / ".download.lock"):  # parallel jobs: one downloads, the others wait for it
+                if not self.idx_files():  # unless another process downloaded it while this one waited
+                    self._download(created)
+        except DataError:
+            if created:
+                shutil.rmtree(self.root, ignore_errors=True)
+            raise
 
-    def _download(self):
+    def _download(self, created: bool):
         """Download into a temporary folder inside root, then move it into place.
 
         An interrupted or failed download leaves nothing that a later run could take for good files.
         """
         name = self.dataset_class.__name__
-        self.root.mkdir(parents=True, exist_ok=True)
+        log.info("Downloading %s into %s%s", name, self.raw.parent, " (data.root did not exist: created it)" * created)
         with tempfile.TemporaryDirectory(dir=self.root, prefix=".download-") as tmp:
             try:
                 for train in (True, False):
@@ -175,59 +213,112 @@ class MNISTDataModule(L.LightningDataModule):
                 reason = str(error).strip().splitlines()[-1]  # torchvision ends with the last mirror's error
                 files = ", ".join(f"{file}.gz" for file in ALL_FILES)
                 raise DataError(
-                    f"could not download {name} into {self.root} ({reason}). "
+                    f"could not download {name} into {self.root} ({reason}). {self._where_looked(created)}. "
                     f"Without network, put {files} in a folder and pass data.root=FOLDER"
                 ) from None
-            shutil.rmtree(self.root / name, ignore_errors=True)  # an incomplete earlier copy
-            os.replace(Path(tmp) / name, self.root / name)
+            shutil.rmtree(self.raw.parent, ignore_errors=True)  # an incomplete earlier copy
+            os.replace(Path(tmp) / name, self.raw.parent)
+
+    def _where_looked(self, created: bool) -> str:
+        """Where the IDX files were looked for, what is there instead, and where such files are nearby."""
+        if created:
+            found = f"data.root={self.root} does not exist (the download made it, then removed it again)"
+        else:
+            entries = sorted(p.name + "/" * p.is_dir() for p in self.root.iterdir() if not p.name.startswith("."))
+            found = f"{self.root} holds " + (
+                ", ".join(entries[:6]) + (", ..." if len(entries) > 6 else "") or "nothing"
+            )
+        near = idx_folders(self.root.parent if created else self.root)
+        hint = f"; IDX files are in {', '.join(map(str, near[:3]))}: pass that as data.root" if near else ""
+        return f"Looked for the IDX files in {self.root} and in {self.raw}: {found}{hint}"
+
+    def load(self) -> None:
+        """Read and check the IDX files into memory, on the CPU.
+
+        The entry points call this before the run starts, so every data error comes before anything is written;
+        Lightning's `setup` then only splits and places the tensors.
+        """
+        if self.loaded or self.splits:
+            return
+        files = self.idx_files()
+        if not files:
+            raise DataError(f"no IDX files in {self.root} or {self.raw}: pass data.root=FOLDER")
+        self.loaded = {split: self._read(*files[split]) for split in ("train", "test")}
+        self.val_count(len(self.loaded["train"][1]))
 
     def setup(self, stage: str | None = None):
         if self.splits:
             return  # `setup` runs once per stage; the tensors are already in memory
-        device = self.trainer.strategy.root_device if self.trainer else torch.device("cpu")
-        files = self.idx_files()
-        train_x, train_y = self._load(*files["train"], device)
-        val_size = self.hparams.val_size
-        if not 0 <= val_size < len(train_y):
-            raise DataError(f"data.val_size={val_size} must be between 0 (no validation) and {len(train_y) - 1}")
+        self.load()
+        (train_x, train_y), test = self.loaded["train"], self.loaded["test"]
         order = torch.randperm(len(train_y), generator=torch.Generator().manual_seed(self.hparams.split_seed))
-        val, train = order[:val_size].to(device), order[val_size:].to(device)
-        self.splits = {
-            "train": (train_x[train], train_y[train]),
-            "val": (train_x[val], train_y[val]),
-            "test": self._load(*files["test"], device),
-        }
+        val_count = self.val_count(len(train_y))
+        val, train = order[:val_count], order[val_count:]
+        device = self.trainer.strategy.root_device if self.trainer else torch.device("cpu")
+        splits = {"train": (train_x[train], train_y[train]), "val": (train_x[val], train_y[val]), "test": test}
+        self.splits = {name: (x.to(device), y.to(device)) for name, (x, y) in splits.items()}
+        self.loaded = {}  # the splits hold the images now
 
-    def _load(self, images_path: Path, labels_path: Path, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        for path in (images_path, labels_path):
-            if not path.is_file():
-                raise DataError(f"{path} is missing: run again with network to download it, or pass data.root=FOLDER")
+    def val_count(self, n: int) -> int:
+        """`val_size` as a number of the `n` training images: a share (at least one image), or a count."""
+        size = self.hparams.val_size
+        count = max(1, round(size * n)) if 0 < size < 1 else int(size)
+        if count >= n:
+            raise DataError(f"data.val_size={size} leaves no training images of {n}: use a share, e.g. 0.1")
+        return count
+
+    def _read(self, images_path: Path, labels_path: Path) -> tuple[torch.Tensor, torch.Tensor]:
         images, labels = read_idx(images_path, "images"), read_idx(labels_path, "labels")
         if len(images) != len(labels):
             raise DataError(f"{images_path} has {len(images)} images but {labels_path} {len(labels)} labels; {FIX}")
-        return images.unsqueeze(1).to(device), labels.to(device)
+        classes = self.hparams.num_classes
+        if len(labels) and labels.max() >= classes:
+            raise DataError(
+                f"{labels_path} has label {labels.max()}, but model.num_classes={classes} allows 0..{classes - 1}: "
+                f"set model.num_classes={labels.max() + 1}"
+            )
+        return images.unsqueeze(1), labels
+
+    def describe(self) -> dict:
+        """What was loaded: recorded in metrics.json and checkpoints, compared when a checkpoint meets other data."""
+        sizes = {f"{split}_images": len(labels) for split, (_, labels) in self.splits.items()}
+        test_labels = self.splits["test"][1].cpu().numpy().tobytes()
+        return {
+            "dataset": self.hparams.dataset,
+            "root": str(self.root.resolve()),
+            **sizes,
+            "test_labels_sha256": hashlib.sha256(test_labels).hexdigest()[:16],
+        }
 
     def on_after_batch_transfer(self, batch, dataloader_idx):
-        """Normalize each batch where it lives: the splits stay uint8, a quarter of the memory of floats."""
+        """Normalize each batch where it lives: the splits stay uint8, a quarter of the memory of floats.
+
+        Into the model's own dtype: Lightning's `*-true` precisions convert batches before this hook runs.
+        """
         images, labels = batch
         mean, std = 255 * self.hparams.mean, 255 * self.hparams.std  # pixels are 0..255, not 0..1
-        return images.float().sub_(mean).div_(std), labels
+        dtype = self.trainer.lightning_module.dtype if self.trainer else torch.float32
+        return images.float().sub_(mean).div_(std).to(dtype), labels
+
+    def _shard(self) -> dict:
+        return dict(rank=self.trainer.global_rank, world_size=self.trainer.world_size) if self.trainer else {}
 
     def train_dataloader(self):
-        shard = dict(rank=self.trainer.global_rank, world_size=self.trainer.world_size) if self.trainer else {}
-        return InMemoryLoader(*self.splits["train"], self.hparams.batch_size, generator=self.shuffle, **shard)
+        # overfit_batches must see the same batches every epoch; Lightning unshuffles only DataLoaders.
+        shuffle = None if self.trainer and self.trainer.overfit_batches else self.shuffle
+        return InMemoryLoader(*self.splits["train"], self.hparams.batch_size, shuffle, train=True, **self._shard())
 
     def val_dataloader(self):
-        if not self.hparams.val_size:
+        if not len(self.splits["val"][1]):
             return []  # Lightning skips validation
-        return InMemoryLoader(*self.splits["val"], self.hparams.eval_batch_size)
+        return InMemoryLoader(*self.splits["val"], self.hparams.eval_batch_size, **self._shard())
 
     def test_dataloader(self):
-        return InMemoryLoader(*self.splits["test"], self.hparams.eval_batch_size)
+        return InMemoryLoader(*self.splits["test"], self.hparams.eval_batch_size, **self._shard())
 
     def state_dict(self):
         # Saved in checkpoints so a resumed run shuffles as the uninterrupted run would have.
-        return {"shuffle": self.shuffle.get_state()}
+        return {"shuffle": self.shuffle.get_state(), "data": self.describe() if self.splits else {}}
 
     def load_state_dict(self, state):
         self.shuffle.set_state(state["shuffle"])

@@ -4,39 +4,59 @@ The model and the data settings come from the checkpoint; `data.root` and `data.
 be overridden (e.g. the data now lives elsewhere). Writes `metrics.json` to its own run dir.
 """
 
-import json
 import logging
+import sys
 from pathlib import Path
 
 import hydra
+import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from lenet.config import CONFIG_DIR, checkpoint_file, validate
-from lenet.console import report_user_errors
+from lenet.checkpoint import checkpoint_file
+from lenet.config import CONFIG_DIR, validate
+from lenet.console import quiet_lightning, report_user_errors
 from lenet.data import MNISTDataModule
 from lenet.module import LeNetModule
+from lenet.summary import RunSummary
 
 log = logging.getLogger(__name__)
 
 
-def evaluate(cfg: DictConfig) -> dict[str, float]:
+def evaluate(cfg: DictConfig) -> dict:
+    cfg.data = {key: value for key, value in cfg.data.items() if value is not None}  # null: the checkpoint's value
     validate(cfg)
     ckpt = checkpoint_file(cfg.ckpt_path, Path(cfg.outputs_dir))
     module = LeNetModule.load_from_checkpoint(ckpt, map_location="cpu")
-    overrides = {key: value for key, value in cfg.data.items() if value is not None}
-    datamodule = MNISTDataModule.load_from_checkpoint(ckpt, **overrides)
-    trainer = instantiate(cfg.trainer, logger=False, callbacks=[], enable_checkpointing=False)
-    metrics = {name: float(value) for name, value in trainer.test(module, datamodule=datamodule)[0].items()}
-    out = Path(cfg.run_dir) / "metrics.json"
-    out.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
-    log.info("test/acc %.4f on %s; written to %s", metrics["test/acc"], ckpt, out.resolve())
-    return metrics
+    classes = module.hparams.model.get("num_classes", 10)
+    datamodule = MNISTDataModule.load_from_checkpoint(ckpt, num_classes=classes, **cfg.data)
+    datamodule.prepare_data()
+    datamodule.load()
+    summary = RunSummary(Path(cfg.run_dir) / "metrics.json")
+    interactive = sys.stdout.isatty()
+    trainer = instantiate(
+        cfg.trainer, logger=False, callbacks=[summary], enable_checkpointing=False, enable_progress_bar=interactive
+    )
+    trainer.test(module, datamodule=datamodule, verbose=False)
+    warn_if_other_data(ckpt, summary.metrics["data"])
+    return summary.metrics
+
+
+def warn_if_other_data(ckpt: Path, data: dict) -> None:
+    """A checkpoint tested on another data set (Fashion-MNIST's on MNIST's files) gets a number that means nothing."""
+    trained_on = torch.load(ckpt, map_location="cpu", weights_only=True).get(MNISTDataModule.__qualname__, {})
+    trained_on = trained_on.get("data")
+    if trained_on and trained_on["test_labels_sha256"] != data["test_labels_sha256"]:
+        log.warning(
+            "The test images in %s are not those %s was made with (%s from %s): its test/acc here measures other data",
+            data["root"], ckpt, trained_on["dataset"], trained_on["root"],
+        )  # fmt: skip
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="eval")
 @report_user_errors
 def main(cfg: DictConfig) -> float:
+    quiet_lightning()
     return evaluate(cfg)["test/acc"]
 
 

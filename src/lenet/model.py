@@ -21,11 +21,6 @@ class LeNet(nn.Sequential):
         dropout: float = 0.0,
         num_classes: int = 10,
     ):
-        if activation not in ACTIVATIONS or pooling not in POOLINGS:
-            raise ValueError(
-                f"model.activation must be one of {sorted(ACTIVATIONS)} and model.pooling one of "
-                f"{sorted(POOLINGS)}; got {activation!r}, {pooling!r}"
-            )
         act, pool = ACTIVATIONS[activation], POOLINGS[pooling]
 
         def conv(c_in, c_out):

@@ -71,8 +71,9 @@ class LeNetModule(L.LightningModule):
         """Log `{stage}/loss` and `{stage}/acc` for the epoch, start the next one afresh; return both."""
         mean_loss, accuracy = self._metrics(stage)
         loss, acc = mean_loss.compute(), accuracy.compute()
-        self.log(f"{stage}/loss", loss)
-        self.log(f"{stage}/acc", acc, prog_bar=True)
+        # The values are already summed over DDP ranks by torchmetrics; sync_dist only tells Lightning so.
+        self.log(f"{stage}/loss", loss, sync_dist=True)
+        self.log(f"{stage}/acc", acc, prog_bar=True, sync_dist=True)
         mean_loss.reset()
         accuracy.reset()
         return loss, acc
@@ -98,15 +99,19 @@ class LeNetModule(L.LightningModule):
         _, accuracy = self._log_epoch("val")
         if not self.trainer.sanity_checking:
             self.val_acc_best.update(accuracy)
-            self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=True)
+            self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=True, sync_dist=True)
 
     def on_test_epoch_end(self):
         self._log_epoch("test")
+        self.test_counts = self.test_confusion.compute()  # true class x predicted class, over all ranks
         for logger in self.loggers:
             if isinstance(logger, TensorBoardLogger):
                 figure, _ = self.test_confusion.plot(labels=list(range(self.test_confusion.num_classes)))
                 logger.experiment.add_figure("test/confusion_matrix", figure, self.global_step)
         self.test_confusion.reset()
+
+    def setup(self, stage: str):
+        self._seed_this_rank()
 
     def on_save_checkpoint(self, checkpoint):
         checkpoint["torch_rng_state"] = torch.get_rng_state()  # dropout draws from it; resumes continue it
@@ -114,6 +119,12 @@ class LeNetModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint):
         if "torch_rng_state" in checkpoint:
             torch.set_rng_state(checkpoint["torch_rng_state"])
+            self._seed_this_rank()  # the checkpoint holds rank 0's state
+
+    def _seed_this_rank(self) -> None:
+        """Every DDP rank starts from the same seed; ranks other than 0 need dropout masks of their own."""
+        if self.global_rank:
+            torch.manual_seed(torch.initial_seed() + self.global_rank)
 
     def configure_optimizers(self):
         optimizer = instantiate(self.hparams.optimizer)(self.parameters())

@@ -11,7 +11,6 @@ import csv
 import json
 import logging
 import math
-import shlex
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +19,7 @@ from hydra.core.utils import JobStatus
 from hydra.experimental.callback import Callback
 from omegaconf import OmegaConf
 
-from lenet.console import SweepError
+from lenet.console import SweepError, command_line
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +31,6 @@ COLUMNS = {  # metrics.json key -> how the markdown shows it
     "wall_s": "{:.1f}",
     "train_images_per_s": "{:.0f}",
 }
-SEARCH_GROUPS = ("hparams_search",)  # overrides that turn a run into a search: not part of a job's recipe
 
 
 @dataclass
@@ -56,8 +54,7 @@ class Job:
         return dict(override.split("=", 1) for override in self.overrides if "=" in override)
 
     def command(self) -> str:
-        kept = [o for o in self.overrides if o.split("=", 1)[0] not in SEARCH_GROUPS]
-        return shlex.join(["python", "-m", f"lenet.{self.task}", *kept])
+        return command_line(self.task, self.overrides)
 
 
 def read_job(job_dir: Path) -> Job:

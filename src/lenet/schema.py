@@ -1,172 +1,152 @@
-"""Typed schemas of the config groups, registered in Hydra's ConfigStore.
+"""What each config key may hold, by config group. The YAML files hold the values; this file only the rules.
 
-Each YAML option lists its schema first in its defaults, so Hydra checks types when it composes
-(`optimizer.lr=abc` fails there). A field's `allowed` metadata is the range or choice that
-`lenet.config.validate` checks at start-up, before any data loads.
+`lenet.config.validate` checks every key that has a rule at start-up, before any data loads, and names the key,
+its value and what is allowed in one line. Rules are keyed by group and key, not by option, so a new option file
+(say conf/optimizer/rmsprop.yaml) gets the checks of the keys it shares with the others without a change here.
 """
 
-from dataclasses import dataclass, field
-from typing import Any, Optional
-
-from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 from lenet.data import DATASETS
 from lenet.model import ACTIVATIONS, POOLINGS
 
 
-def allowed(default, test, text: str, **kwargs):
-    """A field whose value must pass `test`; `text` says what is allowed."""
-    return field(default=default, metadata={"test": test, "allowed": text}, **kwargs)
+@dataclass(frozen=True)
+class Rule:
+    test: Callable[[Any], bool]
+    allowed: str  # completes "it must be ..."
+
+    def __or__(self, other: "Rule") -> "Rule":
+        return Rule(lambda v: self.test(v) or other.test(v), f"{self.allowed}, or {other.allowed}")
 
 
-def positive(default):
-    return allowed(default, lambda v: v > 0, "a number > 0")
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
-def at_least(low: int, default):
-    return allowed(default, lambda v: v >= low, f"an integer >= {low}")
+def _is_number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def fraction(default):
-    return allowed(default, lambda v: 0 <= v < 1, "a number in [0, 1)")
+def integer(low: int | None = None) -> Rule:
+    if low is None:
+        return Rule(_is_int, "an integer")
+    return Rule(lambda v: _is_int(v) and v >= low, f"an integer >= {low}")
 
 
-def one_of(choices, default):
-    return allowed(default, lambda v: v in choices, "one of " + ", ".join(sorted(choices)))
+def number(low: float, *, strict: bool = False, below: float | None = None) -> Rule:
+    """A number above `low` (or equal to it, unless strict), and under `below` when given."""
+    if below is None:
+        text = f"a number {'>' if strict else '>='} {low}"
+    else:
+        text = f"a number in {'(' if strict else '['}{low}, {below})"
+
+    def test(v) -> bool:
+        return _is_number(v) and (v > low if strict else v >= low) and (below is None or v < below)
+
+    return Rule(test, text)
 
 
-@dataclass
-class Model:
-    _target_: str = "lenet.model.LeNet"
-    activation: str = one_of(ACTIVATIONS, "relu")
-    pooling: str = one_of(POOLINGS, "max")
-    batch_norm: bool = False
-    dropout: float = fraction(0.0)
-    num_classes: int = at_least(2, 10)
-    compile: bool = False
-    channels_last: bool = False
+def one_of(*choices) -> Rule:
+    return Rule(lambda v: v in choices, "one of " + ", ".join(map(str, choices)))
 
 
-@dataclass
-class Data:
-    _target_: str = "lenet.data.MNISTDataModule"
-    dataset: str = one_of(DATASETS, "mnist")
-    root: str = "data"
-    batch_size: int = at_least(1, 128)
-    eval_batch_size: int = at_least(1, 1000)
-    val_size: int = allowed(5000, lambda v: v >= 0, "an integer >= 0 (0: no validation)")
-    mean: float = 0.1307
-    std: float = positive(0.3081)
-    split_seed: int = 0
-    seed: int = 0
+BOOLEAN = Rule(lambda v: isinstance(v, bool), "true or false")
+TEXT = Rule(lambda v: isinstance(v, str) and v != "", "a non-empty string")
+NULL = Rule(lambda v: v is None, "null")
+POSITIVE = number(0, strict=True)
+NON_NEGATIVE = number(0)
+FRACTION = number(0, below=1)
+BETAS = Rule(
+    lambda v: isinstance(v, list | tuple) and len(v) == 2 and all(FRACTION.test(b) for b in v),
+    "two numbers in [0, 1), e.g. [0.9,0.999]",
+)
+# A share of the training set (0 <= f < 1; 0: no validation) or a count of images.
+VAL_SIZE = Rule(
+    lambda v: FRACTION.test(v) or (_is_int(v) and v >= 1),
+    "a share of the training images in [0, 1) (0: no validation), or a count of them >= 1",
+)
+# Lightning's overfit_batches and limit_*_batches.
+SHARE_OR_COUNT = Rule(
+    lambda v: (_is_int(v) and v >= 0) or (isinstance(v, float) and 0 <= v <= 1),
+    "a share of the batches in [0.0, 1.0] or a count of them",
+)
+# What Lightning accepts; `16-mixed` and `16-true` train on CPUs too, only slower than 32-true.
+PRECISIONS = one_of("32-true", "bf16-mixed", "bf16-true", "16-mixed", "16-true", "64-true")
 
-
-@dataclass
-class Optimizer:
-    _target_: str = MISSING
-    _partial_: bool = True
-    lr: float = positive(MISSING)
-    weight_decay: float = allowed(0.0, lambda v: v >= 0, "a number >= 0")
-
-
-@dataclass
-class SGD(Optimizer):
-    _target_: str = "torch.optim.SGD"
-    momentum: float = fraction(0.0)
-    nesterov: bool = False
-
-
-@dataclass
-class Adam(Optimizer):
-    _target_: str = "torch.optim.Adam"
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-
-
-@dataclass
-class OneCycle:
-    _target_: str = "torch.optim.lr_scheduler.OneCycleLR"
-    _partial_: bool = True
-    max_lr: float = positive(MISSING)
-    pct_start: float = allowed(0.2, lambda v: 0 < v < 1, "a number in (0, 1)")
-
-
-@dataclass
-class Cosine:
-    _target_: str = "torch.optim.lr_scheduler.CosineAnnealingLR"
-    _partial_: bool = True
-    eta_min: float = allowed(0.0, lambda v: v >= 0, "a number >= 0")
-
-
-@dataclass
-class Step:
-    _target_: str = "torch.optim.lr_scheduler.StepLR"
-    _partial_: bool = True
-    step_size: int = at_least(1, 3)
-    gamma: float = positive(0.1)
-
-
-@dataclass
-class Trainer:
-    """The Trainer arguments the configs set; any other one can be added with `+trainer.NAME=VALUE`."""
-
-    _target_: str = "lightning.pytorch.Trainer"
-    accelerator: str = "auto"
-    devices: Any = 1
-    strategy: Any = "auto"  # trainer=ddp: ddp
-    num_nodes: int = at_least(1, 1)
-    max_epochs: int = at_least(1, 8)
-    precision: Any = "32-true"
-    default_root_dir: str = MISSING
-    log_every_n_steps: int = at_least(1, 50)
-    deterministic: bool = False
-    enable_model_summary: bool = False
-    fast_dev_run: Any = False
-    overfit_batches: Any = 0.0
-    limit_train_batches: Any = None
-    limit_val_batches: Any = None
-    limit_test_batches: Any = None
-    num_sanity_val_steps: Any = None
-
-
-@dataclass
-class Config:
-    """The top level; the groups are typed by their own schemas."""
-
-    model: Any = MISSING
-    data: Any = MISSING
-    optimizer: Any = MISSING
-    scheduler: Any = MISSING
-    trainer: Any = MISSING
-    callbacks: Any = MISSING
-    logger: Any = MISSING
-    seed: int = 42
-    ckpt_path: Optional[str] = None  # noqa: UP045 (OmegaConf 2.3 reads Optional, not X | None)
-    threads: Optional[int] = allowed(None, lambda v: v is None or v >= 1, "an integer >= 1, or null")  # noqa: UP045
-    outputs_dir: str = "outputs"
-    hparams_search: Any = None  # hparams_search=optuna: the search's storage, study name and trial count
-    run_dir: str = MISSING
-
-
-# The schema of each instantiated node, by its _target_: what `validate` checks.
-BY_TARGET = {schema._target_: schema for schema in (Model, Data, SGD, Adam, OneCycle, Cosine, Step, Trainer)} | {
-    "torch.optim.AdamW": Adam
+RULES: dict[str, dict[str, Rule]] = {
+    "": {
+        "seed": integer(),
+        "ckpt_path": NULL | TEXT,
+        "threads": NULL | integer(1),
+        "outputs_dir": TEXT,
+    },
+    "model": {
+        "activation": one_of(*ACTIVATIONS),
+        "pooling": one_of(*POOLINGS),
+        "batch_norm": BOOLEAN,
+        "dropout": FRACTION,
+        "num_classes": integer(2),
+        "compile": BOOLEAN,
+        "channels_last": BOOLEAN,
+    },
+    "data": {
+        "dataset": one_of(*DATASETS),
+        "root": TEXT,
+        "batch_size": integer(1),
+        "eval_batch_size": integer(1),
+        "val_size": VAL_SIZE,
+        "mean": number(0, below=1),
+        "std": POSITIVE,
+        "split_seed": integer(),
+        "seed": integer(),
+    },
+    "optimizer": {
+        "lr": POSITIVE,
+        "weight_decay": NON_NEGATIVE,
+        "momentum": FRACTION,
+        "dampening": FRACTION,
+        "nesterov": BOOLEAN,
+        "betas": BETAS,
+        "eps": POSITIVE,
+    },
+    "scheduler": {
+        "max_lr": POSITIVE,
+        "pct_start": number(0, strict=True, below=1),
+        "cycle_momentum": BOOLEAN,
+        "eta_min": NON_NEGATIVE,
+        "step_size": integer(1),
+        "gamma": POSITIVE,
+    },
+    "trainer": {
+        "accelerator": one_of("auto", "cpu", "gpu", "cuda", "mps", "tpu"),
+        "num_nodes": integer(1),
+        "max_epochs": integer(1),
+        "precision": PRECISIONS,
+        "log_every_n_steps": integer(1),
+        "deterministic": BOOLEAN,
+        "accumulate_grad_batches": integer(1),
+        "gradient_clip_val": NULL | NON_NEGATIVE,
+        "fast_dev_run": BOOLEAN | integer(0),
+        "overfit_batches": SHARE_OR_COUNT,
+        "limit_train_batches": NULL | SHARE_OR_COUNT,
+        "limit_val_batches": NULL | SHARE_OR_COUNT,
+        "limit_test_batches": NULL | SHARE_OR_COUNT,
+        "num_sanity_val_steps": NULL | integer(-1),
+    },
 }
 
-SCHEMAS = {
-    ("model", "lenet_schema"): Model,
-    ("data", "data_schema"): Data,
-    ("optimizer", "sgd_schema"): SGD,
-    ("optimizer", "adam_schema"): Adam,
-    ("scheduler", "onecycle_schema"): OneCycle,
-    ("scheduler", "cosine_schema"): Cosine,
-    ("scheduler", "step_schema"): Step,
-    ("trainer", "trainer_schema"): Trainer,
-    (None, "config_schema"): Config,
-}
+# Keys of a group that lenet reads itself instead of passing them to the group's `_target_`.
+OWN_KEYS = {"model": {"compile", "channels_last"}}
 
-
-def register() -> None:
-    store = ConfigStore.instance()
-    for (group, name), node in SCHEMAS.items():
-        store.store(group=group, name=name, node=node)
+# Rules between two keys of a group: (group, test of the group's node, what to do instead).
+CONSTRAINTS: list[tuple[str, Callable[[Any], bool], str]] = [
+    (
+        "optimizer",
+        lambda o: not o.get("nesterov") or (o.get("momentum", 0) > 0 and not o.get("dampening", 0)),
+        "optimizer.nesterov=true needs optimizer.momentum > 0 and no dampening: "
+        "set optimizer.momentum (e.g. 0.9) or optimizer.nesterov=false",
+    ),
+]

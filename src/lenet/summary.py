@@ -1,11 +1,16 @@
-"""What a run reports: hparams for TensorBoard's HPARAMS tab, throughput, and `metrics.json`."""
+"""What a run reports: one start line, hparams for TensorBoard's HPARAMS tab, throughput, and `metrics.json`."""
 
 import json
+import logging
+import re
 import time
 from pathlib import Path
 
 import lightning as L
+import torch
 from lightning.pytorch.loggers import TensorBoardLogger
+
+log = logging.getLogger(__name__)
 
 # Final values shown in TensorBoard's HPARAMS tab. Separate tags, because placeholders logged
 # under `val/acc` itself would put a bogus point at step 0 of its curve.
@@ -13,18 +18,26 @@ HPARAM_METRICS = {"hp/val_acc": "val/acc", "hp/val_acc_best": "val/acc_best", "h
 
 
 class RunSummary(L.Callback):
-    """Logs `hparams` once, times training, and writes every final metric to `path` after testing."""
+    """Says what runs where, logs `hparams` once, times training, and writes `metrics.json` after testing.
 
-    def __init__(self, path: Path, hparams: dict):
-        self.path, self.hparams = Path(path), hparams
+    `metrics.json` holds every final metric under its logged name, the test confusion matrix, the data it used
+    (dataset, root, split sizes), and the timings.
+    """
+
+    def __init__(self, path: Path, hparams: dict | None = None, resumed: tuple[Path | None, int] = (None, 0)):
+        self.path, self.hparams, self.resumed = Path(path), hparams, resumed
         self.started = time.perf_counter()
         self.train_s, self.train_images, self._epoch_started = 0.0, 0, None
-        self.metrics: dict[str, float] = {}
+        self.metrics: dict = {}
 
     def _tensorboards(self, trainer):
         return [logger for logger in trainer.loggers if isinstance(logger, TensorBoardLogger)]
 
     def on_fit_start(self, trainer, module):
+        checkpoint, done = self.resumed
+        resuming = f" Resuming {checkpoint} after epoch {done}." if checkpoint else ""
+        run = f" Run dir: {self.path.parent}."
+        self._say(trainer, f"Training on {where(trainer)}: {data_line(trainer.datamodule)}.{resuming}{run}")
         for logger in self._tensorboards(trainer):
             logger.log_hyperparams(self.hparams, dict.fromkeys(HPARAM_METRICS, 0.0))
 
@@ -51,15 +64,56 @@ class RunSummary(L.Callback):
         self.metrics.update(_floats(trainer.callback_metrics))
         self.metrics["epochs"] = trainer.current_epoch
 
+    def on_test_start(self, trainer, module):
+        if trainer.state.fn == "test" and not self.metrics:  # lenet.eval: no fit said it
+            self._say(trainer, f"Testing on {where(trainer)}: {data_line(trainer.datamodule)}")
+
     def on_test_end(self, trainer, module):
         self.metrics.update(_floats(trainer.callback_metrics))
+        self.metrics["test/confusion_matrix"] = module.test_counts.tolist()
+        self.metrics["data"] = trainer.datamodule.describe()
         self.metrics["wall_s"] = round(time.perf_counter() - self.started, 3)
-        self.metrics["train_images_per_s"] = round(self.train_images / self.train_s, 1) if self.train_s else 0.0
+        if self.train_s:
+            self.metrics["train_images_per_s"] = round(self.train_images / self.train_s, 1)
         final = {tag: self.metrics[name] for tag, name in HPARAM_METRICS.items() if name in self.metrics}
         for logger in self._tensorboards(trainer):
             logger.log_metrics(final, step=trainer.global_step)
         if trainer.is_global_zero:
-            self.path.write_text(json.dumps(self.metrics, indent=2, sort_keys=True) + "\n")
+            self.path.parent.mkdir(parents=True, exist_ok=True)  # fast_dev_run writes nothing else there
+            self.path.write_text(to_json(self.metrics))
+            self._say(trainer, f"{result_line(self.metrics)}\nRun outputs: {self.path.parent.resolve()}")
+
+    @staticmethod
+    def _say(trainer, line: str) -> None:
+        if trainer.is_global_zero:
+            log.info(line)
+
+
+def where(trainer) -> str:
+    """The device, and the processes or threads that run on it."""
+    device = trainer.strategy.root_device
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
+    return f"{name}, {trainer.world_size} processes" if trainer.world_size > 1 else name
+
+
+def data_line(datamodule) -> str:
+    data = datamodule.describe()
+    sizes = ", ".join(f"{data[f'{split}_images']:,} {split}" for split in ("train", "val", "test"))
+    return f"{data['dataset']} from {data['root']} ({sizes} images)"
+
+
+def result_line(metrics: dict) -> str:
+    finals = "  ".join(f"{name} {metrics[name]:.4f}" for name in ("val/acc_best", "test/acc") if name in metrics)
+    if "epochs" not in metrics:
+        return finals
+    speed = metrics.get("train_images_per_s", 0)
+    return f"{finals}  ({metrics['epochs']} epochs, {metrics['wall_s']:.1f} s, {speed:,.0f} train images/s)"
+
+
+def to_json(metrics: dict) -> str:
+    """Indented JSON with each list of numbers (a confusion-matrix row) on one line."""
+    text = json.dumps(metrics, indent=2, sort_keys=True)
+    return re.sub(r"\[\s+([-\d.,\se]+?)\s+\]", lambda m: "[" + " ".join(m.group(1).split()) + "]", text) + "\n"
 
 
 def _floats(metrics) -> dict[str, float]:
@@ -75,7 +129,7 @@ def hparams_of(cfg) -> dict:
         "optimizer": cfg.optimizer._target_.rsplit(".", 1)[-1],
         "lr": cfg.optimizer.lr,
         "weight_decay": cfg.optimizer.get("weight_decay", 0.0),
-        "momentum": cfg.optimizer.get("momentum", 0.0),
+        "momentum": cfg.optimizer.get("momentum", cfg.optimizer.get("betas", [0.0])[0]),  # SGD's, or Adam's beta1
         "scheduler": scheduler.rsplit(".", 1)[-1],
         "max_epochs": cfg.trainer.max_epochs,
         "activation": cfg.model.activation,

@@ -1,0 +1,107 @@
+"""Checkpoints: `ckpt_path` resolved to a file, what a resume may change, and the best epoch kept across a resume."""
+
+import logging
+import shutil
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from lenet.config import ConfigError
+from lenet.module import RUN_LENGTH_ARGUMENT
+
+log = logging.getLogger(__name__)
+
+# What a resume may change: how it runs, where the data now lives, what it logs. Everything else in the config
+# (model, optimizer, schedule, data, seed) is the run's identity: Lightning restores the optimizer's own state, so
+# a changed optimizer.lr would silently not take effect.
+CHANGEABLE = ("trainer.", "callbacks.", "logger.", "data.root", "data.eval_batch_size", "model.compile",
+              "model.channels_last", "ckpt_path", "run_dir", "outputs_dir", "threads", "hparams_search")  # fmt: skip
+# ... except what sets the length of a schedule that spans the run (one-cycle, cosine).
+RUN_LENGTH = ("trainer.max_epochs", "trainer.limit_train_batches", "trainer.accumulate_grad_batches",
+              "trainer.devices", "trainer.num_nodes")  # fmt: skip
+
+
+def checkpoint_file(ckpt_path: str | None, outputs_dir: Path) -> Path | None:
+    """`ckpt_path` as a file: `last` means the newest last.ckpt of any run under `outputs_dir`."""
+    if not ckpt_path:
+        return None
+    if ckpt_path == "last":
+        runs = sorted(outputs_dir.glob("**/checkpoints/last.ckpt"), key=lambda path: path.stat().st_mtime)
+        if not runs:
+            raise ConfigError(f"ckpt_path=last: no run under {outputs_dir}/ has a last.ckpt; give a checkpoint path")
+        return runs[-1]
+    if not Path(ckpt_path).is_file():
+        raise ConfigError(f"ckpt_path={ckpt_path}: no such checkpoint file")
+    return Path(ckpt_path)
+
+
+def check_resume(path: Path, config: dict) -> int:
+    """Refuse a resume that would not continue the saved run; return the number of epochs it already trained."""
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    before, now = flat(saved.get("config", {})), flat(config)  # checkpoints older than this check carry no config
+    run_length = now.get("scheduler._target_") in RUN_LENGTH_ARGUMENT
+    for key in sorted(before.keys() | now.keys() if before else ()):
+        fixed = not key.startswith(CHANGEABLE) or (run_length and key.startswith(RUN_LENGTH))
+        if fixed and before.get(key) != now.get(key):
+            because = f": {now['scheduler._target_'].rsplit('.', 1)[-1]} spans the run" if key in RUN_LENGTH else ""
+            raise ConfigError(
+                f"ckpt_path={path}: a resume continues its run, so {key} cannot change ({before.get(key)} in the "
+                f"checkpoint, {now.get(key)} now{because}). A resume may change only trainer, callbacks and logger "
+                "settings, data.root and data.eval_batch_size; start a new run to change the rest"
+            )
+    done, max_epochs = saved["epoch"] + 1, now["trainer.max_epochs"]
+    if done >= max_epochs:
+        more = "start a new run to train longer" if run_length else "pass a larger trainer.max_epochs to train longer"
+        raise ConfigError(f"ckpt_path={path} has trained all {done} epochs of trainer.max_epochs={max_epochs}: {more}")
+    return done
+
+
+def flat(config: dict, prefix: str = "") -> dict:
+    """{"optimizer.lr": 0.1, ...}: nested dicts as dotted keys."""
+    items = {}
+    for key, value in config.items():
+        if isinstance(value, dict) and value:
+            items |= flat(value, f"{prefix}{key}.")
+        else:
+            items[f"{prefix}{key}"] = value
+    return items
+
+
+class SaveConfig(L.Callback):
+    """Puts the run's whole config into every checkpoint: a resume is checked against it."""
+
+    def __init__(self, config: dict):
+        self.config = config
+
+    def on_save_checkpoint(self, trainer, module, checkpoint):
+        checkpoint["config"] = self.config
+
+
+class ResumableCheckpoint(ModelCheckpoint):
+    """A ModelCheckpoint whose state, the best epoch above all, survives a resume into a new run dir.
+
+    Lightning keeps the best score only while the checkpoint folder stays the same, and a resumed run writes into
+    a run dir of its own: its first epoch would become "best" whatever its score. Here the resumed run copies the
+    best checkpoint into its own folder and goes on comparing with its score.
+    """
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        if state_dict.get("dirpath", self.dirpath) == self.dirpath:
+            return super().load_state_dict(state_dict)
+        best, score = Path(state_dict.get("best_model_path") or ""), state_dict.get("best_model_score")
+        carried = {"dirpath": self.dirpath, "best_model_path": "", "best_model_score": None, "best_k_models": {},
+                   "kth_best_model_path": "", "kth_value": self.kth_value, "last_model_path": ""}  # fmt: skip
+        if self.monitor and score is not None:
+            if best.is_file():
+                copy = Path(self.dirpath) / best.name
+                copy.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(best, copy)
+                kept = str(copy)
+                carried |= {"best_model_path": kept, "best_model_score": score, "best_k_models": {kept: score},
+                            "kth_best_model_path": kept, "kth_value": score}  # fmt: skip
+            else:
+                log.warning("The best checkpoint of the resumed run, %s, is gone: %s will be the best epoch "
+                            "after the resume", best, best.name)  # fmt: skip
+        super().load_state_dict({**state_dict, **carried})
