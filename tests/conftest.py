@@ -23,10 +23,8 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from lenet.config import CONFIG_DIR
-from lenet.console import quiet_lightning
+from lenet.console import LIGHTNING_WARNINGS
 from lenet.data import SPLIT_FILES
-
-quiet_lightning()  # as the entry points do, for the runs the tests start in this process
 
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 SIZES = {"train": 1200, "test": 400}
@@ -66,6 +64,12 @@ def write_dataset(folder: Path, gz: bool) -> Path:
         write_idx(folder / f"{images_name}{suffix}", images)
         write_idx(folder / f"{labels_name}{suffix}", labels)
     return folder
+
+
+def pytest_configure(config):
+    """Lightning's warnings that do not apply to lenet, ignored as the entry points ignore them (quiet_lightning)."""
+    for message in LIGHTNING_WARNINGS:
+        config.addinivalue_line("filterwarnings", f"ignore:{message}")
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,7 @@
 """The command line as users type it: subprocesses in a fresh working directory."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -59,3 +60,19 @@ def test_one_epoch_on_real_fashion_mnist_reaches_80_percent(tmp_path):
     result = lenet(tmp_path, "train", *overrides, "callbacks.progress_bar.refresh_rate=0")
     assert result.returncode == 0, result.stderr
     assert json.loads((tmp_path / "metrics.json").read_text())["test/acc"] >= 0.80
+
+
+def test_a_piped_run_prints_one_start_line_no_progress_bar_and_no_warning(flat_root, tmp_path):
+    overrides = [f"data.root={flat_root}", f"data.val_size={VAL_SIZE}", "data.batch_size=32", "trainer.max_epochs=2"]
+    result = lenet(tmp_path, "train", *overrides)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert "\r" not in output, "no progress bar when the output is not a terminal"
+    assert not re.search(r"\.py:\d+: ", output), f"no warnings: {output}"
+    lines = output.strip().splitlines()
+    assert len(lines) == 3, output  # the start line, the results, where they are
+    data = r"mnist from .* \(1,000 train, 200 val, 400 test images\)"
+    assert re.search(rf"Training on cpu, \d+ threads?: {data}\. Run dir: .*outputs/", lines[0]), lines[0]
+    results = r"val/acc_best 0\.\d{4}  test/acc 0\.\d{4}  \(2 epochs, [\d.]+ s, [\d,]+ train images/s\)"
+    assert re.search(results, lines[1]), lines[1]
+    assert lines[2].startswith("Run outputs: ")

@@ -99,6 +99,7 @@ def test_data_root_defaults_to_data_and_follows_LENET_DATA(monkeypatch):
         ("model.num_classes=1", "model.num_classes=1 is not allowed: it must be an integer >= 2"),
         ("scheduler.pct_start=0", "scheduler.pct_start=0 is not allowed: it must be a number in (0, 1)"),
         ("threads=0", "threads=0 is not allowed: it must be null, or an integer >= 1"),
+        ("trainer.precision=16-mixed", "trainer.precision=16-mixed needs a GPU; on the CPU use bf16-mixed"),
         ("optimizer.momentum=0", "optimizer.nesterov=true needs optimizer.momentum > 0 and no dampening"),
         ("+optimizer.lrr=1", "optimizer.lrr is not a setting of torch.optim.SGD; its settings: dampening,"),
         ("++data.bach_size=1", "data.bach_size is not a setting of lenet.data.MNISTDataModule"),

@@ -150,9 +150,11 @@ def test_a_download_that_fails_mid_way(tmp_path):
     assert not [p for p in (tmp_path / "data").rglob("*") if p.is_file()], "nothing partial is left"
 
 
-def test_a_diverging_run_stops_with_a_nonzero_exit(flat_root, tmp_path):
+def test_a_diverging_run_stops_with_a_nonzero_exit_and_keeps_the_error_in_its_log(flat_root, tmp_path):
     result = run(tmp_path, f"data.root={flat_root}", *FIXTURE, "optimizer.lr=1e6")
     assert_short_failure(result, "error: the training loss is nan in epoch 0: lower optimizer.lr")
+    log = next(tmp_path.glob("outputs/*/*/train.log")).read_text()
+    assert "error: the training loss is nan in epoch 0" in log
 
 
 @pytest.mark.parametrize(("sent", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])

@@ -1,6 +1,7 @@
 """Sweeps at scale: Optuna, the joblib and submitit launchers, DDP, the sweep report, failing jobs, TensorBoard."""
 
 import json
+import shlex
 import socket
 import subprocess
 import sys
@@ -12,9 +13,9 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from conftest import VAL_SIZE, lenet_command
+from conftest import VAL_SIZE, compose_config, lenet_command
 from lenet import report
-from lenet.config import CONFIG_DIR
+from lenet.config import CONFIG_DIR, validate
 
 # One epoch on fixture data, one thread per process: two cores shared with other work collapse with more.
 TINY = [
@@ -72,6 +73,7 @@ def test_the_report_is_written_when_the_multirun_ends(failing_sweep):
     best = max(("0", "3"), key=lambda job: metrics(sweep / job)["val/acc_best"])
     assert table[0] == best, "best first"
     assert f"python -m lenet.train optimizer.lr={'0.05' if best == '0' else '0.02'} data.root=" in md
+    assert_composes(md.split("```bash\n")[1].split("\n```")[0])
     rows = (sweep / "report.csv").read_text().splitlines()
     assert rows[0].startswith("job,status,optimizer.lr,val/acc_best,test/acc,epochs,wall_s,train_images_per_s")
     assert len(rows) == 5
@@ -89,17 +91,28 @@ def test_report_lists_unfinished_jobs_and_spells_out_the_best_command(tmp_path, 
             (tmp_path / name / "metrics.json").write_text(json.dumps(metrics))
 
     done = {"test/acc": 0.8, "epochs": 2, "wall_s": 3.0, "train_images_per_s": 900.0}
-    job("0", ["hparams_search=optuna", "optimizer=adam", "optimizer.lr=0.001"], done | {"val/acc_best": 0.81})
-    job("1", ["hparams_search=optuna", "optimizer=sgd", "optimizer.lr=0.1"], done | {"val/acc_best": 0.85})
-    job("2", ["hparams_search=optuna", "optimizer=sgd", "optimizer.lr=0.3"])  # still running, or killed
-    job("10", ["hparams_search=optuna", "optimizer=sgd", "optimizer.lr=0.5"], log="[t][x][ERROR] - error: boom\n")
+    search = ["hparams_search=optuna", "hparams_search.storage=sqlite:///optuna.db", "hparams_search.n_trials=5"]
+    job("0", [*search, "optimizer=adam", "optimizer.lr=0.001"], done | {"val/acc_best": 0.81})
+    job("1", [*search, "optimizer=sgd", "optimizer.lr=0.1"], done | {"val/acc_best": 0.85})
+    job("2", [*search, "optimizer=sgd", "optimizer.lr=0.3"])  # still running, or killed
+    job("10", [*search, "optimizer=sgd", "optimizer.lr=0.5"], log="[t][x][ERROR] - error: boom\n")
     report.main([str(tmp_path)])
     md = capsys.readouterr().out
     assert [line[2:4].strip() for line in md.splitlines() if line.startswith("| ")][1:] == ["1", "0", "2", "10"]
     assert "| 1 | done | sgd | 0.1 | 0.8500 | 0.8000 | 2 | 3.0 | 900 |" in md
-    assert "python -m lenet.train optimizer=sgd optimizer.lr=0.1\n" in md, "a search's own override is left out"
+    assert "python -m lenet.train optimizer=sgd optimizer.lr=0.1\n" in md, "a search's own overrides are left out"
+    assert_composes("python -m lenet.train optimizer=sgd optimizer.lr=0.1")
     assert "- job 2 unfinished: no metrics.json" in md and "- job 10 failed: error: boom" in md
     assert sorted(p.name for p in tmp_path.glob("report.*")) == ["report.csv", "report.md", "report.png"]
+
+
+def assert_composes(command: str) -> None:
+    """A printed command line composes into a valid config (and is a single run)."""
+    words = shlex.split(command)
+    assert words[:3] == ["python", "-m", "lenet.train"], command
+    cfg = compose_config(*words[3:], "run_dir=x")
+    validate(cfg)
+    assert cfg.get("hparams_search") is None
 
 
 def test_report_of_a_folder_without_jobs_says_so(tmp_path):
@@ -110,30 +123,52 @@ def test_report_of_a_folder_without_jobs_says_so(tmp_path):
 # --- DDP ---
 
 
-def test_ddp_is_refused_inside_a_multirun(flat_root, tmp_path):
-    ddp = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"]
-    result = train(tmp_path, "-m", *ddp, f"data.root={flat_root}", *TINY)
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"], "error: DDP over 2 processes cannot run"),
+        (["ckpt_path=last"], "error: ckpt_path=last cannot run in a multirun: each job would resume the newest"),
+    ],
+    ids=["ddp", "ckpt_path-last"],
+)
+def test_a_multirun_no_job_could_run_is_refused_once_before_any_job(overrides, message, flat_root, tmp_path):
+    result = train(tmp_path, "-m", "optimizer.lr=0.1,0.05", *overrides, f"data.root={flat_root}", *TINY)
+    assert result.returncode == 1
+    assert result.stderr.count(message) == 1 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert not list(tmp_path.glob("outputs/**/*.log")), "no job started"
+
+
+def test_a_swept_ddp_option_is_refused_by_its_own_job(flat_root, tmp_path):
+    result = train(tmp_path, "-m", "trainer=cpu,ddp", "trainer.accelerator=cpu", f"data.root={flat_root}", *TINY)
     assert result.returncode != 0
     assert "error: DDP over 2 processes cannot run inside a multirun" in result.stderr
     assert not list(tmp_path.glob("outputs/**/train_ddp_process_1.log")), "no extra rank was started"
 
 
 @pytest.mark.slow
-def test_ddp_on_two_cpu_processes_matches_one_process(flat_root, tmp_path):
+def test_ddp_on_two_cpu_processes_matches_one_process_on_twice_the_batch(flat_root, tmp_path):
+    # Rank r takes every other image of the same order: two ranks with batches of 16 see, step by step, the images
+    # one process sees in batches of 32, and DDP's averaged gradient is that batch's gradient. Evaluation images
+    # are shared out, each counted once.
     common = [f"data.root={flat_root}", *TINY, "trainer.max_epochs=2"]
     single, ddp = tmp_path / "single", tmp_path / "ddp"
-    assert train(tmp_path, "trainer=cpu", *common, f"hydra.run.dir={single}").returncode == 0
-    result = train(
-        tmp_path, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", *common, f"hydra.run.dir={ddp}"
-    )
+    result = train(tmp_path, "trainer=cpu", *common, f"hydra.run.dir={single}")
     assert result.returncode == 0, result.stderr
+    ddp_options = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "data.batch_size=16"]
+    result = train(tmp_path, *common, *ddp_options, f"hydra.run.dir={ddp}")
+    assert result.returncode == 0, result.stderr
+    output = result.stdout + result.stderr
+    assert "sync_dist" not in output and output.count("Run outputs:") == 1 and output.count("Training on") == 1
+    assert "2 processes" in output
     assert (ddp / "train_ddp_process_1.log").is_file(), "a second rank ran"
     events = [path.name for path in ddp.glob("events.out.tfevents.*")]
     assert len({name.split(".")[-2] for name in events}) == 1, f"one process wrote events: {events}"  # .<pid>.<n>
-    assert len(events) == len(list(single.glob("events.out.tfevents.*")))
     assert sorted(p.name for p in (ddp / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
-    assert metrics(ddp)["epochs"] == 2
-    assert abs(metrics(ddp)["val/acc_best"] - metrics(single)["val/acc_best"]) < 0.1
+    one, two = metrics(single), metrics(ddp)
+    assert two["epochs"] == 2
+    assert sum(map(sum, two["test/confusion_matrix"])) == 400, "every test image counted once"
+    for key in ("val/acc_best", "test/acc"):  # the same training, up to the order of float sums: a one-image margin
+        assert abs(one[key] - two[key]) <= 1 / 200 + 1e-6, key
 
 
 # --- Optuna ---

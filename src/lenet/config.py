@@ -27,8 +27,11 @@ def validate(cfg: DictConfig) -> None:
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise ConfigError(f"{missing[0]} is required: set it on the command line, e.g. {missing[0]}=VALUE")
-    if OmegaConf.select(cfg, "trainer.accelerator") in ("gpu", "cuda") and not torch.cuda.is_available():
+    accelerator, gpu = OmegaConf.select(cfg, "trainer.accelerator"), torch.cuda.is_available()
+    if accelerator in ("gpu", "cuda") and not gpu:
         raise ConfigError("trainer.accelerator=gpu but no CUDA GPU is visible here; use trainer=cpu or trainer=default")
+    if OmegaConf.select(cfg, "trainer.precision") == "16-mixed" and (accelerator == "cpu" or not gpu):
+        raise ConfigError("trainer.precision=16-mixed needs a GPU; on the CPU use bf16-mixed (or 16-true)")
     for group, rules in schema.RULES.items():
         node = cfg.get(group) if group else cfg
         for key in rules.keys() & set(node or ()):

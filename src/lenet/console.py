@@ -104,6 +104,10 @@ LIGHTNING_NOISE = (
 
 # Lightning's warnings that do not apply to lenet: a deprecation Lightning raises against itself, and a note on
 # short epochs (lenet logs its metrics once per epoch, and the learning rate every log_every_n_steps across epochs).
+def _not_noise(record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith(LIGHTNING_NOISE)
+
+
 LIGHTNING_WARNINGS = (
     r"`isinstance\(treespec, LeafSpec\)` is deprecated",
     r"The number of training batches \(\d+\) is smaller",
@@ -112,9 +116,7 @@ LIGHTNING_WARNINGS = (
 
 def quiet_lightning() -> None:
     """Drop Lightning's notes the run says better itself, and its warnings that do not apply here."""
-    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
-        lambda record: not record.getMessage().startswith(LIGHTNING_NOISE)
-    )
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_not_noise)  # once, however often called
     for message in LIGHTNING_WARNINGS:
         warnings.filterwarnings("ignore", message=message)
 
