@@ -8,12 +8,9 @@ import torch
 from hydra.utils import get_object
 from omegaconf import DictConfig, OmegaConf
 
-from lenet import schema
+from lenet import CONFIG_DIR, schema  # noqa: F401 (CONFIG_DIR: where train and eval import it from)
 from lenet.console import UserError
 
-_PACKAGED = Path(__file__).parent / "conf"  # the copy a wheel ships
-_SOURCE = Path(__file__).parents[2] / "conf"  # the top-level conf/ of a source checkout
-CONFIG_DIR = str(_PACKAGED if _PACKAGED.is_dir() else _SOURCE)
 HYDRA_KEYS = {"_target_", "_partial_", "_recursive_", "_convert_", "_args_"}
 
 schema.register()  # before Hydra composes: the YAML options name their schemas in their defaults
