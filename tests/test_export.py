@@ -1,6 +1,5 @@
 """lenet.export: ONNX and torch.export files that compute what the checkpoint computes, and carry what predict needs."""
 
-import csv
 import json
 import shutil
 import subprocess
@@ -75,19 +74,15 @@ def test_predict_works_on_the_exported_file_alone(exported, glyph_checkpoint, tm
     images, _ = glyph_split(12, seed=5)
     for index, image in enumerate(images):
         Image.fromarray(255 - image).resize((84, 84)).save(tmp_path / f"{index:02d}.png")  # dark on light, larger
-    cfg = compose_config(
-        f"ckpt_path={glyph_checkpoint}", f"inputs={tmp_path}", f"run_dir={tmp_path}", config_name="predict"
-    )
-    expected = [p.top[0] for p in predict(cfg)]
-
-    output = tmp_path / "exported.csv"
-    command = lenet_command("predict", f"ckpt_path={alone}", f"inputs={tmp_path}", f"output={output}")
-    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr
-    with open(output, newline="") as f:
-        got = [(row["prediction"], float(row["p1"])) for row in csv.DictReader(f)]
-    assert [name for name, _ in got] == [name for name, _ in expected] and len(got) == 12
-    np.testing.assert_allclose([p for _, p in got], [p for _, p in expected], atol=1e-4)  # the CSV's 4 decimals
+    runs = {}
+    for name, model in [("checkpoint", glyph_checkpoint), ("alone", alone)]:
+        overrides = [f"ckpt_path={model}", f"inputs={tmp_path}", f"run_dir={tmp_path / name}"]
+        runs[name] = [
+            top for prediction in predict(compose_config(*overrides, config_name="predict")) for top in prediction.top
+        ]
+    assert len(runs["alone"]) == 12 * 3
+    assert [name for name, _ in runs["alone"]] == [name for name, _ in runs["checkpoint"]]
+    np.testing.assert_allclose([p for _, p in runs["alone"]], [p for _, p in runs["checkpoint"]], atol=1e-5)
 
 
 def test_without_the_data_parity_runs_on_random_images(glyph_checkpoint, tmp_path):

@@ -109,7 +109,7 @@ def test_fashion_mnist_images_fill_the_frame_centred_by_their_box():
     ("data", "message"),
     [
         (b"not an image at all", "not an image"),
-        (encoded(Image.new("RGB", (64, 64)), "PNG")[:60], "cannot decode"),  # cut off
+        (encoded(Image.new("RGB", (64, 64)), "PNG")[:60], "cannot read"),  # cut off
         (encoded(Image.new("L", (64, 64), 230), "JPEG"), "blank"),
     ],
 )

@@ -265,7 +265,7 @@ def open_image(image) -> Image.Image:
     except UnidentifiedImageError:
         raise ImageError("not an image (or a format Pillow cannot read)") from None
     except Exception as error:  # Pillow's decoders fail on damaged files with OSError, SyntaxError, ValueError, ...
-        raise ImageError(f"cannot decode it ({error})") from None
+        raise ImageError(f"cannot read it ({error})") from None
     return image
 
 
@@ -306,18 +306,18 @@ def crop(ink: np.ndarray, layout: Layout) -> np.ndarray:
     return ink[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
 
 
-def otsu_threshold(values: np.ndarray) -> float:
-    """The grey level that best splits the values in two groups (the largest between-class variance)."""
-    counts, edges = np.histogram(values, bins=256, range=(0, 256))
-    levels = (edges[:-1] + edges[1:]) / 2
+def otsu_threshold(ink: np.ndarray) -> float:
+    """The grey level that best splits the pixels in two groups (the largest between-class variance)."""
+    counts = np.bincount(ink.astype(np.uint8).ravel(), minlength=256)  # ink is 0..255: whole levels suffice
+    levels = np.arange(256)
     below = np.cumsum(counts)[:-1]
     above = counts.sum() - below
     mass_below = np.cumsum(counts * levels)[:-1]
-    total = mass_below[-1] + counts[-1] * levels[-1]
+    total = (counts * levels).sum()
     with np.errstate(divide="ignore", invalid="ignore"):
         mean_below, mean_above = mass_below / below, (total - mass_below) / above
         spread = below * above * (mean_below - mean_above) ** 2
-    return float(edges[1 + np.nanargmax(spread)])
+    return float(np.nanargmax(spread)) + 0.5  # between level t (below) and t + 1 (above)
 
 
 def fit(ink: np.ndarray, box: int) -> np.ndarray:

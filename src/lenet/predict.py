@@ -16,7 +16,7 @@ from pathlib import Path
 
 import hydra
 import numpy as np
-from omegaconf import DictConfig, ListConfig
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from tqdm import tqdm
 
 from lenet import CONFIG_DIR
@@ -46,11 +46,12 @@ class Prediction:
 
 def predict(cfg: DictConfig) -> list[Prediction]:
     """Classify every image of `cfg.inputs`; write the CSV (and the preview); return one Prediction per image."""
+    # The paths first: a mistyped one fails at once, not after the seconds that importing torch takes.
+    paths = None if OmegaConf.is_missing(cfg, "inputs") else image_paths(cfg.inputs)
     from lenet.config import checkpoint_file, validate  # imports torch: here, so that --help stays instant
 
-    validate(cfg)
+    validate(cfg)  # a missing `inputs` among the required values
     _check(cfg)
-    paths = image_paths(cfg.inputs)
     from lenet.classifier import load
 
     classifier = load(checkpoint_file(cfg.ckpt_path, Path(cfg.outputs_dir)), device=cfg.device)
