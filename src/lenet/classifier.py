@@ -171,7 +171,7 @@ def _load_pt2(path: Path, device: str) -> Classifier:
         program = torch.export.load(path, extra_files=extra)
     except Exception as error:  # a damaged or foreign archive
         raise ModelError(f"{path} is not a torch.export program ({type(error).__name__}: {error})") from None
-    metadata = _metadata(path, extra[METADATA_FILE] and json.loads(extra[METADATA_FILE]))
+    metadata = _metadata(path, json.loads(extra[METADATA_FILE]) if extra[METADATA_FILE] else {})
     torch_device = _torch_device(device)
     if torch_device.type != "cpu":
         program = torch.export.passes.move_to_device_pass(program, torch_device)
@@ -210,7 +210,7 @@ def _decode(key: str, value: str):
     return json.loads(value) if key in ("classes", "mean", "std") else value
 
 
-def _metadata(path: Path, metadata: dict | str) -> dict:
+def _metadata(path: Path, metadata: dict) -> dict:
     needed = {"classes", "mean", "std", "dataset"}
     if not metadata or not needed <= metadata.keys():
         raise ModelError(f"{path} lacks lenet.export's metadata (class names, mean, std): export it with lenet.export")
