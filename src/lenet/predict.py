@@ -20,6 +20,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from tqdm import tqdm
 
 from lenet import CONFIG_DIR
+from lenet.classifier import IMAGE_SUFFIXES, Classifier, ImageError, load, resize  # numpy and Pillow only
 from lenet.console import UserError, report_user_errors
 
 log = logging.getLogger(__name__)
@@ -52,8 +53,6 @@ def predict(cfg: DictConfig) -> list[Prediction]:
 
     validate(cfg)  # a missing `inputs` among the required values
     _check(cfg)
-    from lenet.classifier import load
-
     classifier = load(checkpoint_file(cfg.ckpt_path, Path(cfg.outputs_dir)), device=cfg.device)
     if cfg.top_k > len(classifier.classes):
         raise InputError(f"top_k={cfg.top_k} is more than the model's {len(classifier.classes)} classes")
@@ -72,10 +71,8 @@ def predict(cfg: DictConfig) -> list[Prediction]:
     return predictions
 
 
-def classify(classifier, paths: list[Path], batch_size: int, top_k: int, prepare: bool = True):
+def classify(classifier: Classifier, paths: list[Path], batch_size: int, top_k: int, prepare: bool = True):
     """Predictions for `paths`, batch by batch; and the first PREVIEW_MAX readable ones with their 28x28 image."""
-    from lenet.classifier import ImageError, resize
-
     to_28x28 = classifier.prepare if prepare else resize
     predictions, seen = [], []
     with tqdm(total=len(paths), unit="img", disable=len(paths) <= batch_size or None) as bar:
@@ -111,8 +108,6 @@ def _check(cfg: DictConfig) -> None:
 
 def image_paths(inputs) -> list[Path]:
     """The files `inputs` names: an image, a folder's images (by extension), a glob pattern, or a list of these."""
-    from lenet.classifier import IMAGE_SUFFIXES
-
     if isinstance(inputs, ListConfig | list):
         return [path for item in inputs for path in image_paths(item)]
     text = str(inputs)
