@@ -175,3 +175,49 @@ class Mirror:
 def md5s(folder: Path) -> list[tuple[str, str]]:
     """(file, md5) of each .gz in `folder`: a torchvision dataset's `resources` for these files."""
     return [(path.name, hashlib.md5(path.read_bytes()).hexdigest()) for path in sorted(folder.glob("*.gz"))]
+
+
+# Glyphs: for lenet.predict and lenet.export, a dataset whose class is a shape, not a position (MNIST-style
+# centring would erase a position), and one checkpoint trained on it through lenet.train.
+GLYPH_SIZES = {"train": 1000, "test": 200}
+
+
+def glyph_split(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Digits drawn with Pillow's own font at random sizes, weights, positions and slants, laid out as MNIST's."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    from lenet.classifier import prepare
+
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 10, n)
+    images = np.empty((n, 28, 28), dtype=np.uint8)
+    for image, label in zip(images, labels, strict=True):
+        canvas = Image.new("L", (72, 72))
+        font = ImageFont.load_default(size=int(rng.integers(30, 50)))
+        position = (int(rng.integers(8, 24)), int(rng.integers(0, 12)))
+        weight = int(rng.integers(0, 3))
+        ImageDraw.Draw(canvas).text(position, str(label), fill=255, font=font, stroke_width=weight, stroke_fill=255)
+        image[:] = prepare(canvas.rotate(float(rng.uniform(-15, 15)), resample=Image.Resampling.BILINEAR))
+    return images, labels
+
+
+@pytest.fixture(scope="session")
+def glyph_checkpoint(tmp_path_factory) -> Path:
+    """best.ckpt of a short lenet.train run on the glyphs; trained once for all xdist workers (a file lock)."""
+    from filelock import FileLock  # torch's own dependency
+
+    from lenet.train import train
+
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # the session's, not a worker's
+    run_dir, root = shared / "glyph-run", shared / "glyph-data"
+    checkpoint = run_dir / "checkpoints" / "best.ckpt"
+    with FileLock(shared / "glyph.lock"):
+        if not checkpoint.is_file():
+            root.mkdir(exist_ok=True)
+            for seed, (split, (images_name, labels_name)) in enumerate(SPLIT_FILES.items()):
+                images, labels = glyph_split(GLYPH_SIZES[split], seed)
+                write_idx(root / f"{images_name}.gz", images)
+                write_idx(root / f"{labels_name}.gz", labels)
+            train(compose_config(*fixture_overrides(root, run_dir), "trainer.max_epochs=4", "logger=none"))
+    return checkpoint

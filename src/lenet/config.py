@@ -2,19 +2,15 @@
 
 import inspect
 import sys
-from pathlib import Path
 
 import torch
 from hydra.experimental.callback import Callback
 from hydra.utils import get_object
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from lenet import schema
+from lenet import CONFIG_DIR, schema  # noqa: F401 (CONFIG_DIR: where train and eval import it from)
 from lenet.console import UserError, quiet_lightning
 
-_PACKAGED = Path(__file__).parent / "conf"  # the copy a wheel ships
-_SOURCE = Path(__file__).parents[2] / "conf"  # the top-level conf/ of a source checkout
-CONFIG_DIR = str(_PACKAGED if _PACKAGED.is_dir() else _SOURCE)
 HYDRA_KEYS = {"_target_", "_partial_", "_recursive_", "_convert_", "_args_"}
 
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from lenet.data import DATASETS
+from lenet.export import FORMATS
 from lenet.model import ACTIVATIONS, POOLINGS
 
 
@@ -73,6 +74,8 @@ SHARE_OR_COUNT = Rule(
     lambda v: (_is_int(v) and v >= 0) or (isinstance(v, float) and 0 <= v <= 1),
     "a share of the batches in [0.0, 1.0] or a count of them",
 )
+DEVICE = Rule(lambda v: v in ("auto", "cpu", "cuda") or str(v).startswith("cuda:"), "auto, cpu, cuda or cuda:N")
+DEVICE = Rule(lambda v: v in ("auto", "cpu", "cuda") or str(v).startswith("cuda:"), "auto, cpu, cuda or cuda:N")
 # What Lightning accepts. All train on a CPU but 16-mixed, which lenet.config.validate refuses there.
 PRECISIONS = one_of("32-true", "bf16-mixed", "bf16-true", "16-mixed", "16-true", "64-true")
 
@@ -82,6 +85,11 @@ RULES: dict[str, dict[str, Rule]] = {
         "ckpt_path": NULL | TEXT,
         "threads": NULL | integer(1),
         "outputs_dir": TEXT,
+        # lenet.predict and lenet.export
+        "top_k": integer(1),
+        "batch_size": integer(1),
+        "device": DEVICE,
+        "format": NULL | one_of(*FORMATS),
     },
     "model": {
         "activation": one_of(*ACTIVATIONS),

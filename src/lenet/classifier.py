@@ -1,0 +1,344 @@
+"""A trained model behind one interface, whatever file it ships as, and images prepared the way its data was made.
+
+`load(path)` reads a checkpoint of lenet.train (`.ckpt`), or a file of lenet.export (`.onnx`, `.pt2`) alone, into a
+`Classifier`: class names, the normalization it was trained with, and batched `probabilities` on prepared images.
+`prepare(image, layout)` turns one image a user has (a file, bytes or a PIL image: a photo, a scan, a drawing)
+into the 28x28 uint8 image the model sees, which is also what a preview shows. lenet.predict, lenet.export and
+lenet.serve share both; none of them has a copy.
+
+torch, onnxruntime and Lightning are imported by the loader that needs them: predicting with an ONNX file needs
+none of Lightning, and importing this module costs only numpy and Pillow.
+"""
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from io import BytesIO
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from lenet.console import UserError
+
+SIZE = 28
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+MAX_SIDE = 1024  # larger photos are shrunk first: the object ends up 20 or 28 pixels tall whatever the start
+MIN_CONTRAST = 24  # grey levels between background and ink below which an image counts as blank (JPEG noise: ~5)
+# What an exported file promises, written into its metadata.
+INPUT = "float32 N x 1 x 28 x 28: pixels 0..255, light on dark, normalized as (pixel - 255 * mean) / (255 * std)"
+OUTPUT = "logits"
+METADATA_FILE = "lenet.json"  # inside a .pt2 (torch.export.save's extra_files)
+
+
+class ModelError(UserError):
+    """A model file that cannot be used."""
+
+
+class ImageError(UserError):
+    """An image that cannot be read or holds nothing to classify."""
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How a dataset placed its objects in 28x28, as far as preparing a user's image goes."""
+
+    box: int  # the object's longer side, in pixels
+    by_mass: bool  # centred by its centre of mass (MNIST) or by its bounding box
+    clean: bool  # zero what is fainter than the ink (strokes); keep it (the texture of clothes)
+
+
+LAYOUTS = {
+    # LeCun et al.: digits fit a 20x20 box keeping their aspect ratio, then their centre of mass goes to the centre.
+    "mnist": Layout(box=20, by_mass=True, clean=True),
+    # Xiao et al.: trimmed, longest edge resized to 28. Measured on its test set: 99.98% of the images have a
+    # 27-28 pixel side, and their bounding boxes are centred (13.6 +- 0.2), their centres of mass are not.
+    "fashion_mnist": Layout(box=28, by_mass=False, clean=False),
+    # Clanuwat et al. made KMNIST "in the MNIST format"; not measured here (no KMNIST data on this machine).
+    "kmnist": Layout(box=20, by_mass=True, clean=True),
+}
+
+
+@dataclass
+class Classifier:
+    """A trained LeNet and what feeding it takes; `model` is the torch module, exported program or ORT session."""
+
+    classes: list[str]
+    mean: float
+    std: float
+    dataset: str
+    source: Path  # the file it was loaded from
+    checkpoint: str  # the lenet.train checkpoint it came from (the source itself for a .ckpt)
+    model: Any
+    forward: Callable[[np.ndarray], np.ndarray]  # normalized float32 N x 1 x 28 x 28 -> N x classes logits
+
+    @property
+    def layout(self) -> Layout:
+        return LAYOUTS[self.dataset]
+
+    def prepare(self, image) -> np.ndarray:
+        return prepare(image, self.layout)
+
+    def normalize(self, images: np.ndarray) -> np.ndarray:
+        """uint8 N x 28 x 28 -> float32 N x 1 x 28 x 28, computed as training does (MNISTDataModule)."""
+        return ((images.astype(np.float32) - 255 * self.mean) / (255 * self.std))[:, None]
+
+    def logits(self, images: np.ndarray) -> np.ndarray:
+        return self.forward(self.normalize(images))
+
+    def probabilities(self, images: np.ndarray) -> np.ndarray:
+        logits = self.logits(images)
+        exp = np.exp(logits - logits.max(axis=1, keepdims=True))
+        return exp / exp.sum(axis=1, keepdims=True)
+
+    def metadata(self) -> dict:
+        """What an exported file carries so that it can be used alone."""
+        return {
+            "dataset": self.dataset,
+            "classes": self.classes,
+            "mean": self.mean,
+            "std": self.std,
+            "checkpoint": self.checkpoint,
+            "input": INPUT,
+            "output": OUTPUT,
+        }
+
+
+def load(path: str | Path, device: str = "auto") -> Classifier:
+    """A classifier from a lenet.train checkpoint, an exported .onnx or an exported .pt2 (with its metadata)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"{path}: no such model file")
+    loader = {".onnx": _load_onnx, ".pt2": _load_pt2}.get(path.suffix.lower(), _load_checkpoint)
+    return loader(path, device)
+
+
+def _torch_device(device: str):
+    import torch
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelError(f"device={device} but no CUDA GPU is visible here; use device=cpu or device=auto")
+    return torch.device(device)
+
+
+def _torch_forward(module, device) -> Callable[[np.ndarray], np.ndarray]:
+    import torch
+
+    def forward(images: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return module(torch.from_numpy(images).to(device)).float().cpu().numpy()
+
+    return forward
+
+
+def _load_checkpoint(path: Path, device: str) -> Classifier:
+    import torch
+
+    not_ours = f"{path} is not a checkpoint of lenet.train, nor a .onnx or .pt2 file of lenet.export"
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch.load fails in many ways on other files: pickle, zip, tensor errors
+        raise ModelError(f"{not_ours} ({type(error).__name__})") from None
+    keys = {"state_dict", "hyper_parameters", "datamodule_hyper_parameters"}
+    if not isinstance(checkpoint, dict) or not keys <= checkpoint.keys():
+        raise ModelError(not_ours)
+
+    from lenet.data import DATASETS
+    from lenet.module import LeNetModule
+
+    hparams, data = checkpoint["hyper_parameters"], checkpoint["datamodule_hyper_parameters"]
+    # Built directly, not with load_from_checkpoint: its hook would reset torch's random state; and not compiled,
+    # which would only delay the first prediction.
+    module = LeNetModule(**{**hparams, "model": {**hparams["model"], "compile": False}})
+    module.load_state_dict(checkpoint["state_dict"])
+    torch_device = _torch_device(device)
+    net = module.net.eval().to(torch_device)
+    # torchvision names MNIST's classes "0 - zero", ...: the digit is the name people expect.
+    classes = [name.split(" - ")[0] for name in DATASETS[data["dataset"]].classes]
+    return Classifier(
+        classes, data["mean"], data["std"], data["dataset"], path, str(path), net, _torch_forward(net, torch_device)
+    )
+
+
+def _load_pt2(path: Path, device: str) -> Classifier:
+    import torch
+
+    extra = {METADATA_FILE: ""}
+    try:
+        program = torch.export.load(path, extra_files=extra)
+    except Exception as error:  # a damaged or foreign archive
+        raise ModelError(f"{path} is not a torch.export program ({type(error).__name__}: {error})") from None
+    metadata = _metadata(path, json.loads(extra[METADATA_FILE]) if extra[METADATA_FILE] else {})
+    torch_device = _torch_device(device)
+    if torch_device.type != "cpu":
+        program = torch.export.passes.move_to_device_pass(program, torch_device)
+    module = program.module()
+    return _from_metadata(path, metadata, module, _torch_forward(module, torch_device))
+
+
+def _load_onnx(path: Path, device: str) -> Classifier:
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise ModelError("running an .onnx file needs onnxruntime: pip install 'lenet[export]'") from None
+    providers = ["CPUExecutionProvider"]
+    if device != "cpu" and "CUDAExecutionProvider" in ort.get_available_providers():
+        providers.insert(0, "CUDAExecutionProvider")
+    try:
+        session = ort.InferenceSession(str(path), providers=providers)
+    except Exception as error:  # onnxruntime raises its own exception types for bad files
+        raise ModelError(f"{path} is not an ONNX model onnxruntime can run ({error})") from None
+    properties = session.get_modelmeta().custom_metadata_map
+    metadata = {key: _decode(key, value) for key, value in properties.items()}
+    input_name = session.get_inputs()[0].name
+
+    def forward(images: np.ndarray) -> np.ndarray:
+        return session.run(None, {input_name: images})[0]
+
+    return _from_metadata(path, _metadata(path, metadata), session, forward)
+
+
+def onnx_properties(metadata: dict) -> dict[str, str]:
+    """ONNX metadata_props are strings: lists and numbers as JSON, strings as they are (readable anywhere)."""
+    return {key: value if isinstance(value, str) else json.dumps(value) for key, value in metadata.items()}
+
+
+def _decode(key: str, value: str):
+    return json.loads(value) if key in ("classes", "mean", "std") else value
+
+
+def _metadata(path: Path, metadata: dict) -> dict:
+    needed = {"classes", "mean", "std", "dataset"}
+    if not metadata or not needed <= metadata.keys():
+        raise ModelError(f"{path} lacks lenet.export's metadata (class names, mean, std): export it with lenet.export")
+    if metadata.get("output", OUTPUT) != OUTPUT:
+        raise ModelError(f"{path} returns {metadata['output']}, not {OUTPUT}")
+    return metadata
+
+
+def _from_metadata(path: Path, metadata: dict, model, forward) -> Classifier:
+    return Classifier(
+        list(metadata["classes"]),
+        float(metadata["mean"]),
+        float(metadata["std"]),
+        metadata["dataset"],
+        path,
+        metadata.get("checkpoint", ""),
+        model,
+        forward,
+    )
+
+
+# Preparing an image ------------------------------------------------------------------------------------------
+
+
+def prepare(image, layout: Layout = LAYOUTS["mnist"]) -> np.ndarray:
+    """One image as its dataset's images were made: 28x28 uint8, the object light on black.
+
+    `image` is a path, the file's bytes or a PIL image. Greyscale (transparent pixels are background); light on
+    dark, inverting when the border says the background is light; the background level removed; cropped to the
+    object; scaled to fit `layout.box` keeping its aspect ratio; placed by centre of mass or bounding box; the
+    brightest pixel stretched to 255, as in MNIST and Fashion-MNIST.
+    """
+    ink = light_on_dark(greyscale(open_image(image)))
+    return place(fit(crop(ink, layout), layout.box), layout)
+
+
+def resize(image) -> np.ndarray:
+    """What a plain script does: greyscale, squashed to 28x28. Kept to show what `prepare` is worth."""
+    grey = open_image(image).convert("L").resize((SIZE, SIZE), Image.Resampling.BILINEAR)
+    return np.asarray(grey, dtype=np.uint8)
+
+
+def open_image(image) -> Image.Image:
+    """Decoded in full, so a damaged file fails here; the first frame; upright as the camera was held."""
+    try:
+        if not isinstance(image, Image.Image):
+            image = Image.open(BytesIO(image) if isinstance(image, bytes | bytearray) else image)
+        image.draft(None, (MAX_SIDE, MAX_SIDE))  # JPEG only: decode at a reduced scale, much faster
+        image.load()
+        image = ImageOps.exif_transpose(image)
+        image.thumbnail((MAX_SIDE, MAX_SIDE))
+    except UnidentifiedImageError:
+        raise ImageError("not an image (or a format Pillow cannot read)") from None
+    except Exception as error:  # Pillow's decoders fail on damaged files with OSError, SyntaxError, ValueError, ...
+        raise ImageError(f"cannot read it ({error})") from None
+    return image
+
+
+def greyscale(image: Image.Image) -> np.ndarray:
+    """Float grey levels 0..255; transparent pixels become background, whatever colour they hide."""
+    if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):  # 16-bit and float scans: rescale to 0..255
+        grey = np.asarray(image, dtype=np.float32)
+        low, high = float(grey.min()), float(grey.max())
+        return (grey - low) * (255 / (high - low or 1))
+    if image.mode not in ("RGBA", "LA", "PA") and "transparency" not in image.info:
+        return np.asarray(image.convert("L"), dtype=np.float32)
+    rgba = image.convert("RGBA")
+    grey = np.asarray(rgba.convert("L"), dtype=np.float32)
+    alpha = np.asarray(rgba.getchannel("A"), dtype=np.float32) / 255
+    # Lay it on the shade opposite to its visible pixels: black ink on white, white ink on black.
+    ink = float((grey * alpha).sum() / max(float(alpha.sum()), 1e-6))
+    background = 255.0 if ink < 128 else 0.0
+    return grey * alpha + background * (1 - alpha)
+
+
+def light_on_dark(grey: np.ndarray) -> np.ndarray:
+    """Inverted when the border (the background, unless the object fills it) is light; background level to 0."""
+    border = np.concatenate([grey[0], grey[-1], grey[1:-1, 0], grey[1:-1, -1]])
+    background = float(np.median(border))
+    if background > 127.5:
+        grey, background = 255 - grey, 255 - background
+    return np.clip(grey - background, 0, None)
+
+
+def crop(ink: np.ndarray, layout: Layout) -> np.ndarray:
+    """The bounding box of what is brighter than Otsu's threshold: ink apart from paper texture and shadows."""
+    if ink.max() < MIN_CONTRAST:
+        raise ImageError("nothing to classify: the image is blank")
+    mask = ink > otsu_threshold(ink)
+    if layout.clean:
+        ink = np.where(mask, ink, 0)
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    return ink[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+
+
+def otsu_threshold(ink: np.ndarray) -> float:
+    """The grey level that best splits the pixels in two groups (the largest between-class variance)."""
+    counts = np.bincount(ink.astype(np.uint8).ravel(), minlength=256)  # ink is 0..255: whole levels suffice
+    levels = np.arange(256)
+    below = np.cumsum(counts)[:-1]
+    above = counts.sum() - below
+    mass_below = np.cumsum(counts * levels)[:-1]
+    total = (counts * levels).sum()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mean_below, mean_above = mass_below / below, (total - mass_below) / above
+        spread = below * above * (mean_below - mean_above) ** 2
+    return float(np.nanargmax(spread)) + 0.5  # between level t (below) and t + 1 (above)
+
+
+def fit(ink: np.ndarray, box: int) -> np.ndarray:
+    """Scaled so its longer side is `box` pixels, keeping the aspect ratio (anti-aliased when shrinking)."""
+    height, width = ink.shape
+    scale = box / max(height, width)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return np.asarray(Image.fromarray(ink.astype(np.float32)).resize(size, Image.Resampling.BILINEAR))
+
+
+def place(ink: np.ndarray, layout: Layout) -> np.ndarray:
+    """Put in the 28x28 frame, centred as `layout` says; the brightest pixel stretched to 255."""
+    height, width = ink.shape
+    if layout.by_mass:
+        total = ink.sum()
+        centre_y = (ink.sum(axis=1) * np.arange(height)).sum() / total
+        centre_x = (ink.sum(axis=0) * np.arange(width)).sum() / total
+        top = min(max(round(SIZE / 2 - centre_y), 0), SIZE - height)
+        left = min(max(round(SIZE / 2 - centre_x), 0), SIZE - width)
+    else:
+        top, left = (SIZE - height) // 2, (SIZE - width) // 2
+    frame = np.zeros((SIZE, SIZE), dtype=np.float32)
+    frame[top : top + height, left : left + width] = ink
+    return np.clip(np.rint(frame * (255 / frame.max())), 0, 255).astype(np.uint8)
