@@ -44,7 +44,7 @@ from torch import nn
 from torchvision import datasets, transforms
 from torchvision.datasets.vision import VisionDataset
 
-from lenet.config import CONFIG_DIR
+from lenet import CONFIG_DIR
 from lenet.data import DATASETS
 from lenet.model import LeNet
 

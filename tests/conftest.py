@@ -22,7 +22,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from lenet.config import CONFIG_DIR
+from lenet import CONFIG_DIR
 from lenet.console import LIGHTNING_WARNINGS
 from lenet.data import SPLIT_FILES
 

@@ -1,6 +1,7 @@
 """The command line as users type it: subprocesses in a fresh working directory."""
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -76,3 +77,38 @@ def test_a_piped_run_prints_one_start_line_no_progress_bar_and_no_warning(flat_r
     results = r"val/acc_best 0\.\d{4}  test/acc 0\.\d{4}  \(2 epochs, [\d.]+ s, [\d,]+ train images/s\)"
     assert re.search(results, lines[1]), lines[1]
     assert lines[2].startswith("Run outputs: ")
+
+
+HYDRA_APPS = ["train", "eval", "predict", "export"]
+
+
+@pytest.mark.parametrize(
+    ("module", "flag"),
+    [(app, flag) for app in HYDRA_APPS for flag in ("--help", "--cfg")] + [("report", "--help")],
+)
+def test_help_and_cfg_import_neither_torch_nor_lightning(module, flag):
+    argv = [f"lenet.{module}", flag, *(["job"] if flag == "--cfg" else [])]
+    probe = (
+        "import runpy, sys\n"
+        f"sys.argv = {argv!r}\n"
+        "try:\n"
+        f"    runpy.run_module('lenet.{module}', run_name='__main__')\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "print('torch' in sys.modules, 'lightning' in sys.modules)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert result.stdout.strip().splitlines()[-1] == "False False", result.stderr
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [("lenet-train optimizer=", {"optimizer=adam", "optimizer=adamw", "optimizer=sgd"}),
+     ("lenet-train data.ba", {"data.batch_size="}),
+     ("lenet-eval ckpt", {"ckpt_path="})],
+)  # fmt: skip
+def test_tab_completion_offers_config_keys_and_options(line, expected):
+    script = Path(sys.executable).parent / line.split()[0]
+    env = {**os.environ, "COMP_LINE": line, "COMP_POINT": str(len(line))}
+    result = subprocess.run([script, "-sc", "query=bash"], env=env, capture_output=True, text=True, timeout=60)
+    assert expected <= set(result.stdout.split()), result.stdout + result.stderr

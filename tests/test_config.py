@@ -7,7 +7,8 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
 from conftest import compose_config, fixture_overrides
-from lenet.config import CONFIG_DIR, ConfigError, validate
+from lenet import CONFIG_DIR
+from lenet.config import ConfigError, validate
 from lenet.summary import hparams_of
 from lenet.train import train
 

@@ -3,7 +3,6 @@
 import csv
 import io
 import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -195,18 +194,3 @@ def test_a_missing_path_is_one_line_and_a_non_zero_exit(glyph_checkpoint, tmp_pa
     result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert result.returncode == 1
     assert result.stderr.strip() == "error: inputs=missing.png: no such file or folder"
-
-
-@pytest.mark.parametrize("module", ["predict", "export"])
-def test_help_and_cfg_need_no_torch(module):
-    probe = (
-        "import runpy, sys\n"
-        f"sys.argv = ['lenet.{module}', '--cfg', 'job']\n"
-        "try:\n"
-        f"    runpy.run_module('lenet.{module}', run_name='__main__')\n"
-        "except SystemExit:\n"
-        "    pass\n"
-        "print('torch' in sys.modules, 'lightning' in sys.modules)\n"
-    )
-    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
-    assert result.stdout.strip().splitlines()[-1] == "False False", result.stderr

@@ -14,8 +14,8 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from conftest import VAL_SIZE, compose_config, lenet_command
-from lenet import report
-from lenet.config import CONFIG_DIR, validate
+from lenet import CONFIG_DIR, report
+from lenet.config import validate
 
 # One epoch on fixture data, one thread per process: two cores shared with other work collapse with more.
 TINY = [

@@ -20,7 +20,7 @@ def test_the_installed_wheel_trains_from_a_temp_dir(flat_root, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(site)}  # ahead of the editable install
 
     where = subprocess.run(
-        [sys.executable, "-c", "import lenet.config as c; print(c.CONFIG_DIR)"],
+        [sys.executable, "-c", "import lenet; print(lenet.CONFIG_DIR)"],
         cwd=work, env=env, capture_output=True, text=True, check=True,
     )  # fmt: skip
     assert Path(where.stdout.strip()) == site / "lenet" / "conf"

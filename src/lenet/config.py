@@ -3,12 +3,10 @@
 import inspect
 import sys
 
-import torch
 from hydra.experimental.callback import Callback
 from hydra.utils import get_object
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from lenet import CONFIG_DIR, schema  # noqa: F401 (CONFIG_DIR: where train and eval import it from)
 from lenet.console import UserError, quiet_lightning
 
 HYDRA_KEYS = {"_target_", "_partial_", "_recursive_", "_convert_", "_args_"}
@@ -20,6 +18,10 @@ class ConfigError(UserError):
 
 def validate(cfg: DictConfig) -> None:
     """Required values, a GPU when one is asked for, each key's rule (`schema.RULES`), and keys no target knows."""
+    import torch  # here: lenet.config is imported by Hydra callbacks of every command, --help included
+
+    from lenet import schema
+
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise ConfigError(f"{missing[0]} is required: set it on the command line, e.g. {missing[0]}=VALUE")
@@ -59,6 +61,8 @@ def _instantiated(node: DictConfig, path: str = ""):
 
 
 def _check_keys(path: str, node: DictConfig) -> None:
+    from lenet import schema
+
     parameters = inspect.signature(get_object(node._target_)).parameters
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
         return  # the target takes any keyword

@@ -9,21 +9,24 @@ import sys
 from pathlib import Path
 
 import hydra
-import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from lenet.checkpoint import checkpoint_file
-from lenet.config import CONFIG_DIR, validate
+from lenet import CONFIG_DIR
 from lenet.console import quiet_lightning, report_user_errors
-from lenet.data import MNISTDataModule
-from lenet.module import LeNetModule
-from lenet.summary import RunSummary
 
 log = logging.getLogger(__name__)
 
 
 def evaluate(cfg: DictConfig) -> dict:
+    # Imported here: `--help` and `--cfg` run this module's imports, and these take seconds.
+    from hydra.utils import instantiate
+
+    from lenet.checkpoint import checkpoint_file
+    from lenet.config import validate
+    from lenet.data import MNISTDataModule
+    from lenet.module import LeNetModule
+    from lenet.summary import RunSummary
+
     cfg.data = {key: value for key, value in cfg.data.items() if value is not None}  # null: the checkpoint's value
     validate(cfg)
     ckpt = checkpoint_file(cfg.ckpt_path, Path(cfg.outputs_dir))
@@ -44,6 +47,10 @@ def evaluate(cfg: DictConfig) -> dict:
 
 def warn_if_other_data(ckpt: Path, data: dict) -> None:
     """A checkpoint tested on another data set (Fashion-MNIST's on MNIST's files) gets a number that means nothing."""
+    import torch
+
+    from lenet.data import MNISTDataModule
+
     trained_on = torch.load(ckpt, map_location="cpu", weights_only=True).get(MNISTDataModule.__qualname__, {})
     trained_on = trained_on.get("data")
     if trained_on and trained_on["test_labels_sha256"] != data["test_labels_sha256"]:

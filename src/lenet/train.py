@@ -5,19 +5,11 @@ import sys
 from pathlib import Path
 
 import hydra
-import lightning as L
-import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.utils import instantiate
-from lightning.pytorch.callbacks import ProgressBar
-from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
-from lenet.checkpoint import SaveConfig, check_resume, checkpoint_file
-from lenet.config import CONFIG_DIR, ConfigError, spawned_ddp, validate
+from lenet import CONFIG_DIR
 from lenet.console import UserError, command_line, in_multirun, quiet_lightning, report_user_errors
-from lenet.module import LeNetModule
-from lenet.summary import RunSummary, hparams_of
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +22,18 @@ class Interrupted(UserError):
 
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit, test the best checkpoint, write `metrics.json` in `cfg.run_dir`; return the final metrics."""
+    # Imported here: `--help`, `--cfg` and every tab-completion query run this module's imports, and these take seconds.
+    import lightning as L
+    import torch
+    from hydra.utils import instantiate
+    from lightning.pytorch.callbacks import ProgressBar
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    from lenet.checkpoint import SaveConfig, check_resume, checkpoint_file
+    from lenet.config import ConfigError, spawned_ddp, validate
+    from lenet.module import LeNetModule
+    from lenet.summary import RunSummary, hparams_of
+
     validate(cfg)
     plain = OmegaConf.to_container(cfg, resolve=True)  # checkpoints must hold plain containers
     resume = checkpoint_file(cfg.ckpt_path, Path(cfg.outputs_dir))
@@ -70,6 +74,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
 
 def resume_hint(run_dir: Path) -> str:
+    import torch
+
     last = run_dir / "checkpoints" / "last.ckpt"
     if not last.is_file():
         return "interrupted before the first epoch ended: nothing was saved to resume from"
