@@ -2,14 +2,17 @@
 
 import json
 import os
+import platform
 import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from conftest import FASHION_MNIST, VAL_SIZE, lenet_command
+from lenet import environment
 
 QUICK = ["debug=fast_dev_run", "callbacks.progress_bar.refresh_rate=0", f"data.val_size={VAL_SIZE}"]
 
@@ -77,6 +80,17 @@ def test_a_piped_run_prints_one_start_line_no_progress_bar_and_no_warning(flat_r
     results = r"val/acc_best 0\.\d{4}  test/acc 0\.\d{4}  \(2 epochs, [\d.]+ s, [\d,]+ train images/s\)"
     assert re.search(results, lines[1]), lines[1]
     assert lines[2].startswith("Run outputs: ")
+    env = json.loads(next(tmp_path.glob("outputs/*/*/env.json")).read_text())
+    assert env["command"] == "python -m lenet.train " + " ".join(overrides)
+    assert len(env["git_commit"]) == 40 and isinstance(env["git_dirty"], bool)  # tests run from the checkout
+    assert env["versions"]["torch"] == torch.__version__.split("+")[0] and env["python"] == platform.python_version()
+    assert env["device"] and env["threads"] >= 1
+
+
+def test_a_checkout_git_cannot_read_is_not_an_error(tmp_path, monkeypatch):
+    (tmp_path / ".git").write_text("gitdir: /nowhere\n")
+    monkeypatch.setattr(environment, "SOURCE", tmp_path)
+    assert environment.git_state() == {"git_commit": None, "git_dirty": None}
 
 
 HYDRA_APPS = ["train", "eval", "predict", "export"]

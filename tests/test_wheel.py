@@ -1,5 +1,6 @@
 """The wheel carries its configs: installed, not editable, `python -m lenet.train` runs from anywhere."""
 
+import json
 import os
 import subprocess
 import sys
@@ -31,3 +32,5 @@ def test_the_installed_wheel_trains_from_a_temp_dir(flat_root, tmp_path):
     )
     assert run.returncode == 0, run.stderr
     assert len(list(work.glob("outputs/*/*/metrics.json"))) == 1
+    env = json.loads(next(work.glob("outputs/*/*/env.json")).read_text())
+    assert (env["git_commit"], env["git_dirty"]) == (None, None), "a wheel is no checkout"

@@ -78,6 +78,15 @@ def in_multirun() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
+def this_command(task: str, extra: tuple[str, ...] = ()) -> str | None:
+    """The command line that runs this Hydra job again (`extra` overrides replacing its own); None outside Hydra."""
+    if not HydraConfig.initialized():
+        return None
+    replaced = {override.split("=", 1)[0] for override in extra}
+    overrides = [o for o in HydraConfig.get().overrides.task if o.split("=", 1)[0] not in replaced]
+    return command_line(task, [*overrides, *extra])
+
+
 def command_line(task: str, overrides: list[str]) -> str:
     """The command that runs `lenet.<task>` with these overrides again; a search's own settings left out."""
     kept = [o for o in overrides if not o.split("=", 1)[0].lstrip("+~").startswith(SEARCH_KEYS)]

@@ -12,7 +12,7 @@ import hydra
 from omegaconf import DictConfig
 
 from lenet import CONFIG_DIR
-from lenet.console import quiet_lightning, report_user_errors
+from lenet.console import quiet_lightning, report_user_errors, this_command
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ def evaluate(cfg: DictConfig) -> dict:
     datamodule = MNISTDataModule.load_from_checkpoint(ckpt, num_classes=classes, **cfg.data)
     datamodule.prepare_data()
     datamodule.load()
-    summary = RunSummary(Path(cfg.run_dir) / "metrics.json")
+    summary = RunSummary(Path(cfg.run_dir), command=this_command("eval"))
     interactive = sys.stdout.isatty()
     trainer = instantiate(
         cfg.trainer, logger=False, callbacks=[summary], enable_checkpointing=False, enable_progress_bar=interactive

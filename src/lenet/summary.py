@@ -10,6 +10,8 @@ import lightning as L
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
+from lenet import environment
+
 log = logging.getLogger(__name__)
 
 # Final values shown in TensorBoard's HPARAMS tab. Separate tags, because placeholders logged
@@ -24,8 +26,14 @@ class RunSummary(L.Callback):
     (dataset, root, split sizes), and the timings.
     """
 
-    def __init__(self, path: Path, hparams: dict | None = None, resumed: tuple[Path | None, int] = (None, 0)):
-        self.path, self.hparams, self.resumed = Path(path), hparams, resumed
+    def __init__(
+        self,
+        run_dir: Path,
+        hparams: dict | None = None,
+        resumed: tuple[Path | None, int] = (None, 0),
+        command: str | None = None,
+    ):
+        self.path, self.hparams, self.resumed, self.command = Path(run_dir) / "metrics.json", hparams, resumed, command
         self.started = time.perf_counter()
         self.train_s, self.train_images, self._epoch_started = 0.0, 0, None
         self.metrics: dict = {}
@@ -38,6 +46,7 @@ class RunSummary(L.Callback):
         resuming = f" Resuming {checkpoint} after epoch {done}." if checkpoint else ""
         run = f" Run dir: {self.path.parent}."
         self._say(trainer, f"Training on {where(trainer)}: {data_line(trainer.datamodule)}.{resuming}{run}")
+        self._record_environment(trainer)
         for logger in self._tensorboards(trainer):
             logger.log_hyperparams(self.hparams, dict.fromkeys(HPARAM_METRICS, 0.0))
 
@@ -67,6 +76,7 @@ class RunSummary(L.Callback):
     def on_test_start(self, trainer, module):
         if trainer.state.fn == "test" and not self.metrics:  # lenet.eval: no fit said it
             self._say(trainer, f"Testing on {where(trainer)}: {data_line(trainer.datamodule)}")
+            self._record_environment(trainer)
 
     def on_test_end(self, trainer, module):
         self.metrics.update(_floats(trainer.callback_metrics))
@@ -79,9 +89,13 @@ class RunSummary(L.Callback):
         for logger in self._tensorboards(trainer):
             logger.log_metrics(final, step=trainer.global_step)
         if trainer.is_global_zero:
-            self.path.parent.mkdir(parents=True, exist_ok=True)  # fast_dev_run writes nothing else there
             self.path.write_text(to_json(self.metrics))
             self._say(trainer, f"{result_line(self.metrics)}\nRun outputs: {self.path.parent.resolve()}")
+
+    def _record_environment(self, trainer) -> None:
+        if trainer.is_global_zero:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            environment.write(self.path.parent / "env.json", self.command, trainer.strategy.root_device)
 
     @staticmethod
     def _say(trainer, line: str) -> None:
@@ -110,7 +124,8 @@ def result_line(metrics: dict) -> str:
     if "epochs" not in metrics:
         return finals
     speed = metrics.get("train_images_per_s", 0)
-    return f"{finals}  ({metrics['epochs']} epochs, {metrics['wall_s']:.1f} s, {speed:,.0f} train images/s)"
+    epochs = f"{metrics['epochs']} epoch{'s' * (metrics['epochs'] != 1)}"
+    return f"{finals}  ({epochs}, {metrics['wall_s']:.1f} s, {speed:,.0f} train images/s)"
 
 
 def to_json(metrics: dict) -> str:

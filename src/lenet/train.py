@@ -5,11 +5,10 @@ import sys
 from pathlib import Path
 
 import hydra
-from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from lenet import CONFIG_DIR
-from lenet.console import UserError, command_line, in_multirun, quiet_lightning, report_user_errors
+from lenet.console import UserError, in_multirun, quiet_lightning, report_user_errors, this_command
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +46,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     datamodule.prepare_data()
     datamodule.load()  # every data error comes now, before the run writes anything
     module = LeNetModule(model=plain["model"], optimizer=plain["optimizer"], scheduler=plain["scheduler"])
-    summary = RunSummary(run_dir / "metrics.json", hparams_of(cfg), resumed=(resume, done))
+    summary = RunSummary(run_dir, hparams_of(cfg), resumed=(resume, done), command=this_command("train"))
     # Piped or logged output gets no progress bar: it would be carriage returns, kilobytes of them per run.
     interactive = sys.stdout.isatty()
     callbacks = {name: instantiate(callback) for name, callback in cfg.callbacks.items() if callback}
@@ -80,10 +79,10 @@ def resume_hint(run_dir: Path) -> str:
     if not last.is_file():
         return "interrupted before the first epoch ended: nothing was saved to resume from"
     epochs = torch.load(last, map_location="cpu", weights_only=True)["epoch"] + 1
-    if not HydraConfig.initialized():
+    command = this_command("train", extra=(f"ckpt_path={last}",))
+    if not command:
         return f"interrupted; {epochs} epoch(s) saved. Resume with the same overrides plus ckpt_path={last}"
-    overrides = [o for o in HydraConfig.get().overrides.task if not o.startswith("ckpt_path=")]
-    return f"interrupted; {epochs} epoch(s) saved. Resume: {command_line('train', [*overrides, f'ckpt_path={last}'])}"
+    return f"interrupted; {epochs} epoch(s) saved. Resume: {command}"
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
