@@ -45,8 +45,18 @@ def best_first(jobs: list[Job]) -> list[Job]:
 def swept(jobs: list[Job]) -> list[str]:
     """The keys whose values differ between jobs (all of them for a single job)."""
     keys = list(dict.fromkeys(key for job in jobs for key in job.setting))
+    if len(jobs) == 1:
+        return keys
     varying = [key for key in keys if len({job.setting.get(key) for job in jobs}) > 1]
-    return varying if len(jobs) > 1 else keys
+    return [key for key in varying if not _said_by_option(key, varying, jobs)]
+
+
+def _said_by_option(key: str, varying: list[str], jobs: list[Job]) -> bool:
+    """optimizer._target_, or optimizer.betas that only some options have, where the option itself differs: the
+    `optimizer` column (sgd, adam) says it. Keys every option has (optimizer.lr) stay."""
+    if not any(key.startswith(f"{group}.") for group in varying):
+        return False
+    return key.endswith("._target_") or any(key not in job.setting for job in jobs)
 
 
 @dataclass

@@ -25,9 +25,12 @@ NOT_RECIPE = (
     "threads",
     "hparams_search",
     "trainer.default_root_dir",
+    "trainer.log_every_n_steps",
+    "trainer.enable_model_summary",
     "callbacks.*.dirpath",
-    "logger.*.save_dir",
     "callbacks.progress_bar",
+    "callbacks.lr_monitor",
+    "logger",
 )
 
 
@@ -40,7 +43,8 @@ class Job:
     task: str  # the Hydra job name: train, eval
     metrics: dict = field(default_factory=dict)
     error: str = ""
-    config: dict[str, str] = field(default_factory=dict)  # .hydra/config.yaml as dotted keys, unresolved
+    # .hydra/config.yaml as dotted keys, unresolved, and each config group's option (optimizer: adam) from hydra.yaml
+    config: dict[str, str] = field(default_factory=dict)
     path: Path = Path()
     setting: dict[str, str] = field(default_factory=dict)  # what tells it apart: its overrides, or its recipe
 
@@ -74,13 +78,17 @@ def _matches(key: str, patterns: tuple[str, ...]) -> bool:
 def read_job(job_dir: Path, name: str | None = None) -> Job:
     hydra_dir = job_dir / ".hydra"
     overrides = [str(o) for o in OmegaConf.load(hydra_dir / "overrides.yaml")]
-    task = OmegaConf.load(hydra_dir / "hydra.yaml").hydra.job.name
+    hydra = OmegaConf.load(hydra_dir / "hydra.yaml").hydra
     config_file = hydra_dir / "config.yaml"
-    config = flatten(OmegaConf.to_container(OmegaConf.load(config_file))) if config_file.is_file() else {}
+    choices = OmegaConf.select(hydra, "runtime.choices", default={})  # first, so `optimizer` comes before its keys
+    config = {group: str(option) for group, option in choices.items() if group.split("/")[0] != "hydra"}
+    if config_file.is_file():
+        flat = flatten(OmegaConf.to_container(OmegaConf.load(config_file)))
+        config |= {key: value for key, value in flat.items() if key not in config}  # `logger: {}` is logger=none
     metrics_file = job_dir / "metrics.json"
     metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
     error = "" if metrics else last_error(job_dir)
-    job = Job(name or job_dir.name, overrides, task, metrics, error, config, job_dir)
+    job = Job(name or job_dir.name, overrides, hydra.job.name, metrics, error, config, job_dir)
     return replace(job, setting=job.params)
 
 
@@ -121,7 +129,7 @@ def read_runs(folders: list[Path]) -> tuple[str, list[Job]]:
         title = f"Runs in {', '.join(map(str, folders))}"
     task = "train" if any(job.task == "train" for job in jobs) else next((job.task for job in jobs), "")
     if others := sum(job.task != task for job in jobs):
-        title += f" (lenet.{task} runs; {others} runs of other tasks left out)"
+        title += f" (lenet.{task} runs only: {others} of other tasks left out)"
     jobs = [job for job in jobs if job.task == task]
     if not sweep and len(jobs) > 1:
         jobs = [replace(job, setting=job.recipe) if job.config else job for job in jobs]
