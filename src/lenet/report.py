@@ -148,8 +148,9 @@ def markdown(title: str, jobs: list[Job], configs: list[Configuration]) -> str:
         lines += ["## Pooled over seeds", "", *_pooled_table(configs), ""]
         best = configs[0]
         if best.mean(METRIC) is not None:
-            result = _mean_std(best, METRIC)
-            lines += [f"Best: {best.describe()}, {METRIC} {result} over seeds {', '.join(best.seeds)}. Rerun it:", ""]
+            which = f"Best: {best.describe()}" if len(configs) > 1 else "All jobs"
+            result = f"{METRIC} {_mean_std(best, METRIC)} over seeds {', '.join(best.seeds)}"
+            lines += [f"{which}, {result}. Rerun it:", ""]
             lines += ["```bash", best.command(), "```", ""]
     lines += ["## Jobs", "", *_jobs_table(jobs)]
     best_job = next((job for job in jobs if METRIC in job.metrics), None)
@@ -351,7 +352,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"error: cannot write the report into {out} ({error.strerror}): pass --out FOLDER")
     if not jobs:
         folders = ", ".join(map(str, args.folders))
-        sys.exit(f"error: {folders} holds no job dirs (<job>/.hydra/overrides.yaml): pass a sweep or run dir")
+        holds = "holds" if len(args.folders) == 1 else "hold"
+        sys.exit(f"error: {folders} {holds} no job dirs (<job>/.hydra/overrides.yaml): pass a sweep or run dir")
     print((out / "report.md").read_text(), end="")
     print(f"Written: {', '.join(str(p) for p in sorted(out.glob('report*.*')))}")
 

@@ -117,13 +117,14 @@ def read_runs(folders: list[Path]) -> tuple[str, list[Job]]:
     gathered from further down or from several folders may have been made with other defaults: they are told apart
     by their configs, every recipe key that differs. A report covers one task: train runs, when there are any.
     """
-    dirs = list(dict.fromkeys(p.parents[1] for folder in folders for p in folder.glob("**/.hydra/overrides.yaml")))
+    found = [p.parents[1] for folder in folders for p in folder.glob("**/.hydra/overrides.yaml")]
+    dirs = list({d.resolve(): d for d in found}.values())  # once each, however the folders overlap
     sweep = len(folders) == 1 and all(folders[0] in (d, d.parent) for d in dirs)
     if sweep:
         jobs = [read_job(d) for d in sorted(dirs, key=_job_order)]
         title = f"Sweep {folders[0]}"
     else:  # named by their paths below the folder that holds them all
-        common = Path(os.path.commonpath([d.absolute() for d in dirs])) if dirs else Path()
+        common = Path(os.path.commonpath([d.parent.absolute() for d in dirs])) if dirs else Path()
         dirs = sorted(dirs, key=lambda d: (str(d.parent), _job_order(d)))
         jobs = [read_job(d, os.path.relpath(d.absolute(), common)) for d in dirs]
         title = f"Runs in {', '.join(map(str, folders))}"
