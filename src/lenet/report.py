@@ -1,25 +1,28 @@
-"""A sweep's report: `python -m lenet.report outputs/multirun/<date>/<time>`, also run when every multirun ends.
+"""Reports on runs: `python -m lenet.report outputs/multirun/<date>/<time>`, also run when every multirun ends.
 
-One row per job (its swept overrides, accuracies, epochs, wall time, images/s), best first by `val/acc_best`,
-the best job as a ready command line, and failed or unfinished jobs named as such. Written next to the jobs
-as report.csv, report.md and report.png (the metric against each swept parameter).
+One row per job (what tells it apart, accuracies, epochs, wall time, images/s), best first by `val/acc_best`,
+failed or unfinished jobs named as such; then the jobs pooled over their seeds: one row per configuration with the
+mean and standard deviation of its accuracies, and the best configuration (or job) as a ready command line.
+Written as report.csv, report_by_config.csv, report.md and report.png (the metric per configuration, and every
+job's validation curve). Several folders, or one above many runs (`outputs/`), are compared together.
 """
 
 import argparse
 import atexit
 import csv
-import json
 import logging
 import math
+import os
+import statistics
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from hydra.core.utils import JobStatus
 from hydra.experimental.callback import Callback
-from omegaconf import OmegaConf
 
 from lenet.console import SweepError, command_line
+from lenet.runs import CURVE, SEED, Job, curve, read_runs
 
 log = logging.getLogger(__name__)
 
@@ -31,77 +34,103 @@ COLUMNS = {  # metrics.json key -> how the markdown shows it
     "wall_s": "{:.1f}",
     "train_images_per_s": "{:.0f}",
 }
+POOLED = (METRIC, "test/acc")  # their mean and standard deviation over each configuration's seeds
 
 
-@dataclass
-class Job:
-    """One job dir of a sweep: what it was given and what it wrote."""
-
-    name: str
-    overrides: list[str]
-    task: str  # the Hydra job name: train, eval
-    metrics: dict = field(default_factory=dict)
-    error: str = ""
-
-    @property
-    def status(self) -> str:
-        if self.metrics:
-            return "done"
-        return "failed" if self.error else "unfinished"
-
-    @property
-    def params(self) -> dict[str, str]:
-        return dict(override.split("=", 1) for override in self.overrides if "=" in override)
-
-    def command(self) -> str:
-        return command_line(self.task, self.overrides)
-
-
-def read_job(job_dir: Path) -> Job:
-    hydra_dir = job_dir / ".hydra"
-    overrides = [str(o) for o in OmegaConf.load(hydra_dir / "overrides.yaml")]
-    task = OmegaConf.load(hydra_dir / "hydra.yaml").hydra.job.name
-    metrics_file = job_dir / "metrics.json"
-    metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
-    return Job(job_dir.name, overrides, task, metrics, "" if metrics else last_error(job_dir))
-
-
-def last_error(job_dir: Path) -> str:
-    """The last ERROR line of the job's log: a failed job logs why (see report_user_errors, SweepReport)."""
-    errors = [
-        line.split("][ERROR] - ", 1)[1].strip()
-        for log_file in job_dir.glob("*.log")
-        for line in log_file.read_text(errors="replace").splitlines()
-        if "][ERROR] - " in line
-    ]
-    return errors[-1] if errors else ""
-
-
-def read_sweep(sweep_dir: Path) -> list[Job]:
-    """The jobs that started (Hydra wrote their .hydra/), best first; jobs without the metric last."""
-    dirs = sorted((p.parents[1] for p in sweep_dir.glob("*/.hydra/overrides.yaml")), key=_job_order)
-    return sorted((read_job(d) for d in dirs), key=lambda job: -job.metrics.get(METRIC, -math.inf))
-
-
-def _job_order(job_dir: Path):
-    return (0, int(job_dir.name), "") if job_dir.name.isdigit() else (1, 0, job_dir.name)
+def best_first(jobs: list[Job]) -> list[Job]:
+    """Jobs without the metric last."""
+    return sorted(jobs, key=lambda job: -job.metrics.get(METRIC, -math.inf))
 
 
 def swept(jobs: list[Job]) -> list[str]:
-    """The override keys whose values differ between jobs (all of them for a single job)."""
-    keys = list(dict.fromkeys(key for job in jobs for key in job.params))
-    varying = [key for key in keys if len({job.params.get(key) for job in jobs}) > 1]
-    return varying if len(jobs) > 1 else keys
+    """The keys whose values differ between jobs (all of them for a single job)."""
+    keys = list(dict.fromkeys(key for job in jobs for key in job.setting))
+    if len(jobs) == 1:
+        return keys
+    varying = [key for key in keys if len({job.setting.get(key) for job in jobs}) > 1]
+    return [key for key in varying if not _said_by_option(key, varying, jobs)]
+
+
+def _said_by_option(key: str, varying: list[str], jobs: list[Job]) -> bool:
+    """optimizer._target_, or optimizer.betas that only some options have, where the option itself differs: the
+    `optimizer` column (sgd, adam) says it. Keys every option has (optimizer.lr) stay."""
+    if not any(key.startswith(f"{group}.") for group in varying):
+        return False
+    return key.endswith("._target_") or any(key not in job.setting for job in jobs)
+
+
+@dataclass
+class Configuration:
+    """Jobs that differ in their seed only, best first."""
+
+    label: dict[str, str]  # the keys that tell configurations apart, and this one's values
+    jobs: list[Job]
+
+    @property
+    def done(self) -> list[Job]:
+        return [job for job in self.jobs if job.metrics]
+
+    @property
+    def seeds(self) -> list[str]:
+        """The seeds of the jobs that finished, those pooled."""
+        return sorted({job.seed for job in self.done} - {""}, key=lambda seed: (_or(_number(seed), math.inf), seed))
+
+    def values(self, name: str) -> list[float]:
+        return [job.metrics[name] for job in self.done if name in job.metrics]
+
+    def mean(self, name: str) -> float | None:
+        values = self.values(name)
+        return statistics.fmean(values) if values else None
+
+    def std(self, name: str) -> float | None:
+        """The sample standard deviation over the seeds: None for fewer than two."""
+        values = self.values(name)
+        return statistics.stdev(values) if len(values) > 1 else None
+
+    def describe(self) -> str:
+        return " ".join(f"{key}={value}" for key, value in self.label.items()) or "all jobs"
+
+    def command(self) -> str:
+        """The best job's command line; with several seeds, a multirun over them all."""
+        job = self.done[0]
+        if len(self.seeds) < 2:
+            return job.command()
+        kept = [o for o in job.overrides if o.split("=", 1)[0].lstrip("+~") != SEED]
+        return command_line(job.task, ["-m", *kept, f"{SEED}={','.join(self.seeds)}"])  # -m up front, as users type
+
+
+def configurations(jobs: list[Job]) -> list[Configuration]:
+    """The jobs grouped by all that tells them apart but their seed, best mean first."""
+    keys = [key for key in swept(jobs) if key != SEED]
+    groups: dict[tuple, list[Job]] = {}
+    for job in jobs:
+        groups.setdefault(tuple(job.setting.get(key, "") for key in keys), []).append(job)
+    configs = [Configuration(dict(zip(keys, values, strict=True)), group) for values, group in groups.items()]
+    return sorted(configs, key=lambda c: -_or(c.mean(METRIC), -math.inf))
+
+
+def _or(value, default):
+    return default if value is None else value
 
 
 def rows(jobs: list[Job]) -> list[dict]:
     params = swept(jobs)
     return [
         {"job": job.name, "status": job.status}
-        | {key: job.params.get(key, "") for key in params}
+        | {key: job.setting.get(key, "") for key in params}
         | {name: job.metrics.get(name, "") for name in COLUMNS}
         | {"error": job.error, "overrides": " ".join(job.overrides)}
         for job in jobs
+    ]
+
+
+def config_rows(configs: list[Configuration]) -> list[dict]:
+    return [
+        config.label
+        | {"n": len(config.done), "seeds": " ".join(config.seeds)}
+        | {f"{name}_{stat}": getattr(config, stat)(name) for name in POOLED for stat in ("mean", "std")}
+        | {"command": config.command() if config.done else ""}
+        for config in configs
     ]
 
 
@@ -109,27 +138,59 @@ def write_csv(table: list[dict], path: Path) -> None:
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(table[0]))
         writer.writeheader()
-        writer.writerows(table)
+        writer.writerows(table)  # None is written as an empty cell
 
 
-def markdown(sweep_dir: Path, jobs: list[Job]) -> str:
-    params = swept(jobs)
-    header = ["job", "status", *params, *COLUMNS]
-    lines = [f"# Sweep {sweep_dir}", "", _counts(jobs), ""]
-    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for job in jobs:
-        values = [_cell(job.metrics.get(name), spec) for name, spec in COLUMNS.items()]
-        cells = [job.name, job.status, *(job.params.get(key, "") for key in params), *values]
-        lines.append("| " + " | ".join(cells) + " |")
-    best = next((job for job in jobs if METRIC in job.metrics), None)
-    if best:
-        lines += ["", f"Best: job {best.name}, {METRIC} {best.metrics[METRIC]:.4f}. Rerun it:", ""]
-        lines += ["```bash", best.command(), "```"]
+def markdown(title: str, jobs: list[Job], configs: list[Configuration]) -> str:
+    lines = [f"# {title}", "", _counts(jobs), ""]
+    pooled = any(len(config.done) > 1 for config in configs)
+    if pooled:
+        lines += ["## Pooled over seeds", "", *_pooled_table(configs), ""]
+        best = configs[0]
+        if best.mean(METRIC) is not None:
+            which = f"Best: {best.describe()}" if len(configs) > 1 else "All jobs"
+            result = f"{METRIC} {_mean_std(best, METRIC)} over seeds {', '.join(best.seeds)}"
+            lines += [f"{which}, {result}. Rerun it:", ""]
+            lines += ["```bash", best.command(), "```", ""]
+    lines += ["## Jobs", "", *_jobs_table(jobs)]
+    best_job = next((job for job in jobs if METRIC in job.metrics), None)
+    if best_job and not pooled:  # with seeds, the luckiest one is no recipe
+        lines += ["", f"Best: job {best_job.name}, {METRIC} {best_job.metrics[METRIC]:.4f}. Rerun it:", ""]
+        lines += ["```bash", best_job.command(), "```"]
     problems = [job for job in jobs if job.status != "done"]
     if problems:
         lines += ["", "Not finished:", ""]
         lines += [f"- job {job.name} {job.status}: {job.error or 'no metrics.json'}" for job in problems]
     return "\n".join(lines) + "\n"
+
+
+def _jobs_table(jobs: list[Job]) -> list[str]:
+    params = swept(jobs)
+    lines = [_row(["job", "status", *params, *COLUMNS]), "|" + "---|" * (2 + len(params) + len(COLUMNS))]
+    for job in jobs:
+        values = [_cell(job.metrics.get(name), spec) for name, spec in COLUMNS.items()]
+        lines.append(_row([job.name, job.status, *(job.setting.get(key, "") for key in params), *values]))
+    return lines
+
+
+def _pooled_table(configs: list[Configuration]) -> list[str]:
+    header = [*configs[0].label, "n", "seeds", *POOLED]
+    lines = [_row(header), "|" + "---|" * len(header)]
+    for config in configs:
+        pooled = [_mean_std(config, name) for name in POOLED]
+        lines.append(_row([*config.label.values(), str(len(config.done)), " ".join(config.seeds), *pooled]))
+    return lines
+
+
+def _row(cells: list[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
+def _mean_std(config: Configuration, name: str) -> str:
+    mean, std = config.mean(name), config.std(name)
+    if mean is None:
+        return ""
+    return f"{mean:.4f}" if std is None else f"{mean:.4f} ± {std:.4f}"
 
 
 def _counts(jobs: list[Job]) -> str:
@@ -142,33 +203,69 @@ def _cell(value, spec: str) -> str:
     return "" if value is None else spec.format(value)
 
 
-def plot(jobs: list[Job], path: Path) -> bool:
-    """The metric against each swept parameter, one panel each; False when there is nothing to plot."""
+def plot(jobs: list[Job], configs: list[Configuration], path: Path) -> bool:
+    """The metric per configuration against each key that tells them apart, with its seeds' standard deviation,
+    and every job's validation curve, coloured by configuration; False when there is nothing to plot."""
     from matplotlib.figure import Figure  # no pyplot: no GUI backend, safe in any process
 
-    done = [job for job in jobs if METRIC in job.metrics]
-    params = swept(jobs)
-    if not done or not params:
+    measured = [config for config in configs if config.mean(METRIC) is not None]
+    keys = list(configs[0].label) or [""] * (len(jobs) > 1)  # "": seeds only, one configuration
+    keys = keys if measured else []
+    curves = {job.name: curve(job.path) for job in jobs}
+    panels = len(keys) + any(curves.values())
+    if not panels:
         return False
-    figure = Figure(figsize=(4 * len(params), 3.2), layout="constrained")
-    for axes, key in zip(figure.subplots(1, len(params), squeeze=False)[0], params, strict=True):
-        _panel(axes, key, [job.params.get(key, "") for job in done], [job.metrics[METRIC] for job in done])
+    figure = Figure(figsize=(4 * panels, 3.2), layout="constrained")
+    axes = figure.subplots(1, panels, squeeze=False)[0]
+    for ax, key in zip(axes, keys, strict=False):
+        _metric_panel(ax, key, measured)
+    if any(curves.values()):
+        _curves_panel(axes[-1], configs, curves)
     figure.savefig(path, dpi=100)
     return True
 
 
-def _panel(axes, key: str, values: list[str], metric: list[float]) -> None:
+def _metric_panel(axes, key: str, configs: list[Configuration]) -> None:
+    """Each configuration's mean, with one standard deviation either way; its seeds' own results as grey dots."""
+    labels = [config.label[key] if key else config.describe() for config in configs]
+    seeds = [(label, value) for label, config in zip(labels, configs, strict=True) for value in config.values(METRIC)]
+    xs = _positions(axes, labels + [label for label, _ in seeds])
+    stds = [_or(config.std(METRIC), 0.0) for config in configs]
+    if any(len(config.done) > 1 for config in configs):
+        axes.scatter(xs[len(configs) :], [value for _, value in seeds], s=10, color="0.6", zorder=1)
+    means = [config.mean(METRIC) for config in configs]
+    axes.errorbar(xs[: len(configs)], means, yerr=stds if any(stds) else None, fmt="o", capsize=4, zorder=2)
+    axes.set_xlabel(key or "configuration")
+    axes.set_ylabel(METRIC)
+
+
+def _positions(axes, values: list[str]) -> list[float]:
+    """Where each value goes on the x axis: numbers as numbers (log scale across decades), else categories."""
     numbers = [_number(v) for v in values]
     if None in numbers:  # categories (optimizer=adam): one position each, in first-seen order
         categories = list(dict.fromkeys(values))
-        axes.scatter([categories.index(v) for v in values], metric)
         axes.set_xticks(range(len(categories)), categories)
-    else:
-        axes.scatter(numbers, metric)
-        if min(numbers) > 0 and max(numbers) / min(numbers) >= 100:  # learning rates, weight decays
-            axes.set_xscale("log")
-    axes.set_xlabel(key)
-    axes.set_ylabel(METRIC)
+        return [categories.index(v) for v in values]
+    if min(numbers) > 0 and max(numbers) / min(numbers) >= 100:  # learning rates, weight decays
+        axes.set_xscale("log")
+    return numbers
+
+
+def _curves_panel(axes, configs: list[Configuration], curves: dict[str, list[tuple[int, float]]]) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    for index, config in enumerate(configs):
+        label = config.describe()
+        for job in config.jobs:
+            if points := curves[job.name]:
+                epochs, values = zip(*points, strict=True)
+                axes.plot(epochs, values, color=f"C{index % 10}", alpha=0.7, label=label)
+                label = None  # one legend entry per configuration
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes.set_xlabel("epoch")
+    axes.set_ylabel(CURVE)
+    if len(configs) <= 10:
+        axes.legend(fontsize="small")
 
 
 def _number(value: str) -> float | None:
@@ -178,14 +275,24 @@ def _number(value: str) -> float | None:
         return None
 
 
-def report(sweep_dir: Path) -> list[Job]:
-    """Write report.csv, report.md and report.png into `sweep_dir`; return its jobs (none: nothing written)."""
-    jobs = read_sweep(sweep_dir)
+def report(folders: list[Path], out: Path) -> list[Job]:
+    """Write report.csv, report_by_config.csv, report.md and report.png into `out`; return the jobs (none: nothing
+    written)."""
+    title, jobs = read_runs(folders)
+    jobs = best_first(jobs)
     if jobs:
-        write_csv(rows(jobs), sweep_dir / "report.csv")
-        (sweep_dir / "report.md").write_text(markdown(sweep_dir, jobs))
-        plot(jobs, sweep_dir / "report.png")
+        configs = configurations(jobs)
+        out.mkdir(parents=True, exist_ok=True)
+        write_csv(rows(jobs), out / "report.csv")
+        write_csv(config_rows(configs), out / "report_by_config.csv")
+        (out / "report.md").write_text(markdown(title, jobs, configs))
+        plot(jobs, configs, out / "report.png")
     return jobs
+
+
+def default_out(folders: list[Path]) -> Path:
+    """The folder itself; for several, the folder that holds them all."""
+    return folders[0] if len(folders) == 1 else Path(os.path.commonpath([f.absolute() for f in folders]))
 
 
 class SweepReport(Callback):
@@ -216,7 +323,7 @@ class SweepReport(Callback):
 
     def _report(self) -> list[Job]:
         try:
-            jobs = report(self.sweep_dir)
+            jobs = report([self.sweep_dir], self.sweep_dir)
         except Exception as error:  # a broken report must not hide how the sweep itself went
             log.warning("no sweep report: %s: %s", type(error).__name__, error)
             return []
@@ -227,12 +334,28 @@ class SweepReport(Callback):
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m lenet.report", description=__doc__.splitlines()[0])
-    parser.add_argument("sweep_dir", type=Path, help="a multirun dir, e.g. outputs/multirun/<date>/<time>")
-    sweep_dir = parser.parse_args(argv).sweep_dir
-    if not report(sweep_dir):
-        sys.exit(f"error: {sweep_dir} holds no job dirs (<job>/.hydra/overrides.yaml): is it a multirun dir?")
-    print((sweep_dir / "report.md").read_text(), end="")
-    print(f"Written: {', '.join(str(p) for p in sorted(sweep_dir.glob('report.*')))}")
+    parser.add_argument(
+        "folders",
+        type=Path,
+        nargs="+",
+        metavar="folder",
+        help="a sweep dir (outputs/multirun/<date>/<time>), a run dir, or a folder above runs (outputs/)",
+    )
+    parser.add_argument("--out", type=Path, help="where to write it (default: the folder; for several, their parent)")
+    args = parser.parse_args(argv)
+    if missing := [folder for folder in args.folders if not folder.is_dir()]:
+        sys.exit(f"error: no such folder: {missing[0]}")
+    out = args.out or default_out(args.folders)
+    try:
+        jobs = report(args.folders, out)
+    except OSError as error:
+        sys.exit(f"error: cannot write the report into {out} ({error.strerror}): pass --out FOLDER")
+    if not jobs:
+        folders = ", ".join(map(str, args.folders))
+        holds = "holds" if len(args.folders) == 1 else "hold"
+        sys.exit(f"error: {folders} {holds} no job dirs (<job>/.hydra/overrides.yaml): pass a sweep or run dir")
+    print((out / "report.md").read_text(), end="")
+    print(f"Written: {', '.join(str(p) for p in sorted(out.glob('report*.*')))}")
 
 
 if __name__ == "__main__":

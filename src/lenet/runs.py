@@ -1,0 +1,170 @@
+"""Run dirs read back: what each run was given (overrides, config), what it wrote (metrics, curves), why it failed.
+
+The reading side of `lenet.report`. A run dir is any folder Hydra made for a job: `<run>/.hydra/overrides.yaml`.
+"""
+
+import csv
+import json
+import os
+from dataclasses import dataclass, field, replace
+from fnmatch import fnmatchcase
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from lenet.console import command_line
+
+SEED = "seed"  # the one key configurations are pooled over
+CURVE = "val/acc"  # logged once per epoch
+# Config keys that say where a run writes, how fast it runs or how it was searched, not what it trains: left out
+# when runs are compared by their configs.
+NOT_RECIPE = (
+    "run_dir",
+    "outputs_dir",
+    "ckpt_path",
+    "threads",
+    "hparams_search",
+    "trainer.default_root_dir",
+    "trainer.log_every_n_steps",
+    "trainer.enable_model_summary",
+    "callbacks.*.dirpath",
+    "callbacks.progress_bar",
+    "callbacks.lr_monitor",
+    "logger",
+)
+
+
+@dataclass
+class Job:
+    """One run dir: what it was given and what it wrote."""
+
+    name: str
+    overrides: list[str]
+    task: str  # the Hydra job name: train, eval
+    metrics: dict = field(default_factory=dict)
+    error: str = ""
+    # .hydra/config.yaml as dotted keys, unresolved, and each config group's option (optimizer: adam) from hydra.yaml
+    config: dict[str, str] = field(default_factory=dict)
+    path: Path = Path()
+    setting: dict[str, str] = field(default_factory=dict)  # what tells it apart: its overrides, or its recipe
+
+    @property
+    def status(self) -> str:
+        if self.metrics:
+            return "done"
+        return "failed" if self.error else "unfinished"
+
+    @property
+    def params(self) -> dict[str, str]:
+        return dict(override.split("=", 1) for override in self.overrides if "=" in override)
+
+    @property
+    def recipe(self) -> dict[str, str]:
+        """The config but for NOT_RECIPE."""
+        return {key: value for key, value in self.config.items() if not _matches(key, NOT_RECIPE)}
+
+    @property
+    def seed(self) -> str:
+        return self.config.get(SEED) or self.params.get(SEED, "")
+
+    def command(self) -> str:
+        return command_line(self.task, self.overrides)
+
+
+def _matches(key: str, patterns: tuple[str, ...]) -> bool:
+    return any(fnmatchcase(key, pattern) or fnmatchcase(key, pattern + ".*") for pattern in patterns)
+
+
+def read_job(job_dir: Path, name: str | None = None) -> Job:
+    hydra_dir = job_dir / ".hydra"
+    overrides = [str(o) for o in OmegaConf.load(hydra_dir / "overrides.yaml")]
+    hydra = OmegaConf.load(hydra_dir / "hydra.yaml").hydra
+    config_file = hydra_dir / "config.yaml"
+    choices = OmegaConf.select(hydra, "runtime.choices", default={})  # first, so `optimizer` comes before its keys
+    config = {group: str(option) for group, option in choices.items() if group.split("/")[0] != "hydra"}
+    if config_file.is_file():
+        flat = flatten(OmegaConf.to_container(OmegaConf.load(config_file)))
+        config |= {key: value for key, value in flat.items() if key not in config}  # `logger: {}` is logger=none
+    metrics_file = job_dir / "metrics.json"
+    metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
+    error = "" if metrics else last_error(job_dir)
+    job = Job(name or job_dir.name, overrides, hydra.job.name, metrics, error, config, job_dir)
+    return replace(job, setting=job.params)
+
+
+def flatten(tree, prefix: str = "") -> dict[str, str]:
+    """{"optimizer": {"lr": 0.1}} -> {"optimizer.lr": "0.1"}; interpolations (`${run_dir}/...`) stay as written."""
+    if isinstance(tree, dict) and tree:
+        return {key: value for name, sub in tree.items() for key, value in flatten(sub, f"{prefix}{name}.").items()}
+    return {prefix[:-1]: json.dumps(tree) if tree is None or isinstance(tree, bool | list | dict) else str(tree)}
+
+
+def last_error(job_dir: Path) -> str:
+    """The last ERROR line of the job's log: a failed job logs why (see report_user_errors, SweepReport)."""
+    errors = [
+        line.split("][ERROR] - ", 1)[1].strip()
+        for log_file in job_dir.glob("*.log")
+        for line in log_file.read_text(errors="replace").splitlines()
+        if "][ERROR] - " in line
+    ]
+    return errors[-1] if errors else ""
+
+
+def read_runs(folders: list[Path]) -> tuple[str, list[Job]]:
+    """A title, and the runs under `folders` (run dirs, sweep dirs or any folder above them), in order.
+
+    One sweep (a folder's own job dirs) or a single run tells its jobs apart by their overrides, as typed. Runs
+    gathered from further down or from several folders may have been made with other defaults: they are told apart
+    by their configs, every recipe key that differs. A report covers one task: train runs, when there are any.
+    """
+    found = [p.parents[1] for folder in folders for p in folder.glob("**/.hydra/overrides.yaml")]
+    dirs = list({d.resolve(): d for d in found}.values())  # once each, however the folders overlap
+    sweep = len(folders) == 1 and all(folders[0] in (d, d.parent) for d in dirs)
+    if sweep:
+        jobs = [read_job(d) for d in sorted(dirs, key=_job_order)]
+        title = f"Sweep {folders[0]}"
+    else:  # named by their paths below the folder that holds them all
+        common = Path(os.path.commonpath([d.parent.absolute() for d in dirs])) if dirs else Path()
+        dirs = sorted(dirs, key=lambda d: (str(d.parent), _job_order(d)))
+        jobs = [read_job(d, os.path.relpath(d.absolute(), common)) for d in dirs]
+        title = f"Runs in {', '.join(map(str, folders))}"
+    task = "train" if any(job.task == "train" for job in jobs) else next((job.task for job in jobs), "")
+    if others := sum(job.task != task for job in jobs):
+        title += f" (lenet.{task} runs only: {others} of other tasks left out)"
+    jobs = [job for job in jobs if job.task == task]
+    if not sweep and len(jobs) > 1:
+        jobs = [replace(job, setting=job.recipe) if job.config else job for job in jobs]
+    return title, jobs
+
+
+def _job_order(job_dir: Path):
+    return (0, int(job_dir.name), "") if job_dir.name.isdigit() else (1, 0, job_dir.name)
+
+
+def curve(run_dir: Path) -> list[tuple[int, float]]:
+    """(epoch, `val/acc`), epochs from 1, from the run's TensorBoard events, else from a CSV logger's metrics.csv."""
+    points = _events_curve(run_dir) or _csv_curve(run_dir)
+    return sorted(points.items())
+
+
+def _events_curve(run_dir: Path) -> dict[int, float]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    points = {}
+    # Oldest first: a run resumed into its own dir logs its last epochs again, and the new points replace the old.
+    for events in sorted(run_dir.glob("**/events.out.tfevents.*"), key=lambda path: path.stat().st_mtime):
+        accumulator = EventAccumulator(str(events), size_guidance={"scalars": 0})  # 0: every point
+        accumulator.Reload()
+        tags = accumulator.Tags()["scalars"]
+        if CURVE in tags:  # Lightning logs `epoch` at the step of every metric, so the step says the epoch
+            epochs = {event.step: int(event.value) for event in accumulator.Scalars("epoch")} if "epoch" in tags else {}
+            points |= {epochs.get(e.step, i) + 1: e.value for i, e in enumerate(accumulator.Scalars(CURVE))}
+    return points
+
+
+def _csv_curve(run_dir: Path) -> dict[int, float]:
+    points = {}
+    for path in sorted(run_dir.glob("**/metrics.csv")):
+        with open(path, newline="") as f:
+            points |= {int(row["epoch"]) + 1: float(row[CURVE]) for row in csv.DictReader(f) if row.get(CURVE)}
+    return points
