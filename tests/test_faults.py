@@ -82,6 +82,7 @@ def test_trainer_gpu_without_a_gpu(tmp_path):
 
 def test_eval_without_its_required_checkpoint(tmp_path):
     assert_short_failure(run(tmp_path, module="eval"), "error: ckpt_path is required: set it on the command line")
+    assert list(tmp_path.rglob("*")) == [tmp_path / "outputs"], "a refused run leaves no run dir, no empty folders"
 
 
 @pytest.mark.parametrize(

@@ -49,7 +49,7 @@ def report_user_errors(task):
                 log.error("error: %s", error)  # into the job's log, where the sweep report finds it
                 raise SweepError(f"error: {error}") from error
             _log_to_file(f"error: {error}")
-            _remove_if_empty(Path(HydraConfig.get().runtime.output_dir))
+            _remove_if_empty(Path(HydraConfig.get().runtime.output_dir), Path(cfg.get("outputs_dir", "outputs")))
             print(f"error: {error}", file=sys.stderr)
             raise SystemExit(error.exit_status) from None
 
@@ -64,13 +64,19 @@ def _log_to_file(message: str) -> None:
             handler.handle(record)
 
 
-def _remove_if_empty(run_dir: Path) -> None:
-    """A run dir holding only Hydra's .hydra/ and the log records nothing but the refusal the user just saw."""
+def _remove_if_empty(run_dir: Path, outputs_dir: Path) -> None:
+    """A run dir holding only Hydra's .hydra/ and the log records nothing but the refusal the user just saw.
+
+    Its parents under outputs_dir (the day's folder, eval/, predict/) go too when it was all they held.
+    """
     if not run_dir.is_dir() or any(p.name != ".hydra" and p.suffix != ".log" for p in run_dir.iterdir()):
         return
     shutil.rmtree(run_dir, ignore_errors=True)
-    with contextlib.suppress(OSError):
-        run_dir.parent.rmdir()  # the day's folder, when this was its only run
+    for parent in run_dir.resolve().parents:
+        if parent == outputs_dir.resolve() or not parent.is_relative_to(outputs_dir.resolve()):
+            break
+        with contextlib.suppress(OSError):
+            parent.rmdir()
 
 
 def in_multirun() -> bool:
