@@ -197,7 +197,7 @@ def test_a_missing_path_is_one_line_and_a_non_zero_exit(glyph_checkpoint, tmp_pa
     assert result.stderr.strip() == "error: inputs=missing.png: no such file or folder"
 
 
-@pytest.mark.parametrize("module", ["predict", "export"])
+@pytest.mark.parametrize("module", ["predict", "export", "serve"])
 def test_help_and_cfg_need_no_torch(module):
     probe = (
         "import runpy, sys\n"
