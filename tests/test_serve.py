@@ -214,7 +214,8 @@ def test_a_missing_checkpoint_is_one_line_and_a_non_zero_exit(tmp_path):
     assert result.stderr.strip() == "error: ckpt_path=missing.ckpt: no such checkpoint file"
 
 
-@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT])
+# Both signals take the same path (lenet.serve._stop); Ctrl-C's run is left to make test-all.
+@pytest.mark.parametrize("stop", [signal.SIGTERM, pytest.param(signal.SIGINT, marks=pytest.mark.slow)])
 def test_the_command_serves_until_a_signal_stops_it(glyph_checkpoint, uploads, tmp_path, stop):
     command = lenet_command("serve", f"ckpt_path={glyph_checkpoint}", "port=0")
     process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
