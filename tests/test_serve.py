@@ -3,10 +3,12 @@
 import base64
 import io
 import json
+import logging
 import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -146,6 +148,16 @@ def test_a_client_that_sends_all_before_reading_still_gets_the_413(server, uploa
         urllib.request.urlopen(request, timeout=30)
     assert refused.value.code == 413 and "larger than the limit" in json.loads(refused.value.read())["error"]
     assert post(server, uploads[0][0][0]).status_code == 200
+
+
+def test_a_client_that_hangs_up_mid_upload_leaves_no_traceback(server, uploads, caplog):
+    url = httpx.URL(server)
+    with socket.create_connection((url.host, url.port)) as sock:
+        sock.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: 5000\r\n\r\n")
+        sock.sendall(uploads[0][0][0][:100])
+    time.sleep(0.2)
+    assert post(server, uploads[0][0][0]).status_code == 200
+    assert not [record for record in caplog.records if record.levelno >= logging.ERROR]
 
 
 def test_other_routes_and_methods_answer_json_errors(server):

@@ -231,7 +231,7 @@ def create_app(classifier: Classifier, workers: int = 2, max_upload: int = 10 * 
 async def read_upload(request, limit: int) -> bytes:
     """The uploaded file's bytes, read up to `limit`: a multipart field `file`, or else the whole body."""
     from starlette.exceptions import HTTPException
-    from starlette.requests import Request
+    from starlette.requests import ClientDisconnect, Request
 
     bound = limit + ENVELOPE
     seen, done = 0, False
@@ -263,6 +263,8 @@ async def read_upload(request, limit: int) -> bytes:
         if not done:
             await discard(request.receive, DRAIN)
         raise HTTPException(413, f"the upload is larger than the limit, {limit / MB:g} MB (max_upload_mb)") from None
+    except ClientDisconnect:  # nobody is left to answer; without this, uvicorn logs a traceback
+        raise HTTPException(400, "the client hung up before the upload was complete") from None
     if not data:
         raise HTTPException(400, "the upload is empty")
     return data
