@@ -62,6 +62,7 @@ def serve(cfg: DictConfig) -> None:
 
     validate(cfg)
     try:
+        import fastapi  # noqa: F401 (create_app's)
         import uvicorn
     except ImportError:
         raise ServeError("lenet.serve needs FastAPI and uvicorn: pip install 'lenet[serve]'") from None
