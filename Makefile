@@ -7,7 +7,7 @@ ARGS ?=
 FASHION_MNIST ?= /usr/share/datasets/fashion-mnist
 
 .DEFAULT_GOAL := help
-.PHONY: help install train sweep tensorboard test test-all bench bench-gpu lint format clean
+.PHONY: help install train serve sweep tensorboard test test-all bench bench-gpu lint format clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -17,13 +17,16 @@ $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PYTHON) -m pip install --quiet --upgrade pip
 	$(PYTHON) -m pip install --quiet $(TORCH)
-	$(PYTHON) -m pip install --quiet -e ".[dev,sweep,export]"
+	$(PYTHON) -m pip install --quiet -e ".[dev,sweep,export,serve]"
 	touch $@
 
-install: $(VENV)/.installed  ## build .venv: torch, the stack, lenet (editable), the sweep plugins, ONNX export and the dev tools
+install: $(VENV)/.installed  ## build .venv: torch, the stack, lenet (editable), the sweep plugins, ONNX export, serving and the dev tools
 
 train: install  ## train LeNet with the default config (ARGS=overrides)
 	$(PYTHON) -m lenet.train $(ARGS)
+
+serve: install  ## serve a model: the HTTP API and the draw-a-digit page (ARGS=ckpt_path=... [port=...])
+	$(PYTHON) -m lenet.serve $(ARGS)
 
 sweep: install  ## a Hydra multirun: 3 learning rates x 2 optimizers (ARGS=more overrides)
 	$(PYTHON) -m lenet.train -m optimizer=sgd,adam optimizer.lr=0.1,0.01,0.001 $(ARGS)

@@ -93,7 +93,7 @@ def test_a_checkout_git_cannot_read_is_not_an_error(tmp_path, monkeypatch):
     assert environment.git_state() == {"git_commit": None, "git_dirty": None}
 
 
-HYDRA_APPS = ["train", "eval", "predict", "export"]
+HYDRA_APPS = ["train", "eval", "predict", "export", "serve"]
 
 
 @pytest.mark.parametrize(

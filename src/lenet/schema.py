@@ -31,9 +31,11 @@ def _is_number(value) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def integer(low: int | None = None) -> Rule:
+def integer(low: int | None = None, high: int | None = None) -> Rule:
     if low is None:
         return Rule(_is_int, "an integer")
+    if high is not None:
+        return Rule(lambda v: _is_int(v) and low <= v <= high, f"an integer from {low} to {high}")
     return Rule(lambda v: _is_int(v) and v >= low, f"an integer >= {low}")
 
 
@@ -75,7 +77,6 @@ SHARE_OR_COUNT = Rule(
     "a share of the batches in [0.0, 1.0] or a count of them",
 )
 DEVICE = Rule(lambda v: v in ("auto", "cpu", "cuda") or str(v).startswith("cuda:"), "auto, cpu, cuda or cuda:N")
-DEVICE = Rule(lambda v: v in ("auto", "cpu", "cuda") or str(v).startswith("cuda:"), "auto, cpu, cuda or cuda:N")
 # What Lightning accepts. All train on a CPU but 16-mixed, which lenet.config.validate refuses there.
 PRECISIONS = one_of("32-true", "bf16-mixed", "bf16-true", "16-mixed", "16-true", "64-true")
 
@@ -90,6 +91,12 @@ RULES: dict[str, dict[str, Rule]] = {
         "batch_size": integer(1),
         "device": DEVICE,
         "format": NULL | one_of(*FORMATS),
+        # lenet.serve
+        "host": TEXT,
+        "port": integer(0, 65535),
+        "workers": integer(1),
+        "max_upload_mb": POSITIVE,
+        "access_log": BOOLEAN,
     },
     "model": {
         "activation": one_of(*ACTIVATIONS),

@@ -1,0 +1,292 @@
+"""Serve a model over HTTP: `python -m lenet.serve ckpt_path=MODEL [host=127.0.0.1] [port=8000]`.
+
+MODEL is a checkpoint of lenet.train or a file of lenet.export (.onnx, .pt2), loaded by `lenet.classifier` as
+lenet.predict loads it; each upload is prepared as predict prepares a file. The routes:
+
+- `GET /`: the draw-a-digit page (`lenet/page/index.html`: one static file, nothing fetched from elsewhere);
+- `POST /predict`: an image (multipart field `file`, or the raw bytes as the body) -> JSON: `prediction`,
+  `confidence`, `probabilities` (`[{"class": ..., "probability": ...}]` in the model's class order) and `image`
+  (the 28x28 image the model saw, a base64 PNG). Bad input -> 4xx with a JSON `error`;
+- `GET /health`: 200 with the model's file name, dataset and classes (the model is loaded before the port opens);
+- `/docs`: FastAPI's OpenAPI page.
+
+Threads: decoding, preparing and classifying an upload take about a millisecond of CPU each, so they run in a pool
+of `workers` threads and the event loop stays free to accept and read other requests. The classifier is read-only
+after loading (torch modules in eval and inference mode, an onnxruntime session: both safe to call from several
+threads), so the threads share one model; the pool's size also caps how many decoded images are in memory at once.
+"""
+
+import asyncio
+import base64
+import errno
+import logging
+import signal
+import socket
+from concurrent.futures import ThreadPoolExecutor
+from importlib.resources import files
+from io import BytesIO
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+from PIL import Image
+
+from lenet import CONFIG_DIR
+from lenet.classifier import Classifier, ImageError, load  # numpy and Pillow only
+from lenet.console import UserError, report_user_errors
+
+log = logging.getLogger(__name__)
+
+MB = 2**20
+ENVELOPE = 64 * 1024  # what a multipart body may hold besides the file: boundaries, part headers, small fields
+DRAIN = 64 * MB  # the most of a refused upload read (and dropped) so that its sender gets the 413
+SHUTDOWN_S = 5  # requests still running when the server is told to stop get this long to finish
+
+
+class ServeError(UserError):
+    """The server cannot start: its address, or a missing extra."""
+
+
+class Stopped(Exception):
+    """Ctrl-C or SIGTERM, once uvicorn has shut down gracefully."""
+
+
+class TooLarge(Exception):
+    """The request body grew past the upload limit while it arrived."""
+
+
+def serve(cfg: DictConfig) -> None:
+    """Load the model, open the port, serve until Ctrl-C or SIGTERM."""
+    from lenet.checkpoint import checkpoint_file  # imports torch: here, so that --help stays instant
+    from lenet.config import validate
+
+    validate(cfg)
+    try:
+        import fastapi  # noqa: F401 (create_app's)
+        import uvicorn
+    except ImportError:
+        raise ServeError("lenet.serve needs FastAPI and uvicorn: pip install 'lenet[serve]'") from None
+    if cfg.threads:
+        import torch
+
+        torch.set_num_threads(cfg.threads)
+    classifier = load(checkpoint_file(cfg.ckpt_path, Path(cfg.outputs_dir)), device=cfg.device)
+    sock = listen(cfg.host, cfg.port)
+    app = create_app(classifier, workers=cfg.workers, max_upload=round(cfg.max_upload_mb * MB))
+    server = uvicorn.Server(server_config(app, cfg.access_log))
+    host, port = sock.getsockname()[:2]
+    url = f"http://{f'[{host}]' if ':' in host else host}:{port}/"
+    log.info(
+        "Serving %s (%s, %d classes) at %s: the page at /, POST /predict, docs at /docs. Ctrl-C stops.",
+        classifier.source.name, classifier.dataset, len(classifier.classes), url,
+    )  # fmt: skip
+    # uvicorn stops gracefully on the first signal, then raises it again once its own handlers are gone: these turn
+    # that into an ordinary end instead of a KeyboardInterrupt traceback (SIGINT) or a kill (SIGTERM).
+    previous = {number: signal.signal(number, _stop) for number in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        server.run(sockets=[sock])
+    except Stopped as stop:
+        log.info("Stopped (%s)", signal.Signals(stop.args[0]).name)
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+        sock.close()
+
+
+def _stop(number, frame):
+    raise Stopped(number)
+
+
+def server_config(app, access_log: bool = False):
+    """uvicorn's settings: the app's loggers left to Hydra's logging, no lifespan, a bounded graceful stop."""
+    import uvicorn
+
+    logging.getLogger("uvicorn.error").setLevel(logging.WARNING)  # its start and stop notes; the start line says it
+    return uvicorn.Config(
+        app, log_config=None, access_log=access_log, lifespan="off", timeout_graceful_shutdown=SHUTDOWN_S
+    )
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A listening socket on host:port, or one line saying why not (before uvicorn, which would log a traceback)."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror as error:
+        raise ServeError(f"host={host}: no such address ({error.strerror})") from None
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # restart at once, despite TIME_WAIT connections
+        sock.bind(address)
+        sock.listen(2048)
+    except OSError as error:
+        sock.close()
+        if error.errno == errno.EADDRINUSE:
+            raise ServeError(f"port {port} is in use on {host}: pass another port=N (port=0: any free port)") from None
+        if error.errno == errno.EADDRNOTAVAIL:
+            raise ServeError(f"host={host} is not an address of this machine") from None
+        raise ServeError(f"cannot listen on {host}:{port} ({error.strerror})") from None
+    return sock
+
+
+def answer(classifier: Classifier, data: bytes) -> dict:
+    """The JSON of /predict for one uploaded image (runs in a worker thread)."""
+    image = classifier.prepare(data)
+    probabilities = classifier.probabilities(image[None])[0]
+    best = int(probabilities.argmax())
+    png = BytesIO()
+    Image.fromarray(image).save(png, "PNG")
+    return {
+        "prediction": classifier.classes[best],
+        "confidence": float(probabilities[best]),
+        "probabilities": [
+            {"class": name, "probability": float(p)} for name, p in zip(classifier.classes, probabilities, strict=True)
+        ],
+        "image": base64.b64encode(png.getvalue()).decode("ascii"),
+    }
+
+
+def health(classifier: Classifier, max_upload: int) -> dict:
+    return {
+        "status": "ok",
+        "model": classifier.source.name,
+        "dataset": classifier.dataset,
+        "classes": classifier.classes,
+        "max_upload_bytes": max_upload,
+    }
+
+
+EXAMPLE = {
+    "prediction": "1",
+    "confidence": 0.9874,
+    "probabilities": [{"class": "0", "probability": 0.0003}, {"class": "1", "probability": 0.9874}, "..."],
+    "image": "iVBORw0KGgoAAAANSUhEUgAAABwAAAAcCAAAAABXZoBIAAAA...",
+}
+UPLOAD = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {"file": {"type": "string", "format": "binary"}},
+                    "required": ["file"],
+                }
+            },
+            "image/*": {"schema": {"type": "string", "format": "binary"}},
+        },
+    }
+}
+
+
+def create_app(classifier: Classifier, workers: int = 2, max_upload: int = 10 * MB):
+    """The FastAPI app around one loaded classifier."""
+    from fastapi import FastAPI, Request
+    from fastapi.responses import HTMLResponse, JSONResponse
+    from starlette.exceptions import HTTPException
+
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="lenet-serve")
+    page = (files("lenet") / "page" / "index.html").read_text(encoding="utf-8")
+    app = FastAPI(
+        title="lenet",
+        version="0.1.0",
+        description=f"Classify an image with {classifier.source.name} ({classifier.dataset}).",
+    )
+
+    @app.exception_handler(HTTPException)
+    async def error_as_json(request, error):
+        return JSONResponse({"error": error.detail}, error.status_code, headers=error.headers)
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def index():
+        return page
+
+    @app.get("/health", summary="the loaded model (file name, dataset, classes) and the upload limit")
+    async def get_health() -> dict:
+        return health(classifier, max_upload)
+
+    @app.post(
+        "/predict",
+        summary="classify an image: multipart field `file` (curl -F file=@digit.png), or the raw image as the body",
+        openapi_extra=UPLOAD,
+        responses={
+            200: {
+                "description": "`probabilities` in the model's class order; `image`: the 28x28 greyscale image "
+                "the model saw, light on dark, as a base64 PNG",
+                "content": {"application/json": {"example": EXAMPLE}},
+            },
+            400: {"description": "no file, or an empty one", "content": {"application/json": {}}},
+            413: {"description": "larger than max_upload_mb", "content": {"application/json": {}}},
+            422: {"description": "not an image, a damaged one or a blank one", "content": {"application/json": {}}},
+        },
+    )
+    async def predict(request: Request) -> dict:
+        data = await read_upload(request, max_upload)
+        try:
+            return await asyncio.get_running_loop().run_in_executor(pool, answer, classifier, data)
+        except ImageError as error:
+            raise HTTPException(422, str(error)) from None
+
+    return app
+
+
+async def read_upload(request, limit: int) -> bytes:
+    """The uploaded file's bytes, read up to `limit`: a multipart field `file`, or else the whole body."""
+    from starlette.exceptions import HTTPException
+    from starlette.requests import ClientDisconnect, Request
+
+    bound = limit + ENVELOPE
+    seen, done = 0, False
+
+    async def receive():
+        nonlocal seen, done
+        message = await request.receive()
+        seen += len(message.get("body", b""))
+        done = not message.get("more_body", False)
+        if seen > bound:
+            raise TooLarge  # a chunked body, or one longer than its Content-Length
+        return message
+
+    body = Request(request.scope, receive)
+    try:
+        if int(request.headers.get("content-length") or 0) > bound:
+            raise TooLarge  # said up front: refused before anything is parsed
+        if request.headers.get("content-type", "").startswith("multipart/form-data"):
+            async with body.form(max_files=1, max_fields=16) as form:
+                upload = form.get("file")
+                if upload is None or isinstance(upload, str):
+                    raise HTTPException(400, 'no file: send the image as the multipart field "file" (-F file=@x.png)')
+                data = await upload.read()
+        else:
+            data = await body.body()
+        if len(data) > limit:
+            raise TooLarge
+    except TooLarge:
+        if not done:
+            await discard(request.receive, DRAIN)
+        raise HTTPException(413, f"the upload is larger than the limit, {limit / MB:g} MB (max_upload_mb)") from None
+    except ClientDisconnect:  # nobody is left to answer; without this, uvicorn logs a traceback
+        raise HTTPException(400, "the client hung up before the upload was complete") from None
+    if not data:
+        raise HTTPException(400, "the upload is empty")
+    return data
+
+
+async def discard(receive, most: int) -> None:
+    """Read and drop the rest of a refused body: clients that send it all before they read the answer (urllib,
+    requests) would otherwise get a reset connection instead of the 413. A body longer than `most` is cut off."""
+    dropped = 0
+    while dropped <= most:
+        message = await receive()
+        dropped += len(message.get("body", b""))
+        if not message.get("more_body", False):
+            return
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="serve")
+@report_user_errors
+def main(cfg: DictConfig) -> None:
+    serve(cfg)
+
+
+if __name__ == "__main__":
+    main()
