@@ -67,10 +67,9 @@ class RunSummary(L.Callback):
         self._stop_clock()
 
     def on_train_epoch_end(self, trainer, module):
+        # Runs before the module's own hook, which resets its totals; counted here, not in a per-batch hook.
         self._stop_clock()
-
-    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
-        self.train_images += len(batch[1]) * trainer.world_size  # every rank trains on as many
+        self.train_images += module.totals["train"].images * trainer.world_size  # every rank trains on as many
 
     def on_fit_end(self, trainer, module):
         self._stop_clock()
