@@ -6,6 +6,7 @@ The README's "Bad input" table lists the same cases.
 
 import gzip
 import http.server
+import re
 import shlex
 import signal
 import subprocess
@@ -172,10 +173,12 @@ def test_an_interrupt_keeps_last_ckpt_says_how_to_resume_and_resume_finishes(sen
 
     printed = shlex.split(stderr.split("Resume: ")[1].strip())  # the command, as printed, runs
     assert printed[:3] == ["python", "-m", "lenet.train"] and printed[-1].startswith("ckpt_path=")
-    resumed = subprocess.run([sys.executable, *printed[1:]], cwd=tmp_path, capture_output=True, text=True)
+    saved = int(re.search(r"(\d+) epoch\(s\) saved", stderr).group(1))
+    one_more = f"trainer.max_epochs={saved + 1}"  # rather than the 30 of the interrupted run: the test's time
+    resumed = subprocess.run([sys.executable, *printed[1:], one_more], cwd=tmp_path, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
     metrics = sorted(tmp_path.glob("outputs/*/*/metrics.json"))
-    assert len(metrics) == 1 and '"epochs": 30' in metrics[0].read_text()
+    assert len(metrics) == 1 and f'"epochs": {saved + 1}' in metrics[0].read_text()
 
 
 def test_full_error_shows_the_traceback_when_asked(tmp_path, monkeypatch):
