@@ -18,31 +18,37 @@ class ConfigError(UserError):
 
 def validate(cfg: DictConfig) -> None:
     """Required values, a GPU when one is asked for, each key's rule (`schema.RULES`), and keys no target knows."""
-    import torch  # here: lenet.config is imported by Hydra callbacks of every command, --help included
-
-    from lenet import schema
+    from lenet import schema  # here: lenet.config is imported by Hydra callbacks of every command, --help included
 
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise ConfigError(f"{missing[0]} is required: set it on the command line, e.g. {missing[0]}=VALUE")
-    accelerator, gpu = OmegaConf.select(cfg, "trainer.accelerator"), torch.cuda.is_available()
-    if accelerator in ("gpu", "cuda") and not gpu:
-        raise ConfigError("trainer.accelerator=gpu but no CUDA GPU is visible here; use trainer=cpu or trainer=default")
-    if OmegaConf.select(cfg, "trainer.precision") == "16-mixed" and (accelerator == "cpu" or not gpu):
-        raise ConfigError("trainer.precision=16-mixed needs a GPU; on the CPU use bf16-mixed (or 16-true)")
-    for group, rules in schema.RULES.items():
-        node = cfg.get(group) if group else cfg
-        for key in rules.keys() & set(node or ()):
-            value = _plain(node[key])
-            if not rules[key].test(value):
-                raise ConfigError(
-                    f"{group}{'.' if group else ''}{key}={value!r} is not allowed: it must be {rules[key].allowed}"
-                )
+    for deferred in (False, True):  # the rules that import torch or Lightning last: a typo is refused at once
+        for group, rules in schema.RULES.items():
+            node = cfg.get(group) if group else cfg
+            for key in sorted(rules.keys() & set(node or ())):
+                rule, value = rules[key], _plain(node[key])
+                if rule.deferred is deferred and not rule.test(value):
+                    key = f"{group}.{key}" if group else key
+                    raise ConfigError(f"{key}={value!r} is not allowed: it must be {rule.text}")
     for group, test, advice in schema.CONSTRAINTS:
         if group in cfg and not test(_plain(cfg[group])):
             raise ConfigError(advice)
+    _check_gpu(OmegaConf.select(cfg, "trainer.accelerator"), OmegaConf.select(cfg, "trainer.precision"))
     for path, node in _instantiated(cfg):
         _check_keys(path, node)
+
+
+def _check_gpu(accelerator: str | None, precision: str | None) -> None:
+    if accelerator not in ("gpu", "cuda") and precision != "16-mixed":
+        return  # no need to import torch to ask
+    import torch
+
+    gpu = torch.cuda.is_available()
+    if accelerator in ("gpu", "cuda") and not gpu:
+        raise ConfigError("trainer.accelerator=gpu but no CUDA GPU is visible here; use trainer=cpu or trainer=default")
+    if precision == "16-mixed" and (accelerator == "cpu" or not gpu):
+        raise ConfigError("trainer.precision=16-mixed needs a GPU; on the CPU use bf16-mixed (or 16-true)")
 
 
 def _plain(value):

@@ -9,18 +9,25 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from lenet.data import DATASETS
+from hydra.utils import get_object
+
 from lenet.export import FORMATS
-from lenet.model import ACTIVATIONS, POOLINGS
 
 
 @dataclass(frozen=True)
 class Rule:
     test: Callable[[Any], bool]
-    allowed: str  # completes "it must be ..."
+    allowed: str | Callable[[], str]  # completes "it must be ..."
+    # Checked after the other rules: its test imports the module its choices come from (torch, Lightning), and a
+    # mistyped number should be refused at once, not after those imports.
+    deferred: bool = False
 
     def __or__(self, other: "Rule") -> "Rule":
-        return Rule(lambda v: self.test(v) or other.test(v), f"{self.allowed}, or {other.allowed}")
+        return Rule(lambda v: self.test(v) or other.test(v), f"{self.text}, or {other.text}")
+
+    @property
+    def text(self) -> str:
+        return self.allowed() if callable(self.allowed) else self.allowed
 
 
 def _is_int(value) -> bool:
@@ -54,6 +61,11 @@ def number(low: float, *, strict: bool = False, below: float | None = None) -> R
 
 def one_of(*choices) -> Rule:
     return Rule(lambda v: v in choices, "one of " + ", ".join(map(str, choices)))
+
+
+def key_of(mapping: str) -> Rule:
+    """One of the keys of the dict at `mapping` (a dotted path, e.g. lenet.model.ACTIVATIONS): defined there."""
+    return Rule(lambda v: v in get_object(mapping), lambda: "one of " + ", ".join(get_object(mapping)), deferred=True)
 
 
 BOOLEAN = Rule(lambda v: isinstance(v, bool), "true or false")
@@ -99,8 +111,8 @@ RULES: dict[str, dict[str, Rule]] = {
         "access_log": BOOLEAN,
     },
     "model": {
-        "activation": one_of(*ACTIVATIONS),
-        "pooling": one_of(*POOLINGS),
+        "activation": key_of("lenet.model.ACTIVATIONS"),
+        "pooling": key_of("lenet.model.POOLINGS"),
         "batch_norm": BOOLEAN,
         "dropout": FRACTION,
         "num_classes": integer(2),
@@ -108,7 +120,7 @@ RULES: dict[str, dict[str, Rule]] = {
         "channels_last": BOOLEAN,
     },
     "data": {
-        "dataset": one_of(*DATASETS),
+        "dataset": key_of("lenet.data.DATASETS"),
         "root": TEXT,
         "batch_size": integer(1),
         "eval_batch_size": integer(1),

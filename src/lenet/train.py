@@ -21,6 +21,9 @@ class Interrupted(UserError):
 
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit, test the best checkpoint, write `metrics.json` in `cfg.run_dir`; return the final metrics."""
+    from lenet.config import ConfigError, spawned_ddp, validate
+
+    validate(cfg)  # before the imports below: a mistyped value is refused in a fraction of a second
     # Imported here: `--help`, `--cfg` and every tab-completion query run this module's imports, and these take seconds.
     import lightning as L
     import torch
@@ -29,11 +32,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
     from lenet.checkpoint import check_resume, checkpoint_file
-    from lenet.config import ConfigError, spawned_ddp, validate
     from lenet.module import LeNetModule
     from lenet.summary import RunSummary, hparams_of
 
-    validate(cfg)
     plain = OmegaConf.to_container(cfg, resolve=True)  # checkpoints must hold plain containers
     resume = checkpoint_file(cfg.ckpt_path, Path(cfg.outputs_dir))
     done = check_resume(resume, plain) if resume else 0
