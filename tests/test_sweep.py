@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 
 from conftest import VAL_SIZE, compose_config, lenet_command
 from lenet import CONFIG_DIR, report
@@ -247,9 +249,22 @@ def test_tensorboard_serves_every_jobs_scalars_and_hparams(failing_sweep):
         experiment = poll(lambda: post(f"{base}/plugin/hparams/experiment", {"experimentName": ""}), hparams_ready)
         assert {"lr", "optimizer", "batch_size"} <= {info["name"] for info in experiment["hparamInfos"]}
         assert "hp/val_acc_best" in {info["name"]["tag"] for info in experiment["metricInfos"]}
+        first = experiment["hparamInfos"][0]  # the web page ticks the first five: `differs` ones first, then by name
+        assert first["name"] == "lr" and first["differs"], "the swept key comes first"
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_every_job_logs_the_same_hparams_and_marks_the_swept_ones(failing_sweep):
+    _, sweep = failing_sweep
+    infos = {}
+    for job in ("0", "2", "3"):  # done, diverged, done
+        content = EventAccumulator(str(sweep / job)).Reload().PluginTagToContent("hparams")["_hparams_/experiment"]
+        infos[job] = {info.name: info.differs for info in HParamsPluginData.FromString(content).experiment.hparam_infos}
+    assert infos["0"] == infos["2"] == infos["3"]
+    assert {name for name, differs in infos["0"].items() if differs} == {"lr"}, "only the swept key is ticked"
+    assert {"data.root", "data.val_size", "data.eval_batch_size"} <= set(infos["0"]), "the command line's other keys"
 
 
 def free_port() -> int:

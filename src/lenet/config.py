@@ -31,7 +31,7 @@ def validate(cfg: DictConfig) -> None:
     if OmegaConf.select(cfg, "trainer.precision") == "16-mixed" and (accelerator == "cpu" or not gpu):
         raise ConfigError("trainer.precision=16-mixed needs a GPU; on the CPU use bf16-mixed (or 16-true)")
     for group, rules in schema.RULES.items():
-        node = cfg.get(group) if group else cfg
+        node = OmegaConf.select(cfg, group) if group else cfg
         for key in rules.keys() & set(node or ()):
             value = _plain(node[key])
             if not rules[key].test(value):
