@@ -108,9 +108,9 @@ def test_hparams_metrics_are_logged_once_with_their_final_values(events, run):
 
 
 def test_a_run_without_validation_has_no_validation_hparams_metrics(flat_root, tmp_path):
-    overrides = [o for o in fixture_overrides(flat_root, tmp_path) if not o.startswith(("data.val_size", "trainer.max"))]
+    kept = [o for o in fixture_overrides(flat_root, tmp_path) if not o.startswith(("data.val_size", "trainer.max"))]
     no_validation = ["data.val_size=0", "trainer.limit_val_batches=0", "callbacks.checkpoint=null"]
-    metrics = train(compose_config(*overrides, *no_validation, "trainer.max_epochs=1"))
+    metrics = train(compose_config(*kept, *no_validation, "trainer.max_epochs=1"))
     assert "val/acc" not in metrics
     events = EventAccumulator(str(tmp_path), size_guidance={"scalars": 0}).Reload()
     assert [point.value for point in events.Scalars("hp/test_acc")] == [pytest.approx(metrics["test/acc"])]
