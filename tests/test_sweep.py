@@ -150,9 +150,9 @@ def test_a_swept_ddp_option_is_refused_by_its_own_job(flat_root, tmp_path):
 @pytest.mark.slow
 def test_ddp_on_two_cpu_processes_matches_one_process_on_twice_the_batch(flat_root, tmp_path):
     # Rank r takes every other image of the same order: two ranks with batches of 16 see, step by step, the images
-    # one process sees in batches of 32, and DDP's averaged gradient is that batch's gradient. Evaluation images
-    # are shared out, each counted once.
-    common = [f"data.root={flat_root}", *TINY, "trainer.max_epochs=2"]
+    # one process sees in batches of 32 (data.augment: transformed alike), and DDP's averaged gradient is that
+    # batch's gradient. Evaluation images are shared out, each counted once.
+    common = [f"data.root={flat_root}", *TINY, "trainer.max_epochs=2", "data.augment=true"]
     single, ddp = tmp_path / "single", tmp_path / "ddp"
     result = train(tmp_path, "trainer=cpu", *common, f"hydra.run.dir={single}")
     assert result.returncode == 0, result.stderr
@@ -171,6 +171,9 @@ def test_ddp_on_two_cpu_processes_matches_one_process_on_twice_the_batch(flat_ro
     assert sum(map(sum, two["test/confusion_matrix"])) == 400, "every test image counted once"
     for key in ("val/acc_best", "test/acc"):  # the same training, up to the order of float sums: a one-image margin
         assert abs(one[key] - two[key]) <= 1 / 200 + 1e-6, key
+    # Each rank holds about 40 of the ~80 errors: the grid shows 64 only when rank 0 gathers the others' too.
+    grids = [EventAccumulator(str(run)).Reload().Images("test/misclassified")[-1] for run in (single, ddp)]
+    assert grids[0].height == grids[1].height == 8 * (84 + 28), "8 rows of 8"
 
 
 # --- Optuna ---

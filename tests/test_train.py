@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams.api_pb2 import STATUS_SUCCESS
 from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 
 from conftest import (
@@ -104,6 +105,8 @@ def test_hparams_metrics_are_logged_once_with_their_final_values(events, run):
         assert points[0].value == pytest.approx(metrics[name])
     experiment = hparams_experiment(events)
     assert sorted(info.name.tag for info in experiment.metric_infos) == sorted(HPARAM_METRICS)
+    end = HParamsPluginData.FromString(events.PluginTagToContent("hparams")["_hparams_/session_end_info"])
+    assert end.session_end_info.status == STATUS_SUCCESS, "written when the run ends"
     assert not any(info.differs for info in experiment.hparam_infos), "no command line, nothing swept: none first"
 
 
@@ -330,6 +333,9 @@ def test_callbacks_ema_validates_checkpoints_and_tests_the_average_and_resumes_i
     with pytest.raises(Interrupted):
         train(compose_config(*fixture_overrides(flat_root, tmp_path / "cut"), *EMA, *stop))
     signal.signal(signal.SIGINT, handler)
+    interrupted = EventAccumulator(str(tmp_path / "cut")).Reload()
+    assert "_hparams_/session_end_info" not in interrupted.PluginTagToContent("hparams"), "status unknown, not done"
+    assert not {tag for tag in interrupted.Tags()["scalars"] if tag.startswith("hp/")}, "no accuracies, not 0"
     cut = f"ckpt_path={tmp_path / 'cut' / 'checkpoints' / 'last.ckpt'}"
     resumed = train(compose_config(*fixture_overrides(flat_root, tmp_path / "resumed"), *EMA, cut))
     assert final_numbers(resumed) == final_numbers(averaged)

@@ -51,7 +51,7 @@ class RunSummary(L.Callback):
         shown: set[str] = frozenset(),
     ):
         self.path, self.hparams, self.resumed, self.command = Path(run_dir) / "metrics.json", hparams, resumed, command
-        self.shown = shown
+        self.shown, self.session_end = shown, None
         self.started = time.perf_counter()
         self.train_s, self.train_images, self._epoch_started = 0.0, 0, None
         self.metrics: dict = {}
@@ -66,7 +66,7 @@ class RunSummary(L.Callback):
         self._say(trainer, f"Training on {where(trainer)}: {data_line(trainer.datamodule)}.{resuming}{run}")
         self._record_environment(trainer)
         for logger in self._tensorboards(trainer) if trainer.is_global_zero else ():
-            log_hparams(logger, self.hparams, self.shown)
+            self.session_end = log_hparams(logger, self.hparams, self.shown)
 
     # Training time excludes validation, which Lightning runs inside the training epoch.
     def on_train_epoch_start(self, trainer, module):
@@ -104,8 +104,10 @@ class RunSummary(L.Callback):
         if self.train_s:
             self.metrics["train_images_per_s"] = round(self.train_images / self.train_s, 1)
         final = {tag: self.metrics[name] for tag, name in HPARAM_METRICS.items() if name in self.metrics}
-        for logger in self._tensorboards(trainer):
+        for logger in self._tensorboards(trainer) if trainer.is_global_zero else ():
             logger.log_metrics(final, step=trainer.global_step)
+            if self.session_end:  # HPARAMS' status: success; a run that never gets here stays "unknown"
+                logger.experiment._get_file_writer().add_summary(self.session_end)
         if trainer.is_global_zero:
             self.path.write_text(to_json(self.metrics))
             self._say(trainer, f"{result_line(self.metrics)}\nRun outputs: {self.path.parent.resolve()}")
@@ -211,15 +213,16 @@ def command_line() -> tuple[list[str], set[str]]:
     return list(hydra.overrides.task), swept
 
 
-def log_hparams(logger: TensorBoardLogger, hparams: dict, shown: set[str]) -> None:
+def log_hparams(logger: TensorBoardLogger, hparams: dict, shown: set[str]):
     """TensorBoard's HPARAMS summaries of this run, and no scalar: the metrics get their one point when the run ends.
+    Returns the summary that marks the run finished, to be written when it is.
 
     TensorBoard takes the table's columns from one run's experiment summary (so every run of a sweep logs the same
     hparams and metric names), sorts the hparams marked `differs` first, then by name, and ticks the first five.
     """
     logger.log_hyperparams(hparams)  # hparams.yaml: with no metrics Lightning writes no summary and no scalar
     plain = {key: value if isinstance(value, int | float | str) else str(value) for key, value in hparams.items()}
-    experiment, start, _ = summary_pb.hparams(plain, dict.fromkeys(HPARAM_METRICS, 0.0))  # the metrics' names only
+    experiment, start, end = summary_pb.hparams(plain, dict.fromkeys(HPARAM_METRICS, 0.0))  # the metrics' names only
     content = experiment.value[0].metadata.plugin_data
     data = HParamsPluginData.FromString(content.content)
     for info in data.experiment.hparam_infos:
@@ -228,3 +231,4 @@ def log_hparams(logger: TensorBoardLogger, hparams: dict, shown: set[str]) -> No
     writer = logger.experiment._get_file_writer()  # how Lightning's own log_hyperparams writes them
     writer.add_summary(experiment)
     writer.add_summary(start)
+    return end
