@@ -144,6 +144,13 @@ def test_misclassified_keeps_the_most_confident_errors_of_all_batches():
     assert shown[:, 0, 0, 0].long().tolist() == expected.tolist()
     assert true.tolist() == labels[expected].tolist() and predicted.tolist() == guess[expected].tolist()
     assert confidence.tolist() == pytest.approx(p[expected].tolist())
+    # Under DDP each rank keeps its own top 64; the sync stacks them (ranks x 64) and compute pools them.
+    ranks = [misclassified.Misclassified() for _ in range(2)]
+    for i, batch in enumerate(torch.arange(500).split(35)):
+        ranks[i % 2].update(images[batch], logits[batch], labels[batch])
+    for state in ("confidence", "images", "target", "predicted"):
+        setattr(ranks[0], state, torch.stack([getattr(rank, state) for rank in ranks]))
+    assert ranks[0].compute()[0][:, 0, 0, 0].long().tolist() == expected.tolist()
     picture = misclassified.grid(shown[:3] * 0, true[:3], predicted[:3], confidence[:3], ["0 - zero"] * 10, 0.5, 0.5)
     assert picture.shape == (84 + 28, misclassified.COLUMNS * misclassified.CELL_WIDTH, 3)
 

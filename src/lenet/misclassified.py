@@ -40,9 +40,12 @@ class Misclassified(Metric):
 
     def compute(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Images, true classes, predicted classes and confidences, most confident first; only wrong answers."""
-        order = self.confidence.topk(min(self.k, len(self.confidence))).indices
-        order = order[self.confidence[order] >= 0]
-        return self.images[order], self.target[order], self.predicted[order], self.confidence[order]
+        # After a DDP sync torchmetrics stacks every rank's states (world x k): flatten them into one pool.
+        confidence, target, predicted = self.confidence.flatten(), self.target.flatten(), self.predicted.flatten()
+        images = self.images.reshape(len(confidence), *self.images.shape[-3:])
+        order = confidence.topk(min(self.k, len(confidence))).indices
+        order = order[confidence[order] >= 0]
+        return images[order], target[order], predicted[order], confidence[order]
 
 
 def grid(
