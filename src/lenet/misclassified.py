@@ -32,8 +32,8 @@ class Misclassified(Metric):
         confidence, predicted = logits.detach().float().softmax(1).max(1)
         confidence = confidence.masked_fill(predicted == target, -1.0)
         confidence, batch_top = confidence.topk(min(self.k, len(target)))
-        top = torch.cat([self.confidence, confidence]).topk(self.k).indices
-        self.confidence = torch.cat([self.confidence, confidence])[top]
+        pool = torch.cat([self.confidence, confidence])
+        self.confidence, top = pool.topk(self.k)
         self.images = torch.cat([self.images, images[batch_top].float()])[top]
         self.target = torch.cat([self.target, target[batch_top]])[top]
         self.predicted = torch.cat([self.predicted, predicted[batch_top]])[top]
