@@ -19,6 +19,7 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
@@ -135,6 +136,20 @@ class OptimizerSpy(L.Callback):
 
     def on_train_batch_start(self, trainer, module, batch, batch_idx):
         OptimizerSpy.seen.append(dict(trainer.optimizers[0].param_groups[0]))
+
+
+class GradientSpy(L.Callback):
+    """Records (optimizer steps so far, gradient norm) after every training batch: `+callbacks.spy=...`.
+
+    After a batch that stepped, the gradients are those the optimizer used (clipped, accumulated): Lightning zeroes
+    them only before the next step's backward pass.
+    """
+
+    seen: list[tuple[int, float]] = []
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        norms = [p.grad.norm() for p in module.parameters() if p.grad is not None]
+        GradientSpy.seen.append((trainer.global_step, float(torch.stack(norms).norm())))
 
 
 class Mirror:

@@ -9,7 +9,7 @@ from omegaconf import OmegaConf
 from conftest import compose_config, fixture_overrides
 from lenet import CONFIG_DIR
 from lenet.config import ConfigError, validate
-from lenet.summary import hparams_of
+from lenet.summary import hparams_of, shown_hparams
 from lenet.train import train
 
 GROUPS = ["model", "data", "optimizer", "scheduler", "trainer", "logger", "callbacks", "experiment", "debug"]
@@ -106,6 +106,9 @@ def test_data_root_defaults_to_data_and_follows_LENET_DATA(monkeypatch):
         ("+optimizer.lrr=1", "optimizer.lrr is not a setting of torch.optim.SGD; its settings: dampening,"),
         ("++data.bach_size=1", "data.bach_size is not a setting of lenet.data.MNISTDataModule"),
         ("+callbacks.checkpoint.monitr=x", "callbacks.checkpoint.monitr is not a setting of lenet.checkpoint"),
+        ("data.augment=maybe", "data.augment='maybe' is not allowed: it must be true or false"),
+        ("data.augment_shift=1.5", "data.augment_shift=1.5 is not allowed: it must be a number in [0, 1)"),
+        ("trainer.profiler=fancy", "trainer.profiler='fancy' is not allowed: it must be null, or one of simple,"),
     ],
 )
 def test_bad_values_and_unknown_keys_are_named_with_what_is_allowed(override, message):
@@ -144,6 +147,23 @@ def test_trainer_settings_users_reach_for_need_no_plus():
     validate(cfg)
     assert (cfg.trainer.accumulate_grad_batches, cfg.trainer.gradient_clip_val) == (2, 0.5)
     validate(compose_config("+trainer.benchmark=true", "run_dir=x"))  # any other Trainer argument, with +
+
+
+def test_the_ema_decay_is_checked_inside_its_callback():
+    with pytest.raises(ConfigError, match=r"callbacks.ema.multi_avg_fn.decay=1.5 is not allowed: it must be a number"):
+        validate(compose_config("callbacks=ema", "callbacks.ema.multi_avg_fn.decay=1.5", "run_dir=x"))
+
+
+def test_hparams_add_the_command_lines_keys_and_show_the_swept_ones_first():
+    overrides = ["data=fashion_mnist", "data.augment=true", "optimizer.lr=0.05", "+trainer.benchmark=true",
+                 "threads=1", "~callbacks.lr_monitor", "seed=2"]  # fmt: skip
+    cfg = compose_config(*overrides, "run_dir=x")
+    hparams = hparams_of(cfg, overrides)
+    assert hparams == hparams_of(cfg) | {"data.augment": True, "trainer.benchmark": True}, "known keys keep names"
+    assert (hparams["dataset"], hparams["lr"], hparams["seed"]) == ("fashion_mnist", 0.05, 2)
+    assert shown_hparams(overrides, swept=set()) == {"dataset", "data.augment", "lr", "trainer.benchmark", "seed"}
+    assert shown_hparams(overrides, swept={"data.augment", "seed"}) == {"data.augment", "seed"}
+    assert hparams_of(cfg, ["experiment=fast"])["experiment"] == "fast", "a group's option by its name"
 
 
 def test_a_missing_required_value_is_named():

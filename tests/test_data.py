@@ -5,6 +5,7 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -327,3 +328,43 @@ def test_ddp_ranks_share_out_evaluation_images_once_each_and_training_in_equal_s
     assert len({len(batches) for batches in trained}) == 1
     seen = torch.cat([y for batches in trained for _, y in batches]).tolist()
     assert len(seen) == len(set(seen)) == 100 - 100 % world_size
+
+
+# --- data.augment ---
+
+
+def batch_of(data: MNISTDataModule, training: bool, rank: int = 0, world_size: int = 1, n: int = 64):
+    """A training batch as Lightning hands it over: uint8 in, normalized floats out, from `data`'s own generator."""
+    data.trainer = SimpleNamespace(training=training, global_rank=rank, world_size=world_size,
+                                   lightning_module=SimpleNamespace(dtype=torch.float32))  # fmt: skip
+    images, labels = data.splits["train"][0][:n], data.splits["train"][1][:n]
+    return data.on_after_batch_transfer((images[rank::world_size], labels[rank::world_size]), 0)[0]
+
+
+def test_augment_moves_training_images_only_and_repeats_per_seed(flat_root):
+    plain = batch_of(ready(flat_root), training=True)
+    augmented = ready(flat_root, augment=True)
+    moved = batch_of(augmented, training=True)
+    assert moved.shape == plain.shape and moved.dtype == torch.float32
+    differences = (moved - plain).abs().flatten(1).amax(1)
+    assert (differences > 0.5).all(), "every image moved"
+    assert torch.equal(batch_of(augmented, training=False), plain), "evaluation images are left alone"
+    assert torch.equal(batch_of(ready(flat_root, augment=True), training=True), moved), "the same seed, the same"
+    assert not torch.equal(batch_of(ready(flat_root, augment=True, seed=7), training=True), moved)
+    assert not torch.equal(batch_of(augmented, training=True), moved), "each batch draws anew"
+    # background stays background: what moves in from outside the image is black, as MNIST's borders are
+    assert moved.min() == pytest.approx(plain.min())
+
+
+def test_augment_continues_across_a_resume_and_ddp_ranks_transform_as_one_process(flat_root):
+    first = ready(flat_root, augment=True)
+    batch_of(first, training=True)
+    saved = first.state_dict()
+    resumed = ready(flat_root, augment=True)
+    resumed.load_state_dict(saved)
+    assert torch.equal(batch_of(resumed, training=True), batch_of(first, training=True))
+    whole = batch_of(ready(flat_root, augment=True), training=True)
+    for rank in (0, 1):
+        share = batch_of(ready(flat_root, augment=True), training=True, rank=rank, world_size=2)
+        assert torch.allclose(share, whole[rank::2], atol=1e-5), rank
+    assert "augment" not in ready(flat_root).state_dict(), "without augment, checkpoints are unchanged"

@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 
 from conftest import VAL_SIZE, compose_config, lenet_command
 from lenet import CONFIG_DIR, report
@@ -148,9 +150,9 @@ def test_a_swept_ddp_option_is_refused_by_its_own_job(flat_root, tmp_path):
 @pytest.mark.slow
 def test_ddp_on_two_cpu_processes_matches_one_process_on_twice_the_batch(flat_root, tmp_path):
     # Rank r takes every other image of the same order: two ranks with batches of 16 see, step by step, the images
-    # one process sees in batches of 32, and DDP's averaged gradient is that batch's gradient. Evaluation images
-    # are shared out, each counted once.
-    common = [f"data.root={flat_root}", *TINY, "trainer.max_epochs=2"]
+    # one process sees in batches of 32 (data.augment: transformed alike), and DDP's averaged gradient is that
+    # batch's gradient. Evaluation images are shared out, each counted once.
+    common = [f"data.root={flat_root}", *TINY, "trainer.max_epochs=2", "data.augment=true"]
     single, ddp = tmp_path / "single", tmp_path / "ddp"
     result = train(tmp_path, "trainer=cpu", *common, f"hydra.run.dir={single}")
     assert result.returncode == 0, result.stderr
@@ -169,6 +171,9 @@ def test_ddp_on_two_cpu_processes_matches_one_process_on_twice_the_batch(flat_ro
     assert sum(map(sum, two["test/confusion_matrix"])) == 400, "every test image counted once"
     for key in ("val/acc_best", "test/acc"):  # the same training, up to the order of float sums: a one-image margin
         assert abs(one[key] - two[key]) <= 1 / 200 + 1e-6, key
+    # Each rank holds about 40 of the ~80 errors: the grid shows 64 only when rank 0 gathers the others' too.
+    grids = [EventAccumulator(str(run)).Reload().Images("test/misclassified")[-1] for run in (single, ddp)]
+    assert grids[0].height == grids[1].height == 8 * (84 + 28), "8 rows of 8"
 
 
 # --- Optuna ---
@@ -247,9 +252,22 @@ def test_tensorboard_serves_every_jobs_scalars_and_hparams(failing_sweep):
         experiment = poll(lambda: post(f"{base}/plugin/hparams/experiment", {"experimentName": ""}), hparams_ready)
         assert {"lr", "optimizer", "batch_size"} <= {info["name"] for info in experiment["hparamInfos"]}
         assert "hp/val_acc_best" in {info["name"]["tag"] for info in experiment["metricInfos"]}
+        first = experiment["hparamInfos"][0]  # the web page ticks the first five: `differs` ones first, then by name
+        assert first["name"] == "lr" and first["differs"], "the swept key comes first"
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_every_job_logs_the_same_hparams_and_marks_the_swept_ones(failing_sweep):
+    _, sweep = failing_sweep
+    infos = {}
+    for job in ("0", "2", "3"):  # done, diverged, done
+        content = EventAccumulator(str(sweep / job)).Reload().PluginTagToContent("hparams")["_hparams_/experiment"]
+        infos[job] = {info.name: info.differs for info in HParamsPluginData.FromString(content).experiment.hparam_infos}
+    assert infos["0"] == infos["2"] == infos["3"]
+    assert {name for name, differs in infos["0"].items() if differs} == {"lr"}, "only the swept key is ticked"
+    assert {"data.root", "data.val_size", "data.eval_batch_size"} <= set(infos["0"]), "the command line's other keys"
 
 
 def free_port() -> int:

@@ -12,22 +12,27 @@ import numpy as np
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams.api_pb2 import STATUS_SUCCESS
 from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 
 from conftest import (
     SIZES,
+    GradientSpy,
     OptimizerSpy,
     compose_config,
+    datamodule,
     fixture_overrides,
     lenet_command,
     synthetic_split,
     write_dataset,
     write_idx,
 )
+from lenet import misclassified
 from lenet.config import ConfigError
 from lenet.eval import evaluate
 from lenet.model import LeNet
 from lenet.module import LeNetModule
+from lenet.summary import HPARAM_METRICS
 from lenet.train import Interrupted, train
 
 EPOCHS = 3
@@ -86,6 +91,68 @@ def test_tensorboard_hparams_carry_the_config_and_the_real_final_accuracy(events
     assert "hp_metric" not in events.Tags()["scalars"]  # Lightning's placeholder -1 is off
     assert events.Scalars("hp/test_acc")[-1].value == pytest.approx(metrics["test/acc"])
     assert events.Scalars("hp/val_acc_best")[-1].value == pytest.approx(metrics["val/acc_best"])
+
+
+def hparams_experiment(events):
+    return HParamsPluginData.FromString(events.PluginTagToContent("hparams")["_hparams_/experiment"]).experiment
+
+
+def test_hparams_metrics_are_logged_once_with_their_final_values(events, run):
+    _, metrics = run
+    for tag, name in HPARAM_METRICS.items():
+        points = events.Scalars(tag)
+        assert len(points) == 1 and points[0].step > 0, f"{tag}: no placeholder at step 0, one final point"
+        assert points[0].value == pytest.approx(metrics[name])
+    experiment = hparams_experiment(events)
+    assert sorted(info.name.tag for info in experiment.metric_infos) == sorted(HPARAM_METRICS)
+    end = HParamsPluginData.FromString(events.PluginTagToContent("hparams")["_hparams_/session_end_info"])
+    assert end.session_end_info.status == STATUS_SUCCESS, "written when the run ends"
+    assert not any(info.differs for info in experiment.hparam_infos), "no command line, nothing swept: none first"
+
+
+def test_a_run_without_validation_has_no_validation_hparams_metrics(flat_root, tmp_path):
+    kept = [o for o in fixture_overrides(flat_root, tmp_path) if not o.startswith(("data.val_size", "trainer.max"))]
+    no_validation = ["data.val_size=0", "trainer.limit_val_batches=0", "callbacks.checkpoint=null"]
+    metrics = train(compose_config(*kept, *no_validation, "trainer.max_epochs=1"))
+    assert "val/acc" not in metrics
+    events = EventAccumulator(str(tmp_path), size_guidance={"scalars": 0}).Reload()
+    assert [point.value for point in events.Scalars("hp/test_acc")] == [pytest.approx(metrics["test/acc"])]
+    assert not {"hp/val_acc", "hp/val_acc_best"} & set(events.Tags()["scalars"]), "absent, not 0"
+    assert {"hp/val_acc", "hp/val_acc_best"} <= {info.name.tag for info in hparams_experiment(events).metric_infos}
+
+
+def test_tensorboard_shows_the_most_confident_errors_next_to_the_confusion_matrix(events, run):
+    assert {"test/confusion_matrix", "test/misclassified"} <= set(events.Tags()["images"])
+    errors = round((1 - run[1]["test/acc"]) * SIZES["test"])
+    assert errors > misclassified.SHOWN, "the fixture's test set has more errors than the grid shows"
+    image = events.Images("test/misclassified")[-1]
+    rows = misclassified.SHOWN // misclassified.COLUMNS
+    assert (image.width, image.height) == (misclassified.COLUMNS * misclassified.CELL_WIDTH, rows * (84 + 28))
+
+
+def test_misclassified_keeps_the_most_confident_errors_of_all_batches():
+    torch.manual_seed(0)
+    logits, labels = torch.randn(500, 10) * 3, torch.randint(0, 10, (500,))
+    images = torch.arange(500.0).view(-1, 1, 1, 1).expand(500, 1, 28, 28)  # each image holds its index
+    kept = misclassified.Misclassified()
+    for batch in torch.arange(500).split(70):
+        kept.update(images[batch], logits[batch], labels[batch])
+    shown, true, predicted, confidence = kept.compute()
+    p, guess = logits.softmax(1).max(1)
+    wrong = (guess != labels).nonzero().flatten()
+    expected = wrong[p[wrong].argsort(descending=True)][: misclassified.SHOWN]
+    assert shown[:, 0, 0, 0].long().tolist() == expected.tolist()
+    assert true.tolist() == labels[expected].tolist() and predicted.tolist() == guess[expected].tolist()
+    assert confidence.tolist() == pytest.approx(p[expected].tolist())
+    # Under DDP each rank keeps its own top 64; the sync stacks them (ranks x 64) and compute pools them.
+    ranks = [misclassified.Misclassified() for _ in range(2)]
+    for i, batch in enumerate(torch.arange(500).split(35)):
+        ranks[i % 2].update(images[batch], logits[batch], labels[batch])
+    for state in ("confidence", "images", "target", "predicted"):
+        setattr(ranks[0], state, torch.stack([getattr(rank, state) for rank in ranks]))
+    assert ranks[0].compute()[0][:, 0, 0, 0].long().tolist() == expected.tolist()
+    picture = misclassified.grid(shown[:3] * 0, true[:3], predicted[:3], confidence[:3], ["0 - zero"] * 10, 0.5, 0.5)
+    assert picture.shape == (84 + 28, misclassified.COLUMNS * misclassified.CELL_WIDTH, 3)
 
 
 def test_eval_on_the_best_checkpoint_reproduces_the_test_accuracy(run, tmp_path):
@@ -202,8 +269,9 @@ def test_a_resume_keeps_the_best_epoch_from_before_it(flat_root, tmp_path, caplo
         (["optimizer=adam"], r"so optimizer._target_ cannot change \(torch.optim.SGD in the checkpoint"),
         (["data.val_size=100"], r"so data.val_size cannot change"),
         (["seed=7"], r"so data.seed cannot change"),
+        (["callbacks=ema"], r"so callbacks.ema._target_ cannot change \(None in the checkpoint, lightning.*WeightAv"),
     ],
-    ids=["finished", "longer-one-cycle", "lr", "optimizer", "val-size", "seed"],
+    ids=["finished", "longer-one-cycle", "lr", "optimizer", "val-size", "seed", "ema"],
 )
 def test_a_resume_that_would_not_continue_its_run_is_refused_in_one_line(overrides, message, run, flat_root, tmp_path):
     last = run[0] / "checkpoints" / "last.ckpt"
@@ -239,6 +307,68 @@ def test_the_one_cycle_schedule_trains_with_the_configured_momentum(overrides, k
     train(compose_config(*fixture_overrides(flat_root, tmp_path), *overrides, spy, "trainer.max_epochs=1"))
     assert len(OptimizerSpy.seen) == 32 and len({group["lr"] for group in OptimizerSpy.seen}) > 10, "the LR cycles"
     assert {tuple(group[key]) if key == "betas" else group[key] for group in OptimizerSpy.seen} == {value}
+
+
+EMA = ["callbacks=ema", "callbacks.ema.multi_avg_fn.decay=0.9"]  # a short average: the fixture runs 96 steps
+
+
+def loss_of(state: dict, hparams: dict, images: torch.Tensor, labels: torch.Tensor, datamodule) -> float:
+    module = LeNetModule(**hparams)
+    module.load_state_dict(state)
+    with torch.no_grad():
+        images, labels = datamodule.on_after_batch_transfer((images, labels), 0)
+        return float(torch.nn.functional.cross_entropy(module.eval()(images), labels))
+
+
+def test_callbacks_ema_validates_checkpoints_and_tests_the_average_and_resumes_it(run, flat_root, tmp_path):
+    averaged = train(compose_config(*fixture_overrides(flat_root, tmp_path / "ema"), *EMA))
+    plain = torch.load(run[0] / "checkpoints" / "last.ckpt", weights_only=True)
+    last = torch.load(tmp_path / "ema" / "checkpoints" / "last.ckpt", weights_only=True)
+    trained, average = last["current_model_state"], last["state_dict"]
+    assert all(torch.equal(trained[key], plain["state_dict"][key]) for key in trained), "training itself is untouched"
+    assert not torch.equal(average["net.0.weight"], trained["net.0.weight"]), "the checkpoint holds the average"
+    data = datamodule(flat_root)
+    val_loss = loss_of(average, last["hyper_parameters"], *data.splits["val"], data)
+    assert averaged["val/loss"] == pytest.approx(val_loss, rel=1e-5), "validation ran on the average"
+    assert loss_of(trained, last["hyper_parameters"], *data.splits["val"], data) != pytest.approx(val_loss, rel=1e-3)
+    best = torch.load(tmp_path / "ema" / "checkpoints" / "best.ckpt", weights_only=True)
+    test_loss = loss_of(best["state_dict"], best["hyper_parameters"], *data.splits["test"], data)
+    assert averaged["test/loss"] == pytest.approx(test_loss, rel=1e-5), "the test measured best.ckpt's average"
+    # Interrupted and resumed, the run ends as the uninterrupted one: the average and its count carry over.
+    handler = signal.getsignal(signal.SIGINT)
+    stop = ["+callbacks.stop._target_=conftest.InterruptAt", "+callbacks.stop.epoch=1", "+callbacks.stop.batch=5"]
+    with pytest.raises(Interrupted):
+        train(compose_config(*fixture_overrides(flat_root, tmp_path / "cut"), *EMA, *stop))
+    signal.signal(signal.SIGINT, handler)
+    interrupted = EventAccumulator(str(tmp_path / "cut")).Reload()
+    assert "_hparams_/session_end_info" not in interrupted.PluginTagToContent("hparams"), "status unknown, not done"
+    assert not {tag for tag in interrupted.Tags()["scalars"] if tag.startswith("hp/")}, "no accuracies, not 0"
+    cut = f"ckpt_path={tmp_path / 'cut' / 'checkpoints' / 'last.ckpt'}"
+    resumed = train(compose_config(*fixture_overrides(flat_root, tmp_path / "resumed"), *EMA, cut))
+    assert final_numbers(resumed) == final_numbers(averaged)
+    with pytest.raises(ConfigError, match=r"callbacks.ema._target_ cannot change .*averages the weights of the whole"):
+        train(compose_config(*fixture_overrides(flat_root, tmp_path / "dropped"), cut))
+
+
+def test_debug_profile_writes_the_profilers_report_into_the_run_dir(flat_root, tmp_path):
+    train(compose_config(*fixture_overrides(flat_root, tmp_path), "debug=profile", "trainer.max_epochs=1"))
+    fit, test = (tmp_path / "fit-profile.txt").read_text(), (tmp_path / "test-profile.txt").read_text()
+    assert fit.startswith("FIT Profiler Report") and test.startswith("TEST Profiler Report")
+    for action in ["run_training_batch", "training_step", "optimizer_step", "backward", "validation_step"]:
+        assert f"{action} " in fit, action
+    assert "test_step " in test
+
+
+def test_gradient_clipping_and_accumulation_take_effect(flat_root, tmp_path):
+    GradientSpy.seen.clear()
+    settings = ["trainer.gradient_clip_val=0.05", "trainer.accumulate_grad_batches=2", "trainer.max_epochs=1"]
+    spy = "+callbacks.spy._target_=conftest.GradientSpy"
+    train(compose_config(*fixture_overrides(flat_root, tmp_path), *settings, spy))
+    steps = [step for step, _ in GradientSpy.seen]
+    assert len(steps) == 32 and steps[-1] == 16, "32 batches, an optimizer step every second one"
+    stepped = [norm for i, (step, norm) in enumerate(GradientSpy.seen) if step > (steps[i - 1] if i else 0)]
+    assert len(stepped) == 16 and max(stepped) <= 0.05 + 1e-6, "every step's gradient clipped to norm 0.05"
+    assert max(norm for _, norm in GradientSpy.seen) > 0.05, "unclipped, they are larger"
 
 
 def test_debug_overfit_memorizes_its_batches(flat_root, tmp_path):

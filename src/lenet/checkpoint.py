@@ -20,6 +20,9 @@ CHANGEABLE = ("trainer.", "callbacks.", "logger.", "data.root", "data.eval_batch
 # ... except what sets the length of a schedule that spans the run (one-cycle, cosine).
 RUN_LENGTH = ("trainer.max_epochs", "trainer.limit_train_batches", "trainer.accumulate_grad_batches",
               "trainer.devices", "trainer.num_nodes")  # fmt: skip
+# ... and the weight average (callbacks=ema): the checkpoint holds the average of the run so far and the trained
+# weights beside it. Without it a resume would train on from the average; added, it would average half a run.
+AVERAGE = "callbacks.ema"
 
 
 def checkpoint_file(ckpt_path: str | None, outputs_dir: Path) -> Path | None:
@@ -42,9 +45,10 @@ def check_resume(path: Path, config: dict) -> int:
     before, now = flat(saved.get("config", {})), flat(config)  # checkpoints older than this check carry no config
     run_length = now.get("scheduler._target_") in RUN_LENGTH_ARGUMENT
     for key in sorted(before.keys() | now.keys() if before else ()):
-        fixed = not key.startswith(CHANGEABLE) or (run_length and key.startswith(RUN_LENGTH))
+        fixed = not key.startswith(CHANGEABLE) or key.startswith(AVERAGE) or (run_length and key.startswith(RUN_LENGTH))
         if fixed and before.get(key) != now.get(key):
             because = f": {now['scheduler._target_'].rsplit('.', 1)[-1]} spans the run" if key in RUN_LENGTH else ""
+            because = ": it averages the weights of the whole run" if key.startswith(AVERAGE) else because
             raise ConfigError(
                 f"ckpt_path={path}: a resume continues its run, so {key} cannot change ({before.get(key)} in the "
                 f"checkpoint, {now.get(key)} now{because}). A resume may change only trainer, callbacks and logger "

@@ -25,7 +25,7 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"{missing[0]} is required: set it on the command line, e.g. {missing[0]}=VALUE")
     for deferred in (False, True):  # the rules that import torch or Lightning last: a typo is refused at once
         for group, rules in schema.RULES.items():
-            node = cfg.get(group) if group else cfg
+            node = OmegaConf.select(cfg, group) if group else cfg
             for key in sorted(rules.keys() & set(node or ())):
                 rule, value = rules[key], _plain(node[key])
                 if rule.deferred is deferred and not rule.test(value):

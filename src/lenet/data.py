@@ -14,6 +14,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
+import torch.nn.functional as F
 from filelock import FileLock
 from torchvision import datasets
 from torchvision.datasets.mnist import read_image_file, read_label_file
@@ -30,6 +31,7 @@ ALL_FILES = [name for names in SPLIT_FILES.values() for name in names]
 READERS = {"images": read_image_file, "labels": read_label_file}
 IDX_MAGIC = {"images": 0x0803, "labels": 0x0801}  # unsigned bytes; 3 dimensions for images, 1 for labels
 FIX = "delete it and download again, or replace it with a good copy"
+AUGMENT_SEED_OFFSET = 1_000_003  # the augmentation's generator starts from seed + this, apart from the shuffling's
 
 log = logging.getLogger(__name__)
 
@@ -158,10 +160,15 @@ class MNISTDataModule(L.LightningDataModule):
         split_seed: int,
         seed: int,
         num_classes: int,
+        augment: bool,
+        augment_degrees: float,
+        augment_shift: float,
+        augment_scale: float,
     ):
         super().__init__()
         self.save_hyperparameters(logger=False)
         self.shuffle = torch.Generator().manual_seed(seed)
+        self.augmenter: torch.Generator | None = None  # made in setup, on the run's device, when augment is on
         self.loaded: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # the files' train and test sets
         self.splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # train, val, test: on the run's device
 
@@ -258,6 +265,8 @@ class MNISTDataModule(L.LightningDataModule):
         splits = {"train": (train_x[train], train_y[train]), "val": (train_x[val], train_y[val]), "test": test}
         self.splits = {name: (x.to(device), y.to(device)) for name, (x, y) in splits.items()}
         self.loaded = {}  # the splits hold the images now
+        if self.hparams.augment:  # a stream of its own: the shuffling order stays what it is without augmentation
+            self.augmenter = torch.Generator(device).manual_seed(self.hparams.seed + AUGMENT_SEED_OFFSET)
 
     def val_count(self, n: int) -> int:
         """`val_size` as a number of the `n` training images: a share (at least one image), or a count."""
@@ -298,7 +307,26 @@ class MNISTDataModule(L.LightningDataModule):
         images, labels = batch
         scale, shift = 1 / (255 * self.hparams.std), self.hparams.mean / self.hparams.std  # pixels are 0..255
         dtype = self.trainer.lightning_module.dtype if self.trainer else torch.float32
-        return (images * scale).sub_(shift).to(dtype), labels  # uint8 times a float: float32
+        if self.augmenter is not None and self.trainer and self.trainer.training:
+            images = self.random_affine(images.float())  # before normalizing: what moves in from outside is black
+        return (images * scale).sub_(shift).to(dtype), labels  # uint8 or float times a float: float32
+
+    def random_affine(self, images: torch.Tensor) -> torch.Tensor:
+        """Each image rotated, scaled and shifted at random, in one batched resampling where the images live.
+
+        Under DDP every rank draws the transforms of the whole global batch and keeps its own share, as the loader
+        gives it its share of the images: N ranks see the images transformed as one process would.
+        """
+        rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
+        draws = torch.rand(len(images) * world, 4, generator=self.augmenter, device=images.device)
+        u = draws[rank::world] * 2 - 1  # uniform in [-1, 1)
+        angle = u[:, 0] * math.radians(self.hparams.augment_degrees)
+        scale = 1 + u[:, 1] * self.hparams.augment_scale
+        shift = u[:, 2:] * 2 * self.hparams.augment_shift  # affine_grid spans an image side with [-1, 1]
+        cos, sin = angle.cos() / scale, angle.sin() / scale
+        theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
+        grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+        return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
     def _shard(self) -> dict:
         return dict(rank=self.trainer.global_rank, world_size=self.trainer.world_size) if self.trainer else {}
@@ -317,8 +345,15 @@ class MNISTDataModule(L.LightningDataModule):
         return InMemoryLoader(*self.splits["test"], self.hparams.eval_batch_size, **self._shard())
 
     def state_dict(self):
-        # Saved in checkpoints so a resumed run shuffles as the uninterrupted run would have.
-        return {"shuffle": self.shuffle.get_state(), "data": self.describe() if self.splits else {}}
+        # Saved in checkpoints so a resumed run shuffles and augments as the uninterrupted run would have.
+        state = {"shuffle": self.shuffle.get_state(), "data": self.describe() if self.splits else {}}
+        if self.augmenter is not None:
+            state["augment"] = {"device": self.augmenter.device.type, "state": self.augmenter.get_state()}
+        return state
 
     def load_state_dict(self, state):
         self.shuffle.set_state(state["shuffle"])
+        saved = state.get("augment")
+        # A generator's state only fits a generator of its device type: a resume on another one draws afresh.
+        if self.augmenter is not None and saved and saved["device"] == self.augmenter.device.type:
+            self.augmenter.set_state(saved["state"])

@@ -8,6 +8,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torchmetrics import MaxMetric
 from torchmetrics.classification import MulticlassConfusionMatrix
 
+from lenet import misclassified
 from lenet.console import UserError
 
 STAGES = ("train", "val", "test")
@@ -75,6 +76,7 @@ class LeNetModule(L.LightningModule):
         self.val_acc_best = MaxMetric()
         self.val_acc_best.persistent(True)  # a resumed run keeps its best so far
         self.test_confusion = MulticlassConfusionMatrix(classes, validate_args=False)
+        self.test_misclassified = misclassified.Misclassified()
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if self.channels_last:
@@ -88,6 +90,7 @@ class LeNetModule(L.LightningModule):
         self.totals[stage].update(loss, logits, labels)
         if stage == "test":
             self.test_confusion.update(logits, labels)
+            self.test_misclassified.update(images, logits, labels)
         return loss
 
     def _log_epoch(self, stage: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -122,11 +125,20 @@ class LeNetModule(L.LightningModule):
     def on_test_epoch_end(self):
         self._log_epoch("test")
         self.test_counts = self.test_confusion.compute()  # true class x predicted class, over all ranks
+        wrong = self.test_misclassified.compute()  # every rank's most confident errors, gathered
         for logger in self.loggers:
             if isinstance(logger, TensorBoardLogger):
                 figure, _ = self.test_confusion.plot(labels=list(range(self.test_confusion.num_classes)))
                 logger.experiment.add_figure("test/confusion_matrix", figure, self.global_step)
+                if self.trainer.is_global_zero and len(wrong[0]):
+                    grid = self._misclassified_grid(*wrong)
+                    logger.experiment.add_image("test/misclassified", grid, self.global_step, dataformats="HWC")
         self.test_confusion.reset()
+        self.test_misclassified.reset()
+
+    def _misclassified_grid(self, *wrong):
+        data = self.trainer.datamodule
+        return misclassified.grid(*wrong, data.dataset_class.classes, data.hparams.mean, data.hparams.std)
 
     def setup(self, stage: str):
         self._seed_this_rank()

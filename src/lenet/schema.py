@@ -1,4 +1,5 @@
-"""What each config key may hold, by config group. The YAML files hold the values; this file only the rules.
+"""What each config key may hold, by config group (or a node inside one). The YAML files hold the values; this file
+only the rules.
 
 `lenet.config.validate` checks every key that has a rule at start-up, before any data loads, and names the key,
 its value and what is allowed in one line. Rules are keyed by group and key, not by option, so a new option file
@@ -89,6 +90,7 @@ SHARE_OR_COUNT = Rule(
     "a share of the batches in [0.0, 1.0] or a count of them",
 )
 DEVICE = Rule(lambda v: v in ("auto", "cpu", "cuda") or str(v).startswith("cuda:"), "auto, cpu, cuda or cuda:N")
+PROFILER = Rule(lambda v: isinstance(v, dict) and "_target_" in v, "a profiler's config with _target_ (debug=profile)")
 # What Lightning accepts. All train on a CPU but 16-mixed, which lenet.config.validate refuses there.
 PRECISIONS = one_of("32-true", "bf16-mixed", "bf16-true", "16-mixed", "16-true", "64-true")
 
@@ -129,6 +131,10 @@ RULES: dict[str, dict[str, Rule]] = {
         "std": POSITIVE,
         "split_seed": integer(),
         "seed": integer(),
+        "augment": BOOLEAN,
+        "augment_degrees": number(0, below=180),
+        "augment_scale": FRACTION,
+        "augment_shift": FRACTION,
     },
     "optimizer": {
         "lr": POSITIVE,
@@ -162,6 +168,10 @@ RULES: dict[str, dict[str, Rule]] = {
         "limit_val_batches": NULL | SHARE_OR_COUNT,
         "limit_test_batches": NULL | SHARE_OR_COUNT,
         "num_sanity_val_steps": NULL | integer(-1),
+        "profiler": NULL | one_of("simple", "advanced", "pytorch") | PROFILER,
+    },
+    "callbacks.ema.multi_avg_fn": {
+        "decay": FRACTION,
     },
 }
 

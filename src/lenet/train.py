@@ -28,12 +28,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
     import lightning as L
     import torch
     from hydra.utils import instantiate
-    from lightning.pytorch.callbacks import ProgressBar
+    from lightning.pytorch.callbacks import ProgressBar, WeightAveraging
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
     from lenet.checkpoint import check_resume, checkpoint_file
     from lenet.module import LeNetModule
-    from lenet.summary import RunSummary, hparams_of
+    from lenet.summary import RunSummary, hparams_of, overrides_and_swept, shown_hparams
 
     plain = OmegaConf.to_container(cfg, resolve=True)  # checkpoints must hold plain containers
     resume = checkpoint_file(cfg.ckpt_path, Path(cfg.outputs_dir))
@@ -47,7 +47,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     datamodule.prepare_data()
     datamodule.load()  # every data error comes now, before the run writes anything
     module = LeNetModule(model=plain["model"], optimizer=plain["optimizer"], scheduler=plain["scheduler"])
-    summary = RunSummary(run_dir, hparams_of(cfg), (resume, done), this_command("train"), config=plain)
+    overrides, swept = overrides_and_swept()
+    hparams, shown = hparams_of(cfg, overrides), shown_hparams(overrides, swept)
+    summary = RunSummary(run_dir, hparams, (resume, done), this_command("train"), shown=shown, config=plain)
     # Piped or logged output gets no progress bar: it would be carriage returns, kilobytes of them per run.
     interactive = sys.stdout.isatty()
     callbacks = {name: instantiate(callback) for name, callback in cfg.callbacks.items() if callback}
@@ -69,6 +71,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
         raise interrupted from None
     best = callbacks.get("checkpoint")
     best_path = best.best_model_path if best else None  # None: the final weights (experiment=seed has no validation)
+    # callbacks=ema: Lightning's WeightAveraging, meeting a checkpoint it wrote, loads the trained weights saved beside
+    # the average; the test would measure those, not the average that was validated and saved. Test without it.
+    trainer.callbacks = [callback for callback in trainer.callbacks if not isinstance(callback, WeightAveraging)]
     trainer.test(module, datamodule=datamodule, ckpt_path=best_path or None, verbose=False)
     return summary.metrics
 
