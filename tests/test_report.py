@@ -110,12 +110,12 @@ def test_curves_come_from_tensorboard_events_or_a_csv_logger(tmp_path):
 def test_runs_from_several_folders_are_compared_by_their_configs(tmp_path, capsys):
     outputs = tmp_path / "outputs"
     sweep = outputs / "multirun" / "2026-01-01" / "10-00-00"
-    for job, (seed, lr) in enumerate([(1, "0.1"), (1, "0.05"), (2, "0.1"), (2, "0.05")]):
+    for job, (seed, lr) in enumerate([(1, "0.05"), (1, "0.02"), (2, "0.05"), (2, "0.02")]):
         metrics = finals(0.9 + 0.01 * job, 0.9)
         fake_run(sweep / str(job), f"seed={seed}", f"optimizer.lr={lr}", "threads=1", metrics=metrics)
-    # Single runs of the same recipe as lr=0.1: one with the default lr, run dirs, paths and threads of their own.
+    # Single runs of the same recipe as lr=0.05: one with the default lr, run dirs, paths and threads of their own.
     day = outputs / "2026-01-02"
-    fake_run(day / "11-00-00", metrics=finals(0.95, 0.9))  # seed 42, optimizer.lr 0.1 by default
+    fake_run(day / "11-00-00", metrics=finals(0.95, 0.9))  # seed 42, optimizer.lr 0.05 by default
     ckpts = f"callbacks.checkpoint.dirpath={day / '12-00-00' / 'ckpts'}"
     fake_run(day / "12-00-00", "seed=7", "threads=2", ckpts, f"run_dir={day / '12-00-00'}", metrics=finals(0.93, 0.9))
     fake_run(day / "13-00-00", "optimizer=adam", "logger=csv", metrics=finals(0.8, 0.8))
@@ -131,8 +131,8 @@ def test_runs_from_several_folders_are_compared_by_their_configs(tmp_path, capsy
     # Seeds pool; run dirs, paths, threads and loggers are no recipe; optimizer=adam's own keys go with its column.
     assert list(table[0])[:5] == ["optimizer", "optimizer.lr", "optimizer.weight_decay", "n", "seeds"]
     assert [(row["optimizer"], row["optimizer.lr"], row["seeds"]) for row in table] == [
-        ("sgd", "0.1", "1 2 7 42"),
-        ("sgd", "0.05", "1 2"),
+        ("sgd", "0.05", "1 2 7 42"),
+        ("sgd", "0.02", "1 2"),
         ("adam", "0.001", "42"),
     ]
     assert_multirun_composes(table[0]["command"])
