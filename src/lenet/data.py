@@ -299,6 +299,9 @@ class MNISTDataModule(L.LightningDataModule):
             "test_labels_sha256": hashlib.sha256(test_labels).hexdigest()[:16],
         }
 
+    def transfer_batch_to_device(self, batch, device, dataloader_idx):
+        return batch  # the splits already live on the run's device (setup): Lightning would walk every batch
+
     def on_after_batch_transfer(self, batch, dataloader_idx):
         """Normalize each batch where it lives: the splits stay uint8, a quarter of the memory of floats.
 

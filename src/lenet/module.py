@@ -78,11 +78,6 @@ class LeNetModule(L.LightningModule):
         self.test_confusion = MulticlassConfusionMatrix(classes, validate_args=False)
         self.test_misclassified = misclassified.Misclassified()
 
-    def transfer_batch_to_device(self, batch, device, dataloader_idx):
-        if batch[0].device == device:  # MNISTDataModule keeps its splits on the run's device: nothing to walk
-            return batch
-        return super().transfer_batch_to_device(batch, device, dataloader_idx)
-
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
