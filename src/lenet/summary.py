@@ -132,9 +132,7 @@ def where(trainer) -> str:
     """The device, and the processes or threads that run on it."""
     device = trainer.strategy.root_device
     threads = torch.get_num_threads()
-    name = (
-        torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, {threads} thread{'s' * (threads > 1)}"
-    )
+    name = environment.device_name(device) if device.type == "cuda" else f"cpu, {threads} thread{'s' * (threads > 1)}"
     return f"{name}, {trainer.world_size} processes" if trainer.world_size > 1 else name
 
 
