@@ -61,6 +61,24 @@ def check_resume(path: Path, config: dict) -> int:
     return done
 
 
+def data_of(path: Path, settings: dict) -> "MNISTDataModule":  # noqa: F821 (imported when called)
+    """The data module a checkpoint was trained with, `settings` (data.root, data.eval_batch_size) replacing its own.
+
+    Checkpoints from before the data module saved num_classes get their model's.
+    """
+    from lenet.data import MNISTDataModule
+
+    classes = torch.load(path, map_location="cpu", weights_only=True)["hyper_parameters"]["model"].get(
+        "num_classes", 10
+    )
+    return MNISTDataModule.load_from_checkpoint(path, **{"num_classes": classes, **settings})
+
+
+def given_settings(node) -> dict:
+    """The settings of lenet.eval's or lenet.export's `data` that replace the checkpoint's: null keeps its own."""
+    return {key: value for key, value in node.items() if value is not None}
+
+
 def flat(config: dict, prefix: str = "") -> dict:
     """{"optimizer.lr": 0.1, ...}: nested dicts as dotted keys."""
     items = {}

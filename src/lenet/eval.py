@@ -21,18 +21,16 @@ def evaluate(cfg: DictConfig) -> dict:
     # Imported here: `--help` and `--cfg` run this module's imports, and these take seconds.
     from hydra.utils import instantiate
 
-    from lenet.checkpoint import checkpoint_file
+    from lenet.checkpoint import checkpoint_file, data_of, given_settings
     from lenet.config import validate
-    from lenet.data import MNISTDataModule
     from lenet.module import LeNetModule
     from lenet.summary import RunSummary
 
-    cfg.data = {key: value for key, value in cfg.data.items() if value is not None}  # null: the checkpoint's value
+    cfg.data = given_settings(cfg.data)
     validate(cfg)
     ckpt = checkpoint_file(cfg.ckpt_path, Path(cfg.outputs_dir))
     module = LeNetModule.load_from_checkpoint(ckpt, map_location="cpu")
-    classes = module.hparams.model.get("num_classes", 10)
-    datamodule = MNISTDataModule.load_from_checkpoint(ckpt, num_classes=classes, **cfg.data)
+    datamodule = data_of(ckpt, cfg.data)
     datamodule.prepare_data()
     datamodule.load()
     summary = RunSummary(Path(cfg.run_dir), command=this_command("eval"))

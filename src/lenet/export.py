@@ -36,10 +36,10 @@ class ParityError(UserError):
 
 def export(cfg: DictConfig) -> dict:
     """Write the exported file and `<output>.json` (metadata and parity); return that record."""
-    from lenet.checkpoint import checkpoint_file  # imports torch: here, so --help stays instant
+    from lenet.checkpoint import checkpoint_file, given_settings  # imports torch: here, so --help stays instant
     from lenet.config import ConfigError, validate
 
-    cfg.data = {key: value for key, value in cfg.data.items() if value is not None}  # null: the checkpoint's value
+    cfg.data = given_settings(cfg.data)
     validate(cfg)
     fmt, output = _format_and_output(cfg)
     ckpt = checkpoint_file(cfg.ckpt_path, Path(cfg.outputs_dir))
@@ -51,7 +51,7 @@ def export(cfg: DictConfig) -> dict:
     output.parent.mkdir(parents=True, exist_ok=True)
     (write_onnx if fmt == "onnx" else write_pt2)(checkpoint.model, checkpoint.metadata(), output)
 
-    images, inputs = parity_images(ckpt, cfg.data.get("root"))
+    images, inputs = parity_images(ckpt, cfg.data)
     result = {"inputs": inputs, **parity(checkpoint, load(output, device="cpu"), images)}
     record = {"file": str(output), "format": fmt, "metadata": checkpoint.metadata(), "parity": result}
     report = Path(f"{output}.json")
@@ -126,11 +126,12 @@ def write_pt2(net, metadata: dict, output: Path) -> None:
     torch.export.save(program, output, extra_files={METADATA_FILE: json.dumps(metadata)})
 
 
-def parity_images(ckpt: Path, root: str | None) -> tuple[np.ndarray, str]:
+def parity_images(ckpt: Path, data) -> tuple[np.ndarray, str]:
     """The checkpoint's test images when they can be read, else GENERATED random ones; and what they are."""
-    from lenet.data import DataError, MNISTDataModule, read_idx
+    from lenet.checkpoint import data_of
+    from lenet.data import DataError, read_idx
 
-    datamodule = MNISTDataModule.load_from_checkpoint(ckpt, **({"root": root} if root else {}))
+    datamodule = data_of(ckpt, data)
     try:
         files = datamodule.idx_files()
         if files:
