@@ -61,7 +61,7 @@ class Job:
     @property
     def recipe(self) -> dict[str, str]:
         """The config but for NOT_RECIPE."""
-        return {key: value for key, value in self.config.items() if not _matches(key, NOT_RECIPE)}
+        return {key: value for key, value in self.config.items() if not not_recipe(key)}
 
     @property
     def seed(self) -> str:
@@ -69,6 +69,11 @@ class Job:
 
     def command(self) -> str:
         return command_line(self.task, self.overrides)
+
+
+def not_recipe(key: str) -> bool:
+    """Whether a config key says where or how a run goes rather than what it trains (NOT_RECIPE)."""
+    return _matches(key, NOT_RECIPE)
 
 
 def _matches(key: str, patterns: tuple[str, ...]) -> bool:

@@ -17,6 +17,7 @@ from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 from torch.utils.tensorboard import summary as summary_pb
 
 from lenet import environment
+from lenet.runs import not_recipe
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +32,6 @@ HPARAM_NAMES = {
     "model.activation": "activation", "model.pooling": "pooling", "model.batch_norm": "batch_norm",
     "model.dropout": "dropout", "seed": "seed",
 }  # fmt: skip
-# Command-line keys that say where or how a run goes, not what it trains: no hparams.
-NOT_HPARAMS = ("hparams_search", "threads", "outputs_dir", "run_dir", "ckpt_path")
 
 
 class RunSummary(L.Callback):
@@ -190,14 +189,15 @@ def hparams_of(cfg, overrides: list[str] = ()) -> dict:
 def shown_hparams(overrides: list[str], swept: set[str]) -> set[str]:
     """The hparams TensorBoard shows first: a sweep's swept keys, or in a single run those its command line set."""
     keys = swept or {key for key, _ in map(_key_value, overrides)}
-    return {HPARAM_NAMES.get(key, key) for key in keys if key and not key.startswith(NOT_HPARAMS)}
+    return {HPARAM_NAMES.get(key, key) for key in keys if key and not not_recipe(key)}
 
 
 def _key_value(override: str) -> tuple[str | None, str]:
-    """("optimizer.lr", "0.1") from "optimizer.lr=0.1" (or "+optimizer.lr=0.1"); None for a deletion or a non-hparam."""
+    """("optimizer.lr", "0.1") from "optimizer.lr=0.1" (or "+optimizer.lr=0.1"); None for a deletion or a key that
+    says where or how the run goes (lenet.runs.NOT_RECIPE), not what it trains."""
     key, _, value = override.partition("=")
     key = key.lstrip("+")
-    return (None if key.startswith(("~", *NOT_HPARAMS)) else key), value
+    return (None if key.startswith("~") or not_recipe(key) else key), value
 
 
 def overrides_and_swept() -> tuple[list[str], set[str]]:
