@@ -11,6 +11,7 @@ none of Lightning, and importing this module costs only numpy and Pillow.
 """
 
 import json
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from io import BytesIO
@@ -38,6 +39,10 @@ class ModelError(UserError):
 
 class ImageError(UserError):
     """An image that cannot be read or holds nothing to classify."""
+
+
+class ImageTooLarge(ImageError):
+    """An image with more pixels than allowed (max_megapixels), refused from its header before it is decoded."""
 
 
 @dataclass(frozen=True)
@@ -77,8 +82,8 @@ class Classifier:
     def layout(self) -> Layout:
         return LAYOUTS[self.dataset]
 
-    def prepare(self, image) -> np.ndarray:
-        return prepare(image, self.layout)
+    def prepare(self, image, max_pixels: int | None = None) -> np.ndarray:
+        return prepare(image, self.layout, max_pixels)
 
     def normalize(self, images: np.ndarray) -> np.ndarray:
         """uint8 N x 28 x 28 -> float32 N x 1 x 28 x 28, computed as training does (MNISTDataModule)."""
@@ -236,15 +241,16 @@ def _from_metadata(path: Path, metadata: dict, model, forward) -> Classifier:
 # Preparing an image ------------------------------------------------------------------------------------------
 
 
-def prepare(image, layout: Layout = LAYOUTS["mnist"]) -> np.ndarray:
+def prepare(image, layout: Layout = LAYOUTS["mnist"], max_pixels: int | None = None) -> np.ndarray:
     """One image as its dataset's images were made: 28x28 uint8, the object light on black.
 
-    `image` is a path, the file's bytes or a PIL image. Greyscale (transparent pixels are background); light on
+    `image` is a path, the file's bytes, a binary file object or a PIL image; one of more than `max_pixels` pixels
+    (None: Pillow's own limit) is refused from its header, before it is decoded. Greyscale (transparent pixels are background); light on
     dark, inverting when the border says the background is light; the background level removed; cropped to the
     object; scaled to fit `layout.box` keeping its aspect ratio; placed by centre of mass or bounding box; the
     brightest pixel stretched to 255, as in MNIST and Fashion-MNIST.
     """
-    ink = light_on_dark(greyscale(open_image(image)))
+    ink = light_on_dark(greyscale(open_image(image, max_pixels)))
     return place(fit(crop(ink, layout), layout.box), layout)
 
 
@@ -254,15 +260,26 @@ def resize(image) -> np.ndarray:
     return np.asarray(grey, dtype=np.uint8)
 
 
-def open_image(image) -> Image.Image:
+def open_image(image, max_pixels: int | None = None) -> Image.Image:
     """Decoded in full, so a damaged file fails here; the first frame; upright as the camera was held."""
     try:
         if not isinstance(image, Image.Image):
-            image = Image.open(BytesIO(image) if isinstance(image, bytes | bytearray) else image)
+            with warnings.catch_warnings():  # Pillow's decompression-bomb warning: the limit below says it better
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                image = Image.open(BytesIO(image) if isinstance(image, bytes | bytearray) else image)
+        if max_pixels and image.width * image.height > max_pixels:  # Image.open has read the header only
+            raise ImageTooLarge(
+                f"{image.width}x{image.height} pixels is more than the limit, {max_pixels / 1e6:g} megapixels "
+                "(max_megapixels): scale the image down"
+            )
         image.draft(None, (MAX_SIDE, MAX_SIDE))  # JPEG only: decode at a reduced scale, much faster
         image.load()
         image = ImageOps.exif_transpose(image)
         image.thumbnail((MAX_SIDE, MAX_SIDE))
+    except ImageError:
+        raise
+    except Image.DecompressionBombError as error:  # beyond twice Pillow's own limit, whatever max_pixels says
+        raise ImageTooLarge(str(error).split(",")[0]) from None
     except UnidentifiedImageError:
         raise ImageError("not an image (or a format Pillow cannot read)") from None
     except Exception as error:  # Pillow's decoders fail on damaged files with OSError, SyntaxError, ValueError, ...

@@ -91,6 +91,14 @@ SHARE_OR_COUNT = Rule(
 )
 DEVICE = Rule(lambda v: v in ("auto", "cpu", "cuda") or str(v).startswith("cuda:"), "auto, cpu, cuda or cuda:N")
 PROFILER = Rule(lambda v: isinstance(v, dict) and "_target_" in v, "a profiler's config with _target_ (debug=profile)")
+HOSTS = Rule(
+    lambda v: isinstance(v, list) and all(isinstance(h, str) and h for h in v),
+    'a list of host names or addresses, e.g. [example.org,"*.example.org"] ("*": any)',
+)
+ORIGINS = Rule(
+    lambda v: isinstance(v, list) and all(isinstance(o, str) and (o == "*" or "://" in o) for o in v),
+    'a list of origins, e.g. ["https://example.org"] ("*": any)',
+)
 # What Lightning accepts. All train on a CPU but 16-mixed, which lenet.config.validate refuses there.
 PRECISIONS = one_of("32-true", "bf16-mixed", "bf16-true", "16-mixed", "16-true", "64-true")
 
@@ -111,6 +119,12 @@ RULES: dict[str, dict[str, Rule]] = {
         "workers": integer(1),
         "max_upload_mb": POSITIVE,
         "access_log": BOOLEAN,
+        "max_megapixels": POSITIVE,
+        "upload_timeout_s": POSITIVE,
+        "header_timeout_s": POSITIVE,
+        "allowed_hosts": NULL | HOSTS,
+        "cors_origins": ORIGINS,
+        "preview_order": one_of("input", "confidence"),
     },
     "model": {
         "activation": key_of("lenet.model.ACTIVATIONS"),
