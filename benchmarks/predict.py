@@ -5,8 +5,9 @@
 
 From the checkpoint's test images (its own data root, or --data-root) it makes "photos": each image drawn 3-8
 times larger, off-centre on a larger page, as dark ink on tinted paper with uneven light and noise, RGB, JPEG
-quality 70-92. It reports the accuracy on the 28x28 originals, on the photos with a plain resize to 28x28, and
-on the photos prepared (lenet.classifier.prepare) with each dataset's layout. Then it exports the checkpoint to
+quality 70-92; in three lights: even (brighter at one end), a shadow across half the page, a flash's fall-off.
+It reports the accuracy on the 28x28 originals, on the photos with a plain resize to 28x28, and on the photos
+prepared (lenet.classifier.prepare) with each dataset's layout. Then it exports the checkpoint to
 ONNX and .pt2 (the parity figures) and times `python -m lenet.predict` on a folder of --n PNG photos with the
 checkpoint and with the ONNX file: whole process, and images/s once started (the log's own count).
 
@@ -38,8 +39,12 @@ from lenet import classifier as lc
 REPEATS = 3
 
 
-def photo(image: np.ndarray, rng: np.random.Generator) -> Image.Image:
-    """A 28x28 light-on-dark image as a user's photo of it: larger, off-centre, dark ink on paper, RGB, JPEG."""
+def photo(image: np.ndarray, rng: np.random.Generator, light: str = "even") -> Image.Image:
+    """A 28x28 light-on-dark image as a user's photo of it: larger, off-centre, dark ink on paper, RGB, JPEG.
+
+    `light`: "even" (brighter at one end of the page), "shadow" (a shadow with a soft edge across half the page,
+    the paper there at 30-55% of the light) or "flash" (bright in the middle, falling to 25-50% in the corners).
+    """
     side = round(28 * rng.uniform(3, 8))
     ink_alpha = np.asarray(Image.fromarray(image).resize((side, side), Image.Resampling.BILINEAR), np.float32) / 255
     height, width = round(side * rng.uniform(1.3, 2.0)), round(side * rng.uniform(1.3, 2.0))
@@ -48,11 +53,33 @@ def photo(image: np.ndarray, rng: np.random.Generator) -> Image.Image:
     alpha[top : top + side, left : left + side] = ink_alpha
     paper = rng.uniform(185, 245) + rng.uniform(-10, 10, 3)
     ink = rng.uniform(0, 70) + rng.uniform(-20, 20, 3)
-    light = np.linspace(0, 1, height)[:, None, None] * rng.uniform(-25, 25)  # brighter at one end of the page
-    rgb = paper + light + (ink - paper) * alpha[..., None] + rng.normal(0, 3, (height, width, 3))
+    gradient = np.linspace(0, 1, height)[:, None, None] * rng.uniform(-25, 25)  # brighter at one end of the page
+    rgb = paper + gradient + (ink - paper) * alpha[..., None]
+    rgb = rgb * LIGHTS[light](height, width, rng)[..., None] + rng.normal(0, 3, (height, width, 3))
     buffer = io.BytesIO()
     Image.fromarray(np.clip(rgb, 0, 255).astype(np.uint8)).save(buffer, "JPEG", quality=int(rng.integers(70, 93)))
     return Image.open(io.BytesIO(buffer.getvalue()))
+
+
+def _shadow(height: int, width: int, rng: np.random.Generator) -> np.ndarray:
+    """A straight shadow edge through the middle of the page at a random angle, soft over 2-6% of the page."""
+    y, x = np.mgrid[0:height, 0:width]
+    angle = rng.uniform(0, np.pi)
+    distance = (x - width / 2) * np.cos(angle) + (y - height / 2) * np.sin(angle) + rng.uniform(-0.1, 0.1) * width
+    soft = rng.uniform(0.02, 0.06) * max(height, width)
+    depth = rng.uniform(0.30, 0.55)
+    return 1 - (1 - depth) / (1 + np.exp(-distance / soft))
+
+
+def _flash(height: int, width: int, rng: np.random.Generator) -> np.ndarray:
+    """A flash's fall-off: full light near a point close to the middle, 25-50% in the farthest corner."""
+    y, x = np.mgrid[0:height, 0:width]
+    cy, cx = height * rng.uniform(0.4, 0.6), width * rng.uniform(0.4, 0.6)
+    r = np.hypot(y - cy, x - cx) / np.hypot(max(cy, height - cy), max(cx, width - cx))
+    return 1 - (1 - rng.uniform(0.25, 0.5)) * r**2
+
+
+LIGHTS = {"even": lambda h, w, rng: np.ones((h, w)), "shadow": _shadow, "flash": _flash}
 
 
 def read_idx(path: Path) -> np.ndarray:
@@ -85,19 +112,24 @@ def measure(args) -> None:
     images, labels = test_split(root)
     images, labels = images[: args.n], labels[: args.n]
     rng = np.random.default_rng(0)
-    photos = [photo(image, rng) for image in images]
+    photos = {light: [photo(image, rng, light) for image in images] for light in LIGHTS}
     print(f"{model.dataset} ({len(images)} test images of {root}), checkpoint {args.ckpt}")
-    print(f"| input | accuracy |\n|---|---|\n| the 28x28 originals | {accuracy(model, list(images), labels):.2%} |")
-    print(f"| photos, plain resize to 28x28 | {accuracy(model, [lc.resize(p) for p in photos], labels):.2%} |")
+    print(f"| input | {' | '.join(f'{light} light' for light in LIGHTS)} |\n|---|{'---|' * len(LIGHTS)}")
+    print(f"| the 28x28 originals | {accuracy(model, list(images), labels):.2%} |")
+    resized = [accuracy(model, [lc.resize(p) for p in kind], labels) for kind in photos.values()]
+    print(f"| photos, plain resize to 28x28 | {' | '.join(f'{a:.2%}' for a in resized)} |")
     for name, layout in lc.LAYOUTS.items():
         if name == "kmnist":
             continue  # laid out as MNIST
-        start = time.perf_counter()
-        prepared = [lc.prepare(p, layout) for p in photos]
-        per_image = (time.perf_counter() - start) / len(photos) * 1000
+        cells = []
+        for kind in photos.values():
+            start = time.perf_counter()
+            prepared = [lc.prepare(p, layout) for p in kind]
+            per_image = (time.perf_counter() - start) / len(kind) * 1000
+            cells.append(f"{accuracy(model, prepared, labels):.2%} ({per_image:.2f} ms/image)")
         mark = " (this model's)" if layout == model.layout else ""
-        score = accuracy(model, prepared, labels)
-        print(f"| photos, prepared, {name} layout{mark} | {score:.2%} ({per_image:.2f} ms/image) |")
+        print(f"| photos, prepared, {name} layout{mark} | {' | '.join(cells)} |")
+    photos = photos["even"]
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

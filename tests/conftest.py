@@ -24,7 +24,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from lenet import CONFIG_DIR
-from lenet.console import LIGHTNING_WARNINGS
+from lenet.console import lightning_warnings
 from lenet.data import SPLIT_FILES
 
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -69,7 +69,7 @@ def write_dataset(folder: Path, gz: bool) -> Path:
 
 def pytest_configure(config):
     """Lightning's warnings that do not apply to lenet, ignored as the entry points ignore them (quiet_lightning)."""
-    for message in LIGHTNING_WARNINGS:
+    for message in lightning_warnings():
         config.addinivalue_line("filterwarnings", f"ignore:{message}")
 
 

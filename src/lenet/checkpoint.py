@@ -1,14 +1,18 @@
-"""Checkpoints: `ckpt_path` resolved to a file, what a resume may change, and the best epoch kept across a resume."""
+"""Checkpoints: one reader of lenet.train's checkpoints, `ckpt_path` resolved to a file, what a resume may change,
+and the best epoch kept across a resume."""
 
 import logging
+import pickle
 import shutil
 from pathlib import Path
 
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from lenet.classifier import ModelError
 from lenet.config import ConfigError
-from lenet.module import RUN_LENGTH_ARGUMENT
+from lenet.data import DATASETS, MNISTDataModule
+from lenet.module import RUN_LENGTH_ARGUMENT, LeNetModule
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +27,76 @@ RUN_LENGTH = ("trainer.max_epochs", "trainer.limit_train_batches", "trainer.accu
 # ... and the weight average (callbacks=ema): the checkpoint holds the average of the run so far and the trained
 # weights beside it. Without it a resume would train on from the average; added, it would average half a run.
 AVERAGE = "callbacks.ema"
+
+
+class Checkpoint:
+    """A checkpoint of lenet.train, read once, as tensors and plain values only, and what callers ask of it.
+
+    `weights_only=True` is passed explicitly: torch's default would give way to TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1,
+    and an unrestricted unpickler runs whatever code a file holds.
+    """
+
+    KEYS = ("epoch", "state_dict", "hyper_parameters", "datamodule_hyper_parameters")
+
+    def __init__(self, path: Path, contents: dict):
+        self.path, self.contents = path, contents
+
+    @classmethod
+    def open(cls, path: Path) -> "Checkpoint":
+        not_ours = f"{path} is not a checkpoint of lenet.train"
+        try:
+            contents = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError:
+            raise ModelError(
+                f"{path} holds Python objects beyond tensors and plain values, which could run code when loaded: "
+                "lenet loads only its own checkpoints"
+            ) from None
+        except Exception as error:  # torch.load fails in many ways on other files: zip, tensor, EOF errors
+            raise ModelError(f"{not_ours} ({type(error).__name__})") from None
+        if not isinstance(contents, dict) or not set(cls.KEYS) <= contents.keys():
+            raise ModelError(not_ours)
+        return cls(path, contents)
+
+    @property
+    def epochs(self) -> int:
+        """The epochs it has trained."""
+        return self.contents["epoch"] + 1
+
+    @property
+    def config(self) -> dict:
+        """The whole config of the run that wrote it ({} for checkpoints older than that record)."""
+        return self.contents.get("config") or {}
+
+    @property
+    def data_settings(self) -> dict:
+        """The data module's settings: dataset, root, batch sizes, mean, std, ..."""
+        return self.contents["datamodule_hyper_parameters"]
+
+    @property
+    def classes(self) -> list[str]:
+        # torchvision names MNIST's classes "0 - zero", ...: the digit is the name people expect.
+        return [name.split(" - ")[0] for name in DATASETS[self.data_settings["dataset"]].classes]
+
+    @property
+    def trained_on(self) -> dict:
+        """What the data module loaded when it was saved (MNISTDataModule.describe); {} for older checkpoints."""
+        return self.contents.get(MNISTDataModule.__qualname__, {}).get("data") or {}
+
+    def module(self) -> LeNetModule:
+        """The LightningModule with its weights, built directly: load_from_checkpoint's hook would reset torch's
+        random state. Not compiled, which would only delay the first use."""
+        hparams = self.contents["hyper_parameters"]
+        module = LeNetModule(**{**hparams, "model": {**hparams["model"], "compile": False}})
+        module.load_state_dict(self.contents["state_dict"])
+        return module
+
+    def datamodule(self, settings: dict) -> MNISTDataModule:
+        """The data module it was trained with, `settings` (data.root, data.eval_batch_size) replacing its own.
+
+        Checkpoints from before the data module saved num_classes get their model's.
+        """
+        classes = self.contents["hyper_parameters"]["model"].get("num_classes", 10)
+        return MNISTDataModule(**{"num_classes": classes, **self.data_settings, **settings})
 
 
 def checkpoint_file(ckpt_path: str | None, outputs_dir: Path) -> Path | None:
@@ -41,8 +115,8 @@ def checkpoint_file(ckpt_path: str | None, outputs_dir: Path) -> Path | None:
 
 def check_resume(path: Path, config: dict) -> int:
     """Refuse a resume that would not continue the saved run; return the number of epochs it already trained."""
-    saved = torch.load(path, map_location="cpu", weights_only=True)
-    before, now = flat(saved.get("config", {})), flat(config)  # checkpoints older than this check carry no config
+    saved = Checkpoint.open(path)
+    before, now = flat(saved.config), flat(config)  # checkpoints older than this check carry no config
     run_length = now.get("scheduler._target_") in RUN_LENGTH_ARGUMENT
     for key in sorted(before.keys() | now.keys() if before else ()):
         fixed = not key.startswith(CHANGEABLE) or key.startswith(AVERAGE) or (run_length and key.startswith(RUN_LENGTH))
@@ -54,24 +128,11 @@ def check_resume(path: Path, config: dict) -> int:
                 f"checkpoint, {now.get(key)} now{because}). A resume may change only trainer, callbacks and logger "
                 "settings, data.root and data.eval_batch_size; start a new run to change the rest"
             )
-    done, max_epochs = saved["epoch"] + 1, now["trainer.max_epochs"]
+    done, max_epochs = saved.epochs, now["trainer.max_epochs"]
     if done >= max_epochs:
         more = "start a new run to train longer" if run_length else "pass a larger trainer.max_epochs to train longer"
         raise ConfigError(f"ckpt_path={path} has trained all {done} epochs of trainer.max_epochs={max_epochs}: {more}")
     return done
-
-
-def data_of(path: Path, settings: dict) -> "MNISTDataModule":  # noqa: F821 (imported when called)
-    """The data module a checkpoint was trained with, `settings` (data.root, data.eval_batch_size) replacing its own.
-
-    Checkpoints from before the data module saved num_classes get their model's.
-    """
-    from lenet.data import MNISTDataModule
-
-    classes = torch.load(path, map_location="cpu", weights_only=True)["hyper_parameters"]["model"].get(
-        "num_classes", 10
-    )
-    return MNISTDataModule.load_from_checkpoint(path, **{"num_classes": classes, **settings})
 
 
 def given_settings(node) -> dict:

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+from scipy import ndimage
 
 from lenet.console import UserError
 
@@ -27,10 +28,20 @@ SIZE = 28
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 MAX_SIDE = 1024  # larger photos are shrunk first: the object ends up 20 or 28 pixels tall whatever the start
 MIN_CONTRAST = 24  # grey levels between background and ink below which an image counts as blank (JPEG noise: ~5)
+PAPER_SIDE = 128  # the paper's level is estimated on the image shrunk to this many pixels: light varies slowly
+PAPER_WINDOW = 1 / 4  # of the shorter side: wider than a stroke, narrower than a shadow or a flash's bright middle
+POLARITY_SIDE = 16  # dark ink or light ink is told on an image this small
+SPECK = 0.1  # a part of the ink with less than this share of the largest part's ink is dust, not a stroke
 # What an exported file promises, written into its metadata.
 INPUT = "float32 N x 1 x 28 x 28: pixels 0..255, light on dark, normalized as (pixel - 255 * mean) / (255 * std)"
 OUTPUT = "logits"
 METADATA_FILE = "lenet.json"  # inside a .pt2 (torch.export.save's extra_files)
+MAX_MODEL_BYTES = 256 * 2**20  # an exported LeNet is under a megabyte
+# Pixel modes Pillow cannot convert to grey levels, and the grey levels they hold.
+GREY_CHANNEL = {
+    "LAB": lambda image: image.getchannel("L"),  # CIELAB's L is lightness
+    "La": lambda image: image.convert("LA"),  # premultiplied alpha: Pillow converts it only to LA
+}
 
 
 class ModelError(UserError):
@@ -51,17 +62,18 @@ class Layout:
 
     box: int  # the object's longer side, in pixels
     by_mass: bool  # centred by its centre of mass (MNIST) or by its bounding box
-    clean: bool  # zero what is fainter than the ink (strokes); keep it (the texture of clothes)
+    strokes: bool  # thin strokes on paper: the paper's level judged around them, and what is fainter than the ink
+    # zeroed; or an object that fills its frame (clothes): the background judged from the border, the texture kept
 
 
 LAYOUTS = {
     # LeCun et al.: digits fit a 20x20 box keeping their aspect ratio, then their centre of mass goes to the centre.
-    "mnist": Layout(box=20, by_mass=True, clean=True),
+    "mnist": Layout(box=20, by_mass=True, strokes=True),
     # Xiao et al.: trimmed, longest edge resized to 28. Measured on its test set: 99.98% of the images have a
     # 27-28 pixel side, and their bounding boxes are centred (13.6 +- 0.2), their centres of mass are not.
-    "fashion_mnist": Layout(box=28, by_mass=False, clean=False),
+    "fashion_mnist": Layout(box=28, by_mass=False, strokes=False),
     # Clanuwat et al. made KMNIST "in the MNIST format"; not measured here (no KMNIST data on this machine).
-    "kmnist": Layout(box=20, by_mass=True, clean=True),
+    "kmnist": Layout(box=20, by_mass=True, strokes=True),
 }
 
 
@@ -141,41 +153,33 @@ def _torch_forward(module, device) -> Callable[[np.ndarray], np.ndarray]:
 
 
 def _load_checkpoint(path: Path, device: str) -> Classifier:
-    import torch
+    from lenet.checkpoint import Checkpoint
 
-    not_ours = f"{path} is not a checkpoint of lenet.train, nor a .onnx or .pt2 file of lenet.export"
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch.load fails in many ways on other files: pickle, zip, tensor errors
-        raise ModelError(f"{not_ours} ({type(error).__name__})") from None
-    keys = {"state_dict", "hyper_parameters", "datamodule_hyper_parameters"}
-    if not isinstance(checkpoint, dict) or not keys <= checkpoint.keys():
-        raise ModelError(not_ours)
+    return from_checkpoint(Checkpoint.open(path), device)
 
-    from lenet.data import DATASETS
-    from lenet.module import LeNetModule
 
-    hparams, data = checkpoint["hyper_parameters"], checkpoint["datamodule_hyper_parameters"]
-    # Built directly, not with load_from_checkpoint: its hook would reset torch's random state; and not compiled,
-    # which would only delay the first prediction.
-    module = LeNetModule(**{**hparams, "model": {**hparams["model"], "compile": False}})
-    module.load_state_dict(checkpoint["state_dict"])
+def from_checkpoint(checkpoint, device: str) -> Classifier:
+    """The classifier of an opened lenet.checkpoint.Checkpoint."""
+    path, data = checkpoint.path, checkpoint.data_settings
     torch_device = _torch_device(device)
-    net = module.net.eval().to(torch_device)
-    # torchvision names MNIST's classes "0 - zero", ...: the digit is the name people expect.
-    classes = [name.split(" - ")[0] for name in DATASETS[data["dataset"]].classes]
+    net = checkpoint.module().net.eval().to(torch_device)
     return Classifier(
-        classes, data["mean"], data["std"], data["dataset"], path, str(path), net, _torch_forward(net, torch_device)
-    )
+        checkpoint.classes, data["mean"], data["std"], data["dataset"], path, str(path), net,
+        _torch_forward(net, torch_device),
+    )  # fmt: skip
 
 
 def _load_pt2(path: Path, device: str) -> Classifier:
     import torch
 
+    from lenet import pt2
+
+    archive = _read_model_file(path)
+    pt2.check(path, archive)  # before torch reads it: loading some .pt2 files runs code
     extra = {METADATA_FILE: ""}
     try:
-        program = torch.export.load(path, extra_files=extra)
-    except Exception as error:  # a damaged or foreign archive
+        program = torch.export.load(BytesIO(archive), extra_files=extra)
+    except Exception as error:  # a damaged archive
         raise ModelError(f"{path} is not a torch.export program ({type(error).__name__}: {error})") from None
     metadata = _metadata(path, json.loads(extra[METADATA_FILE]) if extra[METADATA_FILE] else {})
     torch_device = _torch_device(device)
@@ -183,6 +187,13 @@ def _load_pt2(path: Path, device: str) -> Classifier:
         program = torch.export.passes.move_to_device_pass(program, torch_device)
     module = program.module()
     return _from_metadata(path, metadata, module, _torch_forward(module, torch_device))
+
+
+def _read_model_file(path: Path) -> bytes:
+    """The whole file, read once: what is checked is what is loaded."""
+    if path.stat().st_size > MAX_MODEL_BYTES:
+        raise ModelError(f"{path} is larger than {MAX_MODEL_BYTES // 2**20} MB: not a LeNet of lenet.export")
+    return path.read_bytes()
 
 
 def _load_onnx(path: Path, device: str) -> Classifier:
@@ -194,7 +205,8 @@ def _load_onnx(path: Path, device: str) -> Classifier:
     if device != "cpu" and "CUDAExecutionProvider" in ort.get_available_providers():
         providers.insert(0, "CUDAExecutionProvider")
     try:
-        session = ort.InferenceSession(str(path), providers=providers)
+        # From its bytes, not its path: what was read is what runs, and no external data file is looked up
+        session = ort.InferenceSession(_read_model_file(path), providers=providers)
     except Exception as error:  # onnxruntime raises its own exception types for bad files
         raise ModelError(f"{path} is not an ONNX model onnxruntime can run ({error})") from None
     properties = session.get_modelmeta().custom_metadata_map
@@ -245,12 +257,12 @@ def prepare(image, layout: Layout = LAYOUTS["mnist"], max_pixels: int | None = N
     """One image as its dataset's images were made: 28x28 uint8, the object light on black.
 
     `image` is a path, the file's bytes, a binary file object or a PIL image; one of more than `max_pixels` pixels
-    (None: Pillow's own limit) is refused from its header, before it is decoded. Greyscale (transparent pixels are background); light on
-    dark, inverting when the border says the background is light; the background level removed; cropped to the
-    object; scaled to fit `layout.box` keeping its aspect ratio; placed by centre of mass or bounding box; the
-    brightest pixel stretched to 255, as in MNIST and Fashion-MNIST.
+    (None: Pillow's own limit) is refused from its header, before it is decoded. Greyscale (transparent pixels are
+    background); light on dark, the background's level removed (`light_on_dark`); cropped to the object; scaled to
+    fit `layout.box` keeping its aspect ratio; placed by centre of mass or bounding box; the brightest pixel
+    stretched to 255, as in MNIST and Fashion-MNIST.
     """
-    ink = light_on_dark(greyscale(open_image(image, max_pixels)))
+    ink = light_on_dark(greyscale(open_image(image, max_pixels)), layout)
     return place(fit(crop(ink, layout), layout.box), layout)
 
 
@@ -290,12 +302,15 @@ def open_image(image, max_pixels: int | None = None) -> Image.Image:
 def greyscale(image: Image.Image) -> np.ndarray:
     """Float grey levels 0..255; transparent pixels become background, whatever colour they hide."""
     if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):  # 16-bit and float scans: rescale to 0..255
-        grey = np.asarray(image, dtype=np.float32)
-        low, high = float(grey.min()), float(grey.max())
-        return (grey - low) * (255 / (high - low or 1))
-    if image.mode not in ("RGBA", "LA", "PA") and "transparency" not in image.info:
-        return np.asarray(image.convert("L"), dtype=np.float32)
-    rgba = image.convert("RGBA")
+        return _rescaled(np.asarray(image, dtype=np.float32))
+    try:
+        if image.mode in GREY_CHANNEL:
+            image = GREY_CHANNEL[image.mode](image)
+        if image.mode not in ("RGBA", "LA", "PA") and "transparency" not in image.info:
+            return np.asarray(image.convert("L"), dtype=np.float32)
+        rgba = image.convert("RGBA")
+    except ValueError as error:  # a mode Pillow cannot convert ("conversion from X to L not supported")
+        raise ImageError(f"its pixels ({image.mode}) cannot be read as grey levels ({error})") from None
     grey = np.asarray(rgba.convert("L"), dtype=np.float32)
     alpha = np.asarray(rgba.getchannel("A"), dtype=np.float32) / 255
     # Lay it on the shade opposite to its visible pixels: black ink on white, white ink on black.
@@ -304,8 +319,21 @@ def greyscale(image: Image.Image) -> np.ndarray:
     return grey * alpha + background * (1 - alpha)
 
 
-def light_on_dark(grey: np.ndarray) -> np.ndarray:
-    """Inverted when the border (the background, unless the object fills it) is light; background level to 0."""
+def _rescaled(grey: np.ndarray) -> np.ndarray:
+    """A 16-bit or float scan's values stretched to 0..255."""
+    if bad := int((~np.isfinite(grey)).sum()):
+        raise ImageError(f"{bad} of its {grey.size} pixels are NaN or infinite")
+    low, high = float(grey.min()), float(grey.max())
+    return (grey - low) * (255 / (high - low or 1))
+
+
+def light_on_dark(grey: np.ndarray, layout: Layout) -> np.ndarray:
+    """The object light on black, its background at 0, whichever way round it was."""
+    return strokes_off_paper(grey) if layout.strokes else object_off_border(grey)
+
+
+def object_off_border(grey: np.ndarray) -> np.ndarray:
+    """An object that fills its frame (a garment): only the border shows the background, inverted when light."""
     border = np.concatenate([grey[0], grey[-1], grey[1:-1, 0], grey[1:-1, -1]])
     background = float(np.median(border))
     if background > 127.5:
@@ -313,15 +341,72 @@ def light_on_dark(grey: np.ndarray) -> np.ndarray:
     return np.clip(grey - background, 0, None)
 
 
+def strokes_off_paper(grey: np.ndarray) -> np.ndarray:
+    """Thin strokes against the paper's level around them, so that a shadow across the page or a flash's fall-off
+    is not taken for ink.
+
+    The paper is what a morphological closing (dark ink) or opening (light ink) leaves of the image: every stroke
+    narrower than the window filled in with the paper beside it, while the edge of a shadow wider than the window
+    stays where it is. Light varies slowly, so this is done on the image shrunk to PAPER_SIDE, then scaled back.
+    """
+    small = _shrunk(grey, PAPER_SIDE)
+    window = max(3, round(min(small.shape) * PAPER_WINDOW) | 1)
+    dark_ink = _dark_ink(small)
+    paper = (ndimage.grey_closing if dark_ink else ndimage.grey_opening)(small, size=window, mode="nearest")
+    paper = np.asarray(Image.fromarray(paper).resize(grey.shape[::-1], Image.Resampling.BILINEAR))
+    if not dark_ink:
+        return np.clip(grey - paper, 0, None)
+    # Light falls on ink and paper alike: in a shadow both darken by the same factor, their ratio stays.
+    return np.clip(255 * (1 - grey / np.maximum(paper, 1)), 0, None)
+
+
+def _dark_ink(grey: np.ndarray) -> bool:
+    """Whether the strokes are darker than the paper: whether the image departs further below its local median
+    (over a third of the image, which strokes never fill) than above it."""
+    small = _shrunk(grey, POLARITY_SIDE)
+    window = round(min(small.shape) / 3) | 1
+    local = ndimage.median_filter(small, size=window, mode="nearest")
+    below, above = (
+        np.clip(local - small - MIN_CONTRAST / 2, 0, None),
+        np.clip(small - local - MIN_CONTRAST / 2, 0, None),
+    )
+    return float(below.sum()) >= float(above.sum())
+
+
+def _shrunk(grey: np.ndarray, side: int) -> np.ndarray:
+    """Grey levels averaged down to at most `side` pixels on the longer side."""
+    height, width = grey.shape
+    scale = min(1.0, side / max(height, width))
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return np.asarray(Image.fromarray(grey.astype(np.float32)).resize(size, Image.Resampling.BOX))
+
+
 def crop(ink: np.ndarray, layout: Layout) -> np.ndarray:
     """The bounding box of what is brighter than Otsu's threshold: ink apart from paper texture and shadows."""
     if ink.max() < MIN_CONTRAST:
         raise ImageError("nothing to classify: the image is blank")
     mask = ink > otsu_threshold(ink)
-    if layout.clean:
+    if layout.strokes:
+        mask = without_specks(mask, ink)
         ink = np.where(mask, ink, 0)
     rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
     return ink[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+
+
+def without_specks(mask: np.ndarray, ink: np.ndarray) -> np.ndarray:
+    """The mask without what lies beside the strokes: dust and noise (parts with less than SPECK of the ink of the
+    largest part; a digit's own parts, such as the bar of a 5 drawn apart, hold far more), and parts that lie wholly
+    along the border, where the paper's level is judged from one side only (strokes_off_paper)."""
+    parts, count = ndimage.label(mask, structure=np.ones((3, 3)))
+    if count < 2:
+        return mask
+    mass = np.bincount(parts.ravel(), weights=ink.ravel(), minlength=count + 1)
+    band = max(1, round(min(mask.shape) * PAPER_WINDOW / 2))
+    inside = np.zeros(count + 1, dtype=bool)
+    inside[np.unique(parts[band:-band, band:-band])] = True
+    kept = (mass >= SPECK * mass[1:].max()) & inside
+    kept[0] = False  # the background
+    return kept[parts] if kept.any() else mask
 
 
 def otsu_threshold(ink: np.ndarray) -> float:

@@ -130,12 +130,20 @@ LIGHTNING_WARNINGS = (
     r"The number of training batches \(\d+\) is smaller",
     r"Be aware that when using `ckpt_path`, callbacks used to create the checkpoint need to be provided",
 )
+# On a Slurm login node (srun installed, no job) Lightning suggests srun on every run. Inside a job (an salloc
+# shell, say) the hint can be right: a DDP run started without srun hangs. So it is dropped only outside jobs.
+SRUN_HINT = r"The `srun` command is available on your system but is not used"
+
+
+def lightning_warnings() -> tuple[str, ...]:
+    """The messages of Lightning's warnings that do not apply to this process."""
+    return LIGHTNING_WARNINGS + (() if "SLURM_JOB_ID" in os.environ else (SRUN_HINT,))
 
 
 def quiet_lightning() -> None:
     """Drop Lightning's notes the run says better itself, and its warnings that do not apply here."""
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_not_noise)  # once, however often called
-    for message in LIGHTNING_WARNINGS:
+    for message in lightning_warnings():
         warnings.filterwarnings("ignore", message=message)
 
 

@@ -21,16 +21,14 @@ def evaluate(cfg: DictConfig) -> dict:
     # Imported here: `--help` and `--cfg` run this module's imports, and these take seconds.
     from hydra.utils import instantiate
 
-    from lenet.checkpoint import checkpoint_file, data_of, given_settings
+    from lenet.checkpoint import Checkpoint, checkpoint_file, given_settings
     from lenet.config import validate
-    from lenet.module import LeNetModule
     from lenet.summary import RunSummary
 
     cfg.data = given_settings(cfg.data)
     validate(cfg)
-    ckpt = checkpoint_file(cfg.ckpt_path, Path(cfg.outputs_dir))
-    module = LeNetModule.load_from_checkpoint(ckpt, map_location="cpu")
-    datamodule = data_of(ckpt, cfg.data)
+    checkpoint = Checkpoint.open(checkpoint_file(cfg.ckpt_path, Path(cfg.outputs_dir)))
+    module, datamodule = checkpoint.module(), checkpoint.datamodule(cfg.data)
     datamodule.prepare_data()
     datamodule.load()
     summary = RunSummary(Path(cfg.run_dir), command=this_command("eval"))
@@ -39,18 +37,12 @@ def evaluate(cfg: DictConfig) -> dict:
         cfg.trainer, logger=False, callbacks=[summary], enable_checkpointing=False, enable_progress_bar=interactive
     )
     trainer.test(module, datamodule=datamodule, verbose=False)
-    warn_if_other_data(ckpt, summary.metrics["data"])
+    warn_if_other_data(checkpoint.path, checkpoint.trained_on, summary.metrics["data"])
     return summary.metrics
 
 
-def warn_if_other_data(ckpt: Path, data: dict) -> None:
+def warn_if_other_data(ckpt: Path, trained_on: dict, data: dict) -> None:
     """A checkpoint tested on another data set (Fashion-MNIST's on MNIST's files) gets a number that means nothing."""
-    import torch
-
-    from lenet.data import MNISTDataModule
-
-    trained_on = torch.load(ckpt, map_location="cpu", weights_only=True).get(MNISTDataModule.__qualname__, {})
-    trained_on = trained_on.get("data")
     if trained_on and trained_on["test_labels_sha256"] != data["test_labels_sha256"]:
         log.warning(
             "The test images in %s are not those %s was made with (%s from %s): its test/acc here measures other data",

@@ -45,13 +45,15 @@ def export(cfg: DictConfig) -> dict:
     ckpt = checkpoint_file(cfg.ckpt_path, Path(cfg.outputs_dir))
     if ckpt.suffix in (".onnx", ".pt2"):
         raise ConfigError(f"ckpt_path={ckpt} is already exported: give a checkpoint of lenet.train")
-    from lenet.classifier import load
+    from lenet.checkpoint import Checkpoint
+    from lenet.classifier import from_checkpoint, load
 
-    checkpoint = load(ckpt, device="cpu")
+    saved = Checkpoint.open(ckpt)
+    checkpoint = from_checkpoint(saved, device="cpu")
     output.parent.mkdir(parents=True, exist_ok=True)
     (write_onnx if fmt == "onnx" else write_pt2)(checkpoint.model, checkpoint.metadata(), output)
 
-    images, inputs = parity_images(ckpt, cfg.data)
+    images, inputs = parity_images(saved.datamodule(cfg.data))
     result = {"inputs": inputs, **parity(checkpoint, load(output, device="cpu"), images)}
     record = {"file": str(output), "format": fmt, "metadata": checkpoint.metadata(), "parity": result}
     report = Path(f"{output}.json")
@@ -126,12 +128,10 @@ def write_pt2(net, metadata: dict, output: Path) -> None:
     torch.export.save(program, output, extra_files={METADATA_FILE: json.dumps(metadata)})
 
 
-def parity_images(ckpt: Path, data) -> tuple[np.ndarray, str]:
+def parity_images(datamodule) -> tuple[np.ndarray, str]:
     """The checkpoint's test images when they can be read, else GENERATED random ones; and what they are."""
-    from lenet.checkpoint import data_of
     from lenet.data import DataError, read_idx
 
-    datamodule = data_of(ckpt, data)
     try:
         files = datamodule.idx_files()
         if files:

@@ -64,7 +64,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         raise ConfigError(refusal)
 
     try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resume, weights_only=True)
     except SystemExit as stop:  # how Lightning ends fit on Ctrl-C (status 1) and on SIGTERM (status 0)
         interrupted = Interrupted(resume_hint(run_dir))
         interrupted.exit_status = 143 if isinstance(stop, SIGTERMException) else 130
@@ -74,17 +74,17 @@ def train(cfg: DictConfig) -> dict[str, float]:
     # callbacks=ema: Lightning's WeightAveraging, meeting a checkpoint it wrote, loads the trained weights saved beside
     # the average; the test would measure those, not the average that was validated and saved. Test without it.
     trainer.callbacks = [callback for callback in trainer.callbacks if not isinstance(callback, WeightAveraging)]
-    trainer.test(module, datamodule=datamodule, ckpt_path=best_path or None, verbose=False)
+    trainer.test(module, datamodule=datamodule, ckpt_path=best_path or None, verbose=False, weights_only=True)
     return summary.metrics
 
 
 def resume_hint(run_dir: Path) -> str:
-    import torch
+    from lenet.checkpoint import Checkpoint
 
     last = run_dir / "checkpoints" / "last.ckpt"
     if not last.is_file():
         return "interrupted before the first epoch ended: nothing was saved to resume from"
-    epochs = torch.load(last, map_location="cpu", weights_only=True)["epoch"] + 1
+    epochs = Checkpoint.open(last).epochs
     command = this_command("train", extra=(f"ckpt_path={last}",))
     if not command:
         return f"interrupted; {epochs} epoch(s) saved. Resume with the same overrides plus ckpt_path={last}"
