@@ -14,6 +14,7 @@ import torch
 from conftest import FASHION_MNIST, VAL_SIZE, lenet_command
 from lenet import environment
 
+ROOT = Path(__file__).parents[1]  # the checkout, with its Makefile
 QUICK = ["debug=fast_dev_run", "callbacks.progress_bar.refresh_rate=0", f"data.val_size={VAL_SIZE}"]
 
 
@@ -126,3 +127,28 @@ def test_tab_completion_offers_config_keys_and_options(line, expected):
     env = {**os.environ, "COMP_LINE": line, "COMP_POINT": str(len(line))}
     result = subprocess.run([script, "-sc", "query=bash"], env=env, capture_output=True, text=True, timeout=60)
     assert expected <= set(result.stdout.split()), result.stdout + result.stderr
+
+
+def test_lightning_lines_are_printed_once(flat_root, tmp_path):
+    """Lightning's own console handler printed each of its lines a second time beside Hydra's (debug=fast_dev_run)."""
+    result = lenet(tmp_path, "train", f"data.root={flat_root}", *QUICK)
+    output = (result.stdout + result.stderr).splitlines()
+    lines = [line.split("] - ", 1)[-1].removeprefix("INFO: ") for line in output]
+    assert lines.count("Running in `fast_dev_run` mode: will run the requested loop using 1 batch(es). "
+                       "Logging and checkpointing is suppressed.") == 1  # fmt: skip
+    assert len(lines) == len(set(lines)), output
+
+
+@pytest.mark.parametrize("target", ["train", "sweep", "serve"])
+def test_make_passes_overrides_typed_as_make_variables(target):
+    """`make train data.root=X` without ARGS: make took data.root as its own variable and dropped it."""
+    done = subprocess.run(["make", "-n", target, "data.root=/my data", "optimizer.lr=0.1", "ARGS=seed=3"],
+                          cwd=ROOT, capture_output=True, text=True)  # fmt: skip
+    command = done.stdout.strip().splitlines()[-1]
+    assert "seed=3" in command and "'data.root=/my data'" in command and "'optimizer.lr=0.1'" in command
+
+
+def test_make_test_refuses_overrides_typed_as_make_variables():
+    done = subprocess.run(["make", "-n", "test", "data.root=x"], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode != 0
+    assert 'data.root=... is not an option of make test: pass its options in ARGS="..."' in done.stderr

@@ -14,6 +14,7 @@ from hydra.utils import instantiate
 from torchvision import datasets
 
 from conftest import (
+    FASHION_MNIST,
     SIZES,
     VAL_SIZE,
     Mirror,
@@ -25,7 +26,7 @@ from conftest import (
     write_dataset,
     write_idx,
 )
-from lenet.data import ALL_FILES, DATASETS, DataError, InMemoryLoader, MNISTDataModule
+from lenet.data import ALL_FILES, DATASETS, DataError, InMemoryLoader, MNISTDataModule, known_test_set
 from lenet.train import train
 
 
@@ -368,3 +369,21 @@ def test_augment_continues_across_a_resume_and_ddp_ranks_transform_as_one_proces
         share = batch_of(ready(flat_root, augment=True), training=True, rank=rank, world_size=2)
         assert torch.allclose(share, whole[rank::2], atol=1e-5), rank
     assert "augment" not in ready(flat_root).state_dict(), "without augment, checkpoints are unchanged"
+
+
+@pytest.mark.skipif(not FASHION_MNIST.is_dir(), reason="needs Debian's dataset-fashion-mnist")
+def test_fashion_mnist_under_data_mnist_is_refused_naming_the_right_data(tmp_path):
+    """data.root at Fashion-MNIST with the default data=mnist trained a model named "mnist" with digit classes."""
+    data = instantiate(compose_config(f"data.root={FASHION_MNIST}", "run_dir=x").data, num_classes=10)
+    with pytest.raises(DataError, match=f"^data.root={FASHION_MNIST} holds fashion_mnist's files, not mnist's: "
+                                        "pass data=fashion_mnist"):  # fmt: skip
+        data.load()
+
+
+def test_a_test_set_with_mnists_class_counts_and_grey_level_is_mnist(tmp_path):
+    counts = (980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009)
+    labels = np.repeat(np.arange(10), counts)
+    images = (np.random.default_rng(0).random((len(labels), 28, 28)) < 0.1325) * 255
+    assert known_test_set(torch.from_numpy(images.astype(np.uint8)), torch.from_numpy(labels)) == "mnist"
+    assert known_test_set(torch.from_numpy((images // 2).astype(np.uint8)), torch.from_numpy(labels)) is None
+    assert known_test_set(torch.from_numpy(images.astype(np.uint8)), torch.from_numpy(labels[1:])) is None

@@ -49,7 +49,9 @@ def broken(tmp_path: Path, file: str, damage) -> Path:
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (["optimizer.lrr=0.1"], "Could not override 'optimizer.lrr'"),
+        (["optimizer.lrr=0.1"], "error: optimizer.lrr is not a setting: did you mean optimizer.lr?"),
+        (["--lr", "0.01"], "error: --lr is not an option: settings are written key=value, e.g. optimizer.lr=0.01"),
+        (["seedd=1"], "error: seedd is not a setting: did you mean seed?"),
         (["+optimizer.lrr=0.1"], "error: optimizer.lrr is not a setting of torch.optim.SGD"),
         (["optimizer.lr=abc"], "error: optimizer.lr='abc' is not allowed: it must be a number > 0"),
         (["optimizer.lr=0"], "error: optimizer.lr=0 is not allowed: it must be a number > 0"),
@@ -125,6 +127,14 @@ def test_mnist_that_cannot_be_downloaded(tmp_path):
     assert_short_failure(result, "error: could not download MNIST into data (")
     assert "pass data.root=FOLDER" in result.stderr
     assert not [p for p in (tmp_path / "data").rglob("*") if p.is_file()], "nothing partial is left"
+
+
+def test_a_failed_download_leaves_the_users_folder_as_it_was(tmp_path):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("the user's")
+    result = run(tmp_path, "data.root=mine", mirror="http://127.0.0.1:9/")
+    assert_short_failure(result, "error: could not download MNIST into mine (")
+    assert [p.name for p in (tmp_path / "mine").iterdir()] == ["notes.txt"]
 
 
 class CutOff(http.server.BaseHTTPRequestHandler):

@@ -12,7 +12,8 @@ from omegaconf import OmegaConf, open_dict
 from torch.utils.tensorboard import SummaryWriter
 
 from lenet import CONFIG_DIR, report
-from lenet.runs import curve
+from lenet.report import configurations, report_figure
+from lenet.runs import curve, read_runs
 from test_sweep import TINY, assert_composes, sweep_dirs, train
 
 
@@ -169,3 +170,15 @@ def test_a_real_sweep_over_seeds_ends_with_the_pooled_report(flat_root, tmp_path
     assert "## Pooled over seeds" in (sweep / "report.md").read_text()
     val_acc = json.loads((sweep / "0" / "metrics.json").read_text())["val/acc"]
     assert curve(sweep / "0") == [(1, pytest.approx(val_acc))], "one point per epoch, from the run's events"
+
+
+def test_one_epoch_curves_are_drawn_as_points(tmp_path):
+    """A one-epoch run's validation curve is a single point: a line alone draws nothing of it."""
+    for job, lr in enumerate(("0.1", "0.05")):
+        fake_run(tmp_path / str(job), f"optimizer.lr={lr}", metrics=finals(0.9, 0.9))
+        (tmp_path / str(job) / "csv" / "csv").mkdir(parents=True)
+        (tmp_path / str(job) / "csv" / "csv" / "metrics.csv").write_text("epoch,step,val/acc\n0,9,0.8\n")
+    _, jobs = read_runs([tmp_path])
+    figure = report_figure(jobs, configurations(jobs))
+    points = [line for line in figure.axes[-1].lines if len(line.get_xdata()) == 1]
+    assert len(points) == 2 and all(line.get_marker() not in ("None", "", None) for line in points)

@@ -165,6 +165,25 @@ def test_eval_on_the_best_checkpoint_reproduces_the_test_accuracy(run, tmp_path)
     assert evaluated["test/loss"] == pytest.approx(metrics["test/loss"], rel=1e-5)
 
 
+def test_a_run_dir_as_ckpt_path_means_its_best_checkpoint_to_eval_and_its_last_to_resume(run, flat_root, tmp_path):
+    run_dir, metrics = run
+    evaluated = subprocess.run(
+        lenet_command("eval", f"ckpt_path={run_dir}", f"hydra.run.dir={tmp_path / 'eval'}"),
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["test/acc"] == pytest.approx(
+        metrics["test/acc"]
+    )
+    resume = [*fixture_overrides(flat_root, tmp_path / "resumed"), f"ckpt_path={run_dir}"]
+    with pytest.raises(ConfigError, match=f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'} has trained all 3"):
+        train(compose_config(*resume))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ConfigError, match=f"ckpt_path={empty} is a folder without checkpoints/best.ckpt"):
+        train(compose_config(*fixture_overrides(flat_root, tmp_path / "x"), f"ckpt_path={empty}"))
+
+
 def test_resuming_from_last_checkpoint_continues_the_epoch_count(flat_root, tmp_path):
     # A constant LR: OneCycle's length is fixed at the start, so a finished OneCycle run cannot be extended.
     constant = [*fixture_overrides(flat_root, tmp_path / "first"), "scheduler=none"]

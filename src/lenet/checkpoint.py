@@ -99,8 +99,10 @@ class Checkpoint:
         return MNISTDataModule(**{"num_classes": classes, **self.data_settings, **settings})
 
 
-def checkpoint_file(ckpt_path: str | None, outputs_dir: Path) -> Path | None:
-    """`ckpt_path` as a file: `last` means the newest last.ckpt of any run under `outputs_dir`."""
+def checkpoint_file(ckpt_path: str | None, outputs_dir: Path, prefer: str = "best") -> Path | None:
+    """`ckpt_path` as a file: `last` means the newest last.ckpt of any run under `outputs_dir`; a run dir (or its
+    checkpoints/ folder) means its `prefer`red checkpoint, best.ckpt to use a model, last.ckpt to resume training,
+    else the other one."""
     if not ckpt_path:
         return None
     if ckpt_path == "last":
@@ -108,9 +110,23 @@ def checkpoint_file(ckpt_path: str | None, outputs_dir: Path) -> Path | None:
         if not runs:
             raise ConfigError(f"ckpt_path=last: no run under {outputs_dir}/ has a last.ckpt; give a checkpoint path")
         return runs[-1]
-    if not Path(ckpt_path).is_file():
+    path = Path(ckpt_path)
+    if path.is_dir():
+        return _in_run_dir(path, prefer)
+    if not path.is_file():
         raise ConfigError(f"ckpt_path={ckpt_path}: no such checkpoint file")
-    return Path(ckpt_path)
+    return path
+
+
+def _in_run_dir(folder: Path, prefer: str) -> Path:
+    names = [f"{prefer}.ckpt", *({"best.ckpt", "last.ckpt"} - {f"{prefer}.ckpt"})]
+    found = next((f / name for name in names for f in (folder / "checkpoints", folder) if (f / name).is_file()), None)
+    if found is None:
+        raise ConfigError(
+            f"ckpt_path={folder} is a folder without checkpoints/best.ckpt or checkpoints/last.ckpt: "
+            "give a run dir of lenet.train or a checkpoint file"
+        )
+    return found
 
 
 def check_resume(path: Path, config: dict) -> int:

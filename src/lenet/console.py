@@ -141,8 +141,13 @@ def lightning_warnings() -> tuple[str, ...]:
 
 
 def quiet_lightning() -> None:
-    """Drop Lightning's notes the run says better itself, and its warnings that do not apply here."""
+    """Drop Lightning's notes the run says better itself, its warnings that do not apply here, and its own console
+    handler: its lines reach Hydra's console and log file anyway, and would be printed twice."""
+    import lightning  # its import adds the handler
+
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_not_noise)  # once, however often called
+    for handler in list(logging.getLogger(lightning.__name__).handlers):
+        logging.getLogger(lightning.__name__).removeHandler(handler)
     for message in lightning_warnings():
         warnings.filterwarnings("ignore", message=message)
 

@@ -8,11 +8,10 @@ import logging
 import sys
 from pathlib import Path
 
-import hydra
 from omegaconf import DictConfig
 
-from lenet import CONFIG_DIR
-from lenet.console import quiet_lightning, report_user_errors, this_command
+from lenet.cli import command
+from lenet.console import quiet_lightning, this_command
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +26,7 @@ def evaluate(cfg: DictConfig) -> dict:
 
     cfg.data = given_settings(cfg.data)
     validate(cfg)
+    quiet_lightning()
     checkpoint = Checkpoint.open(checkpoint_file(cfg.ckpt_path, Path(cfg.outputs_dir)))
     module, datamodule = checkpoint.module(), checkpoint.datamodule(cfg.data)
     datamodule.prepare_data()
@@ -50,10 +50,8 @@ def warn_if_other_data(ckpt: Path, trained_on: dict, data: dict) -> None:
         )  # fmt: skip
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="eval")
-@report_user_errors
+@command("eval")
 def main(cfg: DictConfig) -> float:
-    quiet_lightning()
     return evaluate(cfg)["test/acc"]
 
 

@@ -15,12 +15,11 @@ import json
 import logging
 from pathlib import Path
 
-import hydra
 import numpy as np
 from omegaconf import DictConfig
 
-from lenet import CONFIG_DIR
-from lenet.console import UserError, report_user_errors
+from lenet.cli import command
+from lenet.console import UserError
 
 log = logging.getLogger(__name__)
 
@@ -162,8 +161,7 @@ def parity(reference, exported, images: np.ndarray) -> dict:
     }
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="export")
-@report_user_errors
+@command("export")
 def main(cfg: DictConfig) -> None:
     export(cfg)
 

@@ -206,6 +206,15 @@ def _cell(value, spec: str) -> str:
 def plot(jobs: list[Job], configs: list[Configuration], path: Path) -> bool:
     """The metric per configuration against each key that tells them apart, with its seeds' standard deviation,
     and every job's validation curve, coloured by configuration; False when there is nothing to plot."""
+    figure = report_figure(jobs, configs)
+    if figure is None:
+        return False
+    figure.savefig(path, dpi=100)
+    return True
+
+
+def report_figure(jobs: list[Job], configs: list[Configuration]):
+    """report.png's matplotlib Figure, or None when there is nothing to plot."""
     from matplotlib.figure import Figure  # no pyplot: no GUI backend, safe in any process
 
     measured = [config for config in configs if config.mean(METRIC) is not None]
@@ -214,15 +223,14 @@ def plot(jobs: list[Job], configs: list[Configuration], path: Path) -> bool:
     curves = {job.name: curve(job.path) for job in jobs}
     panels = len(keys) + any(curves.values())
     if not panels:
-        return False
+        return None
     figure = Figure(figsize=(4 * panels, 3.2), layout="constrained")
     axes = figure.subplots(1, panels, squeeze=False)[0]
     for ax, key in zip(axes, keys, strict=False):
         _metric_panel(ax, key, measured)
     if any(curves.values()):
         _curves_panel(axes[-1], configs, curves)
-    figure.savefig(path, dpi=100)
-    return True
+    return figure
 
 
 def _metric_panel(axes, key: str, configs: list[Configuration]) -> None:
@@ -259,7 +267,8 @@ def _curves_panel(axes, configs: list[Configuration], curves: dict[str, list[tup
         for job in config.jobs:
             if points := curves[job.name]:
                 epochs, values = zip(*points, strict=True)
-                axes.plot(epochs, values, color=f"C{index % 10}", alpha=0.7, label=label)
+                # A marker on every point: a one-epoch run's curve is a single point, which a line alone never draws.
+                axes.plot(epochs, values, marker="o", markersize=3, color=f"C{index % 10}", alpha=0.7, label=label)
                 label = None  # one legend entry per configuration
     axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes.set_xlabel("epoch")

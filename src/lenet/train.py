@@ -4,11 +4,10 @@ import logging
 import sys
 from pathlib import Path
 
-import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from lenet import CONFIG_DIR
-from lenet.console import UserError, in_multirun, quiet_lightning, report_user_errors, this_command
+from lenet.cli import command
+from lenet.console import UserError, in_multirun, quiet_lightning, this_command
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +34,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
     from lenet.module import LeNetModule
     from lenet.summary import RunSummary, hparams_of, overrides_and_swept, shown_hparams
 
+    quiet_lightning()
+
     plain = OmegaConf.to_container(cfg, resolve=True)  # checkpoints must hold plain containers
-    resume = checkpoint_file(cfg.ckpt_path, Path(cfg.outputs_dir))
+    resume = checkpoint_file(cfg.ckpt_path, Path(cfg.outputs_dir), prefer="last")
     done = check_resume(resume, plain) if resume else 0
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -91,11 +92,9 @@ def resume_hint(run_dir: Path) -> str:
     return f"interrupted; {epochs} epoch(s) saved. Resume: {command}"
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
-@report_user_errors
+@command("config")
 def main(cfg: DictConfig) -> float | None:
     """Returns the best validation accuracy, the value Hydra sweepers optimize."""
-    quiet_lightning()
     return train(cfg).get("val/acc_best")
 
 
