@@ -1,25 +1,39 @@
-"""The frame every lenet command runs in: its command line checked, then Hydra, then the task with one-line errors.
+"""The frame every lenet command runs in, and the command lines it reads and prints.
 
-Hydra meets a mistyped key (`optimizer.lrr=0.1`) with advice to add it (`+optimizer.lrr=0.1`), and a flag a user
-knows from other tools (`--lr 0.01`) with argparse's usage text. Both are caught here first and answered in one line
-that names the setting they meant.
+`command("config", "lenet.training:train")` is a command's `main`: its command line is checked first (a mistyped key
+or a flag from other tools is answered in one line naming the setting meant, where Hydra would advise adding the
+key or print argparse's usage), then Hydra composes the config, `validate` checks it, and only then is the task's
+module imported, by name, as Hydra imports every `_target_`: `--help`, `--cfg` and tab completion never wait for torch
+and Lightning, and a bad value is refused before they load. A UserError ends the command with one line.
 """
 
+import contextlib
 import difflib
 import functools
+import logging
+import os
+import shlex
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import hydra
 from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.errors import HydraException
-from omegaconf import OmegaConf
+from hydra.errors import CompactHydraException, HydraException
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
+from hydra.utils import get_method
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from lenet import CONFIG_DIR
-from lenet.console import report_user_errors
-from lenet.runs import flatten
+from lenet import CONFIG_DIR, keys
+from lenet.errors import UserError
+from lenet.validate import validate
+
+log = logging.getLogger(__name__)
 
 # Hydra's own flags: what they do is Hydra's business, and --help and tab completion must stay instant.
 HYDRA_FLAGS = {
@@ -31,22 +45,29 @@ NOT_CHECKED = {"-h", "--help", "--hydra-help", "--version", "-sc", "--shell-comp
                "--config-name", "-cp", "--config-path", "-cd", "--config-dir", "--experimental-rerun"}  # fmt: skip
 
 
-def command(config_name: str):
-    """`@command("config")` makes a task a lenet command: `main()` reads the command line, as Hydra's do."""
+def command(config_name: str, task: str, saved: str | None = None):
+    """The `main` of a command: the config `config_name`, the task `module:function` (called with the config).
 
-    def decorate(task):
-        run = hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name=config_name)(report_user_errors(task))
+    `saved`: a node (lenet.eval's `data`) whose null values mean "as saved in the checkpoint": dropped before the
+    checks, the others replace the checkpoint's.
+    """
 
-        @functools.wraps(task)
-        def main():
-            if refusal := command_line_refusal(config_name, sys.argv[1:]):
-                print(f"error: {refusal}", file=sys.stderr)
-                raise SystemExit(1)
-            return run()
+    @report_user_errors
+    def run(cfg: DictConfig):
+        if saved:
+            cfg[saved] = {key: value for key, value in cfg[saved].items() if value is not None}
+        validate(cfg)
+        return get_method(task)(cfg)
 
-        return main
+    hydra_main = hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name=config_name)(run)
 
-    return decorate
+    def main():
+        if refusal := command_line_refusal(config_name, sys.argv[1:]):
+            print(f"error: {refusal}", file=sys.stderr)
+            raise SystemExit(1)
+        return hydra_main()
+
+    return main
 
 
 def command_line_refusal(config_name: str, args: list[str]) -> str | None:
@@ -62,16 +83,16 @@ def command_line_refusal(config_name: str, args: list[str]) -> str | None:
     except HydraException:
         return None  # a syntax error: Hydra's own message shows where
     choices = [o for o in parsed if _is_group(o.key_or_group)]
-    settings = [o.key_or_group for o in parsed if o.type.name == "CHANGE" and not _is_group(o.key_or_group)]
-    settings = [key for key in settings if key.split(".")[0] != "hydra"]
-    if not settings:
+    given = [o.key_or_group for o in parsed if o.type.name == "CHANGE" and not _is_group(o.key_or_group)]
+    given = [key for key in given if key.split(".")[0] != "hydra"]
+    if not given:
         return None
-    keys = _keys(config_name, [f"{o.key_or_group}={_first(o)}" for o in choices])
-    if keys is None:
+    settings = _keys(config_name, [f"{o.key_or_group}={_first(o)}" for o in choices])
+    if settings is None:
         return None  # the choices themselves do not compose: Hydra says why
-    nodes = {key.rsplit(".", depth)[0] for key in keys for depth in range(1, key.count(".") + 1)}
-    missing = next((key for key in settings if key not in keys.keys() | nodes), None)
-    return _unknown_key(missing, keys) if missing else None
+    nodes = {key.rsplit(".", depth)[0] for key in settings for depth in range(1, key.count(".") + 1)}
+    missing = next((key for key in given if key not in settings.keys() | nodes), None)
+    return _unknown_key(missing, settings) if missing else None
 
 
 def _is_value_of_a_flag(arg: str, args: list[str]) -> bool:
@@ -88,27 +109,27 @@ def _first(override) -> str:
     return next(iter(override.sweep_string_iterator())) if override.is_sweep_override() else override.value()
 
 
-def _keys(config_name: str, choices: list[str]) -> dict[str, str] | None:
+def _keys(config_name: str, choices: list[str]) -> dict | None:
     """The config composed with these group choices, as dotted keys and their values; None if it fails."""
     try:
         with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
             config = compose(config_name=config_name, overrides=choices)
     except (HydraException, OmegaConfBaseException):
         return None
-    return flatten(OmegaConf.to_container(config, resolve=False))
+    return keys.flatten(OmegaConf.to_container(config, resolve=False))
 
 
-def _unknown_key(key: str, keys: dict[str, str]) -> str:
+def _unknown_key(key: str, settings: dict) -> str:
     parent, name = key.rsplit(".", 1) if "." in key else ("", key)
     siblings = (
-        sorted(k.rsplit(".", 1)[-1] for k in keys if k.rsplit(".", 1)[0] == parent and "." in k) if parent else []
+        sorted(k.rsplit(".", 1)[-1] for k in settings if k.rsplit(".", 1)[0] == parent and "." in k) if parent else []
     )
     close = difflib.get_close_matches(name, siblings, n=1, cutoff=0.6) or [
-        k.rsplit(".", 1)[-1] for k in difflib.get_close_matches(key, sorted(keys), n=1, cutoff=0.8)
+        k.rsplit(".", 1)[-1] for k in difflib.get_close_matches(key, sorted(settings), n=1, cutoff=0.8)
     ]
     if close:
         return f"{key} is not a setting: did you mean {f'{parent}.' if parent else ''}{close[0]}?"
-    off = next((p for p in _prefixes(key) if keys.get(p) == "null"), None)
+    off = next((p for p in _prefixes(key) if p in settings and settings[p] is None), None)
     if off:
         group = off.split(".")[0]
         options = sorted(path.stem for path in (Path(CONFIG_DIR) / group).glob("*.yaml"))
@@ -126,10 +147,106 @@ def _flag_refusal(config_name: str, index: int, flag: str, args: list[str]) -> s
     """`--lr 0.01` written the way lenet takes it: optimizer.lr=0.01."""
     name = flag.lstrip("-").replace("-", "_")
     value = args[index + 1] if index + 1 < len(args) and not args[index + 1].startswith("-") else "VALUE"
-    keys = _keys(config_name, []) or {}
-    meant = sorted(key for key in keys if key.rsplit(".", 1)[-1] == name) or difflib.get_close_matches(
-        name, sorted(keys), n=1, cutoff=0.6
+    settings = _keys(config_name, []) or {}
+    meant = sorted(key for key in settings if key.rsplit(".", 1)[-1] == name) or difflib.get_close_matches(
+        name, sorted(settings), n=1, cutoff=0.6
     )
     if not meant:
         return f"{flag} is not an option: settings are written key=value (--help lists them)"
     return f"{flag} is not an option: settings are written key=value, e.g. {meant[0]}={value}"
+
+
+class SweepError(CompactHydraException):
+    """Ends a sweep with one line: Hydra prints this kind of exception without a traceback."""
+
+
+def report_user_errors(task):
+    """Wrap a Hydra task so a UserError ends the process with one line and a non-zero exit status.
+
+    The line also goes into the run's log; a run refused before it wrote anything but that log leaves no run dir.
+    HYDRA_FULL_ERROR=1 shows the full traceback instead, as it does for Hydra's own errors. In a multirun the error
+    is logged and raised instead: Hydra marks that job failed, runs the others, then exits non-zero. An
+    interruption (exit status above 1) still ends the whole sweep.
+    """
+
+    @functools.wraps(task)
+    def wrapper(cfg):
+        try:
+            return task(cfg)
+        except UserError as error:
+            if os.environ.get("HYDRA_FULL_ERROR") == "1":
+                raise
+            if in_multirun() and error.exit_status == 1:
+                log.error("error: %s", error)  # into the job's log, where the sweep report finds it
+                raise SweepError(f"error: {error}") from error
+            _log_to_file(f"error: {error}")
+            _remove_if_empty(Path(HydraConfig.get().runtime.output_dir), Path(cfg.get("outputs_dir", "outputs")))
+            print(f"error: {error}", file=sys.stderr)
+            raise SystemExit(error.exit_status) from None
+
+    return wrapper
+
+
+def _log_to_file(message: str) -> None:
+    """Into the run's log file only: the console gets the line on stderr."""
+    record = log.makeRecord(log.name, logging.ERROR, __file__, 0, message, None, None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
+
+
+def _remove_if_empty(run_dir: Path, outputs_dir: Path) -> None:
+    """A run dir holding only Hydra's .hydra/ and the log records nothing but the refusal the user just saw.
+
+    Its parents under outputs_dir (the day's folder, eval/, predict/) go too when it was all they held.
+    """
+    if not run_dir.is_dir() or any(p.name != ".hydra" and p.suffix != ".log" for p in run_dir.iterdir()):
+        return
+    shutil.rmtree(run_dir, ignore_errors=True)
+    for parent in run_dir.resolve().parents:
+        if parent == outputs_dir.resolve() or not parent.is_relative_to(outputs_dir.resolve()):
+            break
+        with contextlib.suppress(OSError):
+            parent.rmdir()
+
+
+def in_multirun() -> bool:
+    """Whether this process runs a job of a Hydra multirun (`-m`, or a config that sets hydra.mode)."""
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def this_command(task: str, extra: tuple[str, ...] = ()) -> str | None:
+    """The command line that runs this Hydra job again (`extra` overrides replacing its own); None outside Hydra."""
+    if not HydraConfig.initialized():
+        return None
+    replaced = {override.split("=", 1)[0] for override in extra}
+    overrides = [o for o in HydraConfig.get().overrides.task if o.split("=", 1)[0] not in replaced]
+    return command_line(task, [*overrides, *extra])
+
+
+def command_line(task: str, overrides: list[str]) -> str:
+    """The command that runs `lenet.<task>` with these overrides again; a search's own settings left out."""
+    kept = [o for o in overrides if not keys.role(o.split("=", 1)[0].lstrip("+~")).search]
+    return shlex.join(["python", "-m", f"lenet.{task}", *kept])
+
+
+class CheckOutputDir(Callback):
+    """Hydra makes the run dir before any task code runs, and fails there with a traceback: try first."""
+
+    def on_run_start(self, config, **kwargs):
+        self._make(config.hydra.run.dir)
+
+    def on_multirun_start(self, config, **kwargs):
+        self._make(config.hydra.sweep.dir)
+
+    @staticmethod
+    def _make(path: str) -> None:
+        try:
+            Path(path).mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=path):
+                pass
+        except OSError as error:
+            print(
+                f"error: cannot write the run dir {path} ({error.strerror}); pass outputs_dir=FOLDER", file=sys.stderr
+            )
+            raise SystemExit(1) from None

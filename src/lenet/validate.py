@@ -1,37 +1,32 @@
-"""Where the Hydra configs live, and the start-up checks of a composed config: of a run, and of a whole multirun."""
+"""The start-up checks of a composed config, before anything runs: of a run, and of a whole multirun."""
 
 import inspect
 import sys
 
 from hydra.experimental.callback import Callback
-from hydra.utils import get_object
+from hydra.utils import get_class, get_object
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from lenet.console import UserError, quiet_lightning
+from lenet import keys
+from lenet.console import quiet_lightning
+from lenet.errors import ConfigError
 
 HYDRA_KEYS = {"_target_", "_partial_", "_recursive_", "_convert_", "_args_"}
-
-
-class ConfigError(UserError):
-    """A config value that cannot work."""
+MISSING = object()
 
 
 def validate(cfg: DictConfig) -> None:
-    """Required values, a GPU when one is asked for, each key's rule (`schema.RULES`), and keys no target knows."""
-    from lenet import schema  # here: lenet.config is imported by Hydra callbacks of every command, --help included
-
+    """Required values, a GPU when one is asked for, each key's rule (lenet.keys), and keys no target knows."""
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise ConfigError(f"{missing[0]} is required: set it on the command line, e.g. {missing[0]}=VALUE")
+    ruled = [(key, declared.rule) for key, declared in keys.KEYS.items() if declared.rule]
     for deferred in (False, True):  # the rules that import torch or Lightning last: a typo is refused at once
-        for group, rules in schema.RULES.items():
-            node = OmegaConf.select(cfg, group) if group else cfg
-            for key in sorted(rules.keys() & set(node or ())):
-                rule, value = rules[key], _plain(node[key])
-                if rule.deferred is deferred and not rule.test(value):
-                    key = f"{group}.{key}" if group else key
-                    raise ConfigError(f"{key}={value!r} is not allowed: it must be {rule.text}")
-    for group, test, advice in schema.CONSTRAINTS:
+        for key, rule in sorted(ruled):
+            value = OmegaConf.select(cfg, key, default=MISSING)
+            if value is not MISSING and rule.deferred is deferred and not rule.test(_plain(value)):
+                raise ConfigError(f"{key}={_plain(value)!r} is not allowed: it must be {rule.text}")
+    for group, test, advice in keys.CONSTRAINTS:
         if group in cfg and not test(_plain(cfg[group])):
             raise ConfigError(advice)
     _check_gpu(OmegaConf.select(cfg, "trainer.accelerator"), OmegaConf.select(cfg, "trainer.precision"))
@@ -42,9 +37,7 @@ def validate(cfg: DictConfig) -> None:
 def _check_gpu(accelerator: str | None, precision: str | None) -> None:
     if accelerator not in ("gpu", "cuda") and precision != "16-mixed":
         return  # no need to import torch to ask
-    import torch
-
-    gpu = torch.cuda.is_available()
+    gpu = get_object("torch.cuda.is_available")()
     if accelerator in ("gpu", "cuda") and not gpu:
         raise ConfigError("trainer.accelerator=gpu but no CUDA GPU is visible here; use trainer=cpu or trainer=default")
     if precision == "16-mixed" and (accelerator == "cpu" or not gpu):
@@ -67,12 +60,10 @@ def _instantiated(node: DictConfig, path: str = ""):
 
 
 def _check_keys(path: str, node: DictConfig) -> None:
-    from lenet import schema
-
     parameters = inspect.signature(get_object(node._target_)).parameters
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
         return  # the target takes any keyword
-    known = set(parameters) | HYDRA_KEYS | schema.OWN_KEYS.get(path, set())
+    known = set(parameters) | HYDRA_KEYS | {key for key in node if keys.role(f"{path}.{key}").own}
     for key in node:
         if key not in known:
             settings = ", ".join(sorted(known - HYDRA_KEYS - {"params", "optimizer"}))
@@ -115,10 +106,13 @@ class MultirunCheck(Callback):
 
 
 def _process_layout(trainer_config):
-    """A Trainer with only the settings that decide its processes: Lightning's own answer to how many."""
-    from lightning.pytorch import Trainer
+    """A Trainer with only the settings that decide its processes: Lightning's own answer to how many.
 
+    Lightning is looked up by name, as every target of lenet's configs is: this callback is made for every command,
+    and only a multirun needs Lightning here.
+    """
+    names = ("accelerator", "devices", "strategy", "num_nodes")
+    layout = {key: trainer_config[key] for key in names if key in trainer_config}
+    trainer = get_class("lightning.pytorch.Trainer")
     quiet_lightning()
-    keys = ("accelerator", "devices", "strategy", "num_nodes")
-    settings = {key: trainer_config[key] for key in keys if key in trainer_config}
-    return Trainer(**settings, logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    return trainer(**layout, logger=False, enable_checkpointing=False, enable_progress_bar=False)
