@@ -48,6 +48,12 @@ def test_every_pixel_mode_gives_an_image_or_an_image_error(mode):
     assert prepare(image).shape == (28, 28)
 
 
+@pytest.mark.parametrize("shade", [0, 128, 255])
+def test_an_image_of_one_shade_is_blank(shade):
+    with pytest.raises(ImageError, match="^nothing to classify: the image is blank$"):
+        prepare(Image.new("L", (64, 64), shade))
+
+
 def test_an_image_above_the_pixel_cap_is_refused_from_its_header():
     """13000 x 13000 RGBA: a 657 KB PNG that takes 1.3 GB and seconds to decode."""
     png = encoded(Image.new("RGBA", (13000, 13000)), "PNG")

@@ -1,17 +1,38 @@
 """lenet.predict and the image preparation of lenet.classifier, on files made as users' photos and scans would be."""
 
+import contextlib
 import csv
+import dataclasses
 import io
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
 import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+import lenet.predict
 from conftest import compose_config, glyph_split, lenet_command
-from lenet.classifier import LAYOUTS, ImageError, ModelError, load, prepare
+from lenet.classifier import LAYOUTS, Classifier, ImageError, ModelError, load, prepare
 from lenet.config import ConfigError
-from lenet.predict import InputError, predict
+from lenet.predict import (
+    InputError,
+    Interrupted,
+    Prediction,
+    PreviewPicks,
+    UnreadableImages,
+    as_text,
+    predict,
+)
 
 
 @pytest.fixture(scope="module")
@@ -194,3 +215,278 @@ def test_a_missing_path_is_one_line_and_a_non_zero_exit(glyph_checkpoint, tmp_pa
     result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert result.returncode == 1
     assert result.stderr.strip() == "error: inputs=missing.png: no such file or folder"
+
+
+# Odd input (issue 15): whatever one entry is, it gets its row and the others theirs; the CSV is written as it goes.
+
+
+def glyph_file(originals, index: int = 0) -> bytes:
+    return VARIANTS["dark on light"](originals[0][index])[0]
+
+
+def read_rows(path) -> list[dict[str, str]]:
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def predicted(checkpoint, inputs, run_dir, *overrides) -> list[dict[str, str]]:
+    """predict's CSV rows, whether or not it ended with UnreadableImages."""
+    with contextlib.suppress(UnreadableImages):
+        predict(predict_config(checkpoint, inputs, run_dir, *overrides))
+    return read_rows(run_dir / "predictions.csv")
+
+
+def test_float_tiffs_with_nan_or_inf_and_a_lab_tiff_get_their_rows(glyph_checkpoint, classifier, originals, tmp_path):
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    for index in range(3):
+        (folder / f"good{index}.png").write_bytes(glyph_file(originals, index))
+    glyph = np.asarray(scaled(originals[0][0], 2), dtype=np.float32) / 255
+    for name, value in [("nan", np.nan), ("inf", np.inf)]:
+        pixels = glyph.copy()
+        pixels[0, 0] = value
+        Image.fromarray(pixels).save(folder / f"{name}.tif")  # a float32 array: mode "F"
+    grey = scaled(originals[0][0], 2)
+    flat = Image.new("L", grey.size, 128)
+    Image.merge("LAB", [grey, flat, flat]).save(folder / "lab.tif")
+
+    with pytest.raises(UnreadableImages, match="of 6 images could not be read"):
+        predict(predict_config(glyph_checkpoint, folder, tmp_path, "top_k=1"))
+    rows = {Path(row["path"]).name: row for row in read_rows(tmp_path / "predictions.csv")}
+    assert list(rows) == ["good0.png", "good1.png", "good2.png", "inf.tif", "lab.tif", "nan.tif"]
+    expected = [classifier.classes[i] for i in originals[1][:3]]
+    assert [rows[f"good{index}.png"]["prediction"] for index in range(3)] == expected
+    assert all(rows[name]["error"] and not rows[name]["prediction"] for name in ("nan.tif", "inf.tif"))
+    assert rows["lab.tif"]["prediction"] or rows["lab.tif"]["error"]  # its L channel, or why not: never lost
+
+
+def test_a_failure_prepare_does_not_foresee_is_that_images_row(glyph_checkpoint, originals, tmp_path, monkeypatch):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for index in range(3):
+        (folder / f"{index}.png").write_bytes(glyph_file(originals, index))
+    calls = iter(range(3))
+    real = Classifier.prepare
+
+    def prepare_with_a_bug(self, image, max_pixels=None):
+        if next(calls) == 1:
+            raise TypeError("a case nobody foresaw")
+        return real(self, image, max_pixels)
+
+    monkeypatch.setattr(Classifier, "prepare", prepare_with_a_bug)
+    rows = predicted(glyph_checkpoint, folder, tmp_path)
+    assert [row["error"] for row in rows] == ["", "cannot read it (TypeError: a case nobody foresaw)", ""]
+    assert rows[0]["prediction"] and rows[2]["prediction"]
+
+
+def test_entries_named_like_images_that_are_not_files_get_a_row_each(glyph_checkpoint, originals, tmp_path):
+    folder = tmp_path / "odd"
+    folder.mkdir()
+    (folder / "good.png").write_bytes(glyph_file(originals))
+    (folder / "folder.png").mkdir()
+    (folder / "loop.png").symlink_to("loop.png")
+    (folder / "broken.png").symlink_to("gone.png")
+    (folder / "zero.png").symlink_to("/dev/zero")
+    (folder / "link.png").symlink_to("good.png")  # a regular file through a link: predicted
+    os.mkfifo(folder / "fifo.png")
+    expected = {
+        "broken.png": "a broken symlink (to gone.png)",
+        "fifo.png": "a FIFO, not a file",
+        "folder.png": "a folder, not a file",
+        "good.png": "",
+        "link.png": "",
+        "loop.png": "a symlink loop",
+        "zero.png": "a device, not a file",
+    }
+    files = {name: error for name, error in expected.items() if name != "folder.png"}  # a folder named is listed
+    named = "[" + ",".join(str(folder / name) for name in files) + "]"
+    for inputs, rows_expected in [(folder, expected), (f"'{folder}/*.png'", expected), (named, files)]:
+        rows = predicted(glyph_checkpoint, inputs, tmp_path)
+        assert {Path(row["path"]).name: row["error"] for row in rows} == rows_expected, inputs
+        assert all(bool(row["prediction"]) != bool(row["error"]) for row in rows)
+
+
+def test_a_unix_socket_named_like_an_image_gets_a_row(glyph_checkpoint, originals, tmp_path):
+    folder = Path(tempfile.mkdtemp(prefix="sock"))  # a socket's path must be short (108 bytes)
+    try:
+        (folder / "good.png").write_bytes(glyph_file(originals))
+        with socket.socket(socket.AF_UNIX) as server:
+            server.bind(str(folder / "s.png"))
+            rows = predicted(glyph_checkpoint, folder, tmp_path)
+    finally:
+        shutil.rmtree(folder)
+    assert [(Path(row["path"]).name, row["error"]) for row in rows] == [
+        ("good.png", ""),
+        ("s.png", "a socket, not a file"),
+    ]
+
+
+LOOPING_GLOB = """
+import json, sys
+from lenet.predict import image_paths
+print(json.dumps([str(path) for path in image_paths(sys.argv[1])]))
+"""
+
+
+@pytest.mark.parametrize("loops", [1, 2])
+def test_a_recursive_glob_ends_and_matches_each_file_once(tmp_path, loops):
+    tree = tmp_path / "tree"
+    (tree / "sub" / "deep").mkdir(parents=True)
+    (tmp_path / "other").mkdir()
+    for name in ("a.png", "sub/b.png", "sub/deep/c.png", "../other/d.png"):
+        (tree / name).write_bytes(b"")
+    (tree / "loop").symlink_to(".")  # back to itself
+    if loops == 2:
+        (tree / "sub" / "back").symlink_to("..")  # and back up from below
+    (tree / "linked").symlink_to("../other")  # a folder linked in from elsewhere is still searched
+    # Python 3.11's glob ran these forever (two loops) or matched each file ~40 times (one): in a process of its own.
+    found = subprocess.run(
+        [sys.executable, "-c", LOOPING_GLOB, f"{tree}/**/*.png"], capture_output=True, text=True, timeout=60
+    )
+    assert found.returncode == 0, found.stderr
+    names = [str(Path(path).relative_to(tree)) for path in json.loads(found.stdout)]
+    assert names == ["a.png", "linked/d.png", "sub/b.png", "sub/deep/c.png"]
+
+
+def test_cells_that_a_spreadsheet_would_run_as_formulas_start_with_a_quote(
+    glyph_checkpoint, originals, tmp_path, monkeypatch
+):
+    folder = tmp_path / "names"
+    folder.mkdir()
+    names = ["+x.png", "-x.png", "=1+1.png", "@x.png"]
+    for name in names:
+        (folder / name).write_bytes(glyph_file(originals))
+    real_load = lenet.predict.load
+
+    def load_with_formula_classes(*args, **kwargs):  # class names come from the model file: a .onnx names them
+        classifier = real_load(*args, **kwargs)
+        return dataclasses.replace(classifier, classes=[f"=c{name}" for name in classifier.classes])
+
+    monkeypatch.setattr(lenet.predict, "load", load_with_formula_classes)
+    monkeypatch.chdir(folder)
+    rows = predicted(glyph_checkpoint, "'*.png'", tmp_path)
+    assert [row["path"] for row in rows] == [f"'{name}" for name in names]
+    assert all(row["prediction"].startswith("'=c") and row["top3"].startswith("'=c") for row in rows)
+    assert [as_text(text) for text in ("\tx", "\rx", "x=1", "", "'")] == ["'\tx", "'\rx", "x=1", "", "'"]
+
+
+def test_file_names_that_are_not_utf8_or_hold_a_newline_get_readable_rows(glyph_checkpoint, originals, tmp_path):
+    folder = tmp_path / "names"
+    folder.mkdir()
+    for name in (b"caf\xe9.png", b"two\nlines.png", b"\x1b[31mred.png"):
+        (folder / os.fsdecode(name)).write_bytes(glyph_file(originals))
+    rows = predicted(glyph_checkpoint, folder, tmp_path)
+    assert [Path(row["path"]).name for row in rows] == ["\\x1b[31mred.png", "caf\\xe9.png", "two\\nlines.png"]
+    assert all(row["prediction"] for row in rows)
+
+
+@pytest.mark.parametrize("prepare", ["true", "false"])
+def test_an_image_over_max_megapixels_gets_an_error_row(glyph_checkpoint, originals, tmp_path, prepare):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    (folder / "small.png").write_bytes(glyph_file(originals))
+    Image.new("L", (1500, 1000)).save(folder / "large.png")
+    rows = predicted(glyph_checkpoint, folder, tmp_path, "max_megapixels=1", f"prepare={prepare}")
+    assert [row["path"] for row in rows] == [str(folder / "large.png"), str(folder / "small.png")]
+    assert "1500x1000 pixels is more than the limit, 1 megapixels" in rows[0]["error"] and rows[1]["prediction"]
+
+
+def test_counts_are_singular_for_one_image(glyph_checkpoint, tmp_path, capsys, caplog):
+    corrupt = tmp_path / "corrupt.png"
+    corrupt.write_bytes(b"\x89PNG\r\n\x1a\n")
+    with caplog.at_level(logging.INFO), pytest.raises(UnreadableImages, match=r"^1 of 1 image could not be read"):
+        predict(predict_config(glyph_checkpoint, corrupt, tmp_path))
+    assert "1 image, 1 unreadable." in capsys.readouterr().out
+    assert caplog.messages[0].endswith(": 1 image")
+
+
+def offered(picks: PreviewPicks, confidences: list[float | None]) -> PreviewPicks:
+    """Rows with these confidences (None: unreadable) offered to `picks`, named by their index."""
+    rows = [Prediction(str(i), [("7", c)] if c is not None else [], "" if c is not None else "x") for i, c in
+            enumerate(confidences)]  # fmt: skip
+    picks.offer([(row, None if row.error else np.zeros((28, 28), np.uint8)) for row in rows])
+    return picks
+
+
+def test_the_preview_says_which_images_it_shows_and_can_show_the_doubtful_first():
+    confidences = [0.9 + i / 10_000 for i in range(150)]
+    confidences[120], confidences[5], confidences[60] = None, 0.2, 0.5
+    first = offered(PreviewPicks("input"), confidences)
+    assert [p.path for p, _ in first.picks()] == [str(i) for i in range(100)]
+    assert first.title() == "first 100 of 150 images"
+    doubtful = offered(PreviewPicks("confidence"), confidences)
+    assert [p.path for p, _ in doubtful.picks()][:5] == ["120", "5", "60", "0", "1"]
+    assert len(doubtful.picks()) == 100 and doubtful.picks()[0][1] is None  # the unreadable: no image, its error
+    assert doubtful.title() == "100 least confident of 150 images, unreadable first"
+    assert offered(PreviewPicks("input"), [0.5]).title() == "1 image"
+
+
+def test_the_preview_shows_unreadable_images_first_when_asked(glyph_checkpoint, user_folder, tmp_path, caplog):
+    with caplog.at_level(logging.INFO), pytest.raises(UnreadableImages):
+        predict(predict_config(glyph_checkpoint, user_folder, tmp_path, "preview=true", "preview_order=confidence"))
+    preview = tmp_path / "predictions_preview.png"
+    assert f"Preview (31 images, unreadable and least confident first): {preview}" in caplog.messages
+    assert Image.open(preview).size[0] > 1000
+
+
+def test_a_ctrl_c_keeps_the_rows_so_far_and_says_how_many(glyph_checkpoint, originals, tmp_path, monkeypatch):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for index in range(5):
+        (folder / f"{index}.png").write_bytes(glyph_file(originals, index))
+    calls = iter(range(5))
+    real = Classifier.prepare
+
+    def interrupted_at_the_third(self, image, max_pixels=None):
+        if next(calls) == 2:
+            raise KeyboardInterrupt
+        return real(self, image, max_pixels)
+
+    monkeypatch.setattr(Classifier, "prepare", interrupted_at_the_third)
+    output = tmp_path / "predictions.csv"
+    with pytest.raises(Interrupted, match=f"^interrupted by Ctrl-C: 2 of 5 rows written to {output}$") as stop:
+        predict(predict_config(glyph_checkpoint, folder, tmp_path, "batch_size=1"))
+    assert stop.value.exit_status == 130
+    assert [Path(row["path"]).name for row in read_rows(output)] == ["0.png", "1.png"]
+
+
+@pytest.fixture(scope="module")
+def many_images(originals, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("many")
+    data = glyph_file(originals)
+    for index in range(1500):
+        (folder / f"{index:04d}.png").write_bytes(data)
+    return folder
+
+
+@pytest.mark.parametrize(("stop", "status"), [("SIGINT", 130), ("SIGTERM", 143), ("SIGKILL", -9)])
+def test_a_stopped_run_leaves_the_header_and_whole_rows(glyph_checkpoint, many_images, tmp_path, stop, status):
+    output = tmp_path / "preds.csv"
+    command = lenet_command(
+        "predict", f"ckpt_path={glyph_checkpoint}", f"inputs={many_images}", f"output={output}", "batch_size=8"
+    )
+    # Ctrl-C raises KeyboardInterrupt only where SIGINT is not ignored: not inherited from whatever started pytest.
+    process = subprocess.Popen(
+        command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while not (output.is_file() and output.read_text().count("\n") > 8) and time.monotonic() < deadline:
+            time.sleep(0.02)  # until the first batch is written
+        process.send_signal(getattr(signal, stop))
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == status, stderr
+    text = output.read_text()
+    rows = list(csv.reader(io.StringIO(text)))
+    assert rows[0] == ["path", "prediction", "confidence", "top1", "p1", "top2", "p2", "top3", "p3", "error"]
+    assert text.endswith("\n") and all(len(row) == 10 and row[1] and not row[9] for row in rows[1:])
+    assert 8 <= len(rows) - 1 < 1500
+    assert [row[0] for row in rows[1:]] == [str(many_images / f"{index:04d}.png") for index in range(len(rows) - 1)]
+    if stop != "SIGKILL":
+        name = "Ctrl-C" if stop == "SIGINT" else "SIGTERM"
+        assert "Traceback" not in stderr
+        written = f"{len(rows) - 1} of 1500 rows written to {output}"
+        assert stderr.strip().splitlines()[-1] == f"error: interrupted by {name}: {written}"

@@ -4,6 +4,7 @@ and the best epoch kept across a resume."""
 import logging
 import pickle
 import shutil
+import zipfile
 from pathlib import Path
 
 import torch
@@ -44,9 +45,11 @@ class Checkpoint:
     @classmethod
     def open(cls, path: Path) -> "Checkpoint":
         not_ours = f"{path} is not a checkpoint of lenet.train"
+        if not zipfile.is_zipfile(path):  # torch.save's format: anything else is no checkpoint (an image, a text)
+            raise ModelError(not_ours)
         try:
             contents = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError:
+        except pickle.UnpicklingError:  # the safe unpickler met an object it does not allow
             raise ModelError(
                 f"{path} holds Python objects beyond tensors and plain values, which could run code when loaded: "
                 "lenet loads only its own checkpoints"

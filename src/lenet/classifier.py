@@ -357,7 +357,7 @@ def strokes_off_paper(grey: np.ndarray) -> np.ndarray:
     if not dark_ink:
         return np.clip(grey - paper, 0, None)
     # Light falls on ink and paper alike: in a shadow both darken by the same factor, their ratio stays.
-    return np.clip(255 * (1 - grey / np.maximum(paper, 1)), 0, None)
+    return np.clip(255 * (paper - grey) / np.maximum(paper, 1), 0, None)
 
 
 def _dark_ink(grey: np.ndarray) -> bool:
@@ -420,6 +420,8 @@ def otsu_threshold(ink: np.ndarray) -> float:
     with np.errstate(divide="ignore", invalid="ignore"):
         mean_below, mean_above = mass_below / below, (total - mass_below) / above
         spread = below * above * (mean_below - mean_above) ** 2
+    if np.isnan(spread).all():  # one grey level only: everything above it is ink
+        return float(ink.min()) - 0.5
     return float(np.nanargmax(spread)) + 0.5  # between level t (below) and t + 1 (above)
 
 
