@@ -49,7 +49,7 @@ test-all: install  ## every test, the slow ones too (torch.compile, DDP, sweeps)
 	$(no_overrides)
 	$(PYTHON) -m pytest -n auto $(ARGS)
 
-bench: install  ## throughput and time-to-accuracy against the seed's loop and a plain PyTorch loop
+bench: install  ## throughput and time-to-accuracy against the original script's loop and a plain PyTorch loop
 	$(no_overrides)
 	$(PYTHON) benchmarks/bench.py --data-root $(FASHION_MNIST) --dataset fashion_mnist $(ARGS)
 

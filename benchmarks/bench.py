@@ -1,17 +1,17 @@
-"""Benchmark lenet.train against the seed script's loop and a plain PyTorch loop, on the same data.
+"""Benchmark lenet.train against the original script's loop and a plain PyTorch loop, on the same data.
 
     python benchmarks/bench.py --data-root /usr/share/datasets/fashion-mnist [--dataset fashion_mnist]
                                [--out benchmarks/results] [--threads N] [--quick] [--time-limit S]
 
 Measures, in one invocation:
-  (a) the seed script's loop: per-sample PIL + ToTensor + Normalize(0.5, 0.5), DataLoader(batch 64, shuffle,
-      num_workers=2), the seed's LeNet, SGD lr 0.001 momentum 0.9: training images/s over one epoch
+  (a) the original script's loop: per-sample PIL + ToTensor + Normalize(0.5, 0.5), DataLoader(batch 64, shuffle,
+      num_workers=2), the original script's LeNet, SGD lr 0.001 momentum 0.9: training images/s over one epoch
       (or its first 40 s);
   (b) a plain PyTorch loop over tensors decoded and normalized once: images/s at batch 64, 128 and the batch
       size of every lenet.train config below, the median of 3 timings of one epoch (or its first 8 s) each;
-  (c) `python -m lenet.train` as a subprocess with the default config, `experiment=seed` and (when
+  (c) `python -m lenet.train` as a subprocess with the default config, `experiment=original` and (when
       conf/experiment/fast.yaml exists) `experiment=fast`: whole-process wall time, peak RSS, final test
-      accuracy, training images/s, and epochs / wall time to reach the seed recipe's final test accuracy.
+      accuracy, training images/s, and epochs / wall time to reach the original recipe's final test accuracy.
 Prints a markdown table and PASS/FAIL lines, and writes bench.json + bench.md (bench-quick.* with --quick)
 into --out. --quick is a smoke run (< 90 s): one short epoch everywhere; its numbers are not meaningful.
 
@@ -23,14 +23,12 @@ times slower than one thread; the report's last column shows how much CPU others
 import argparse
 import contextlib
 import csv
-import gzip
 import json
 import os
 import platform
 import resource
 import signal
 import statistics
-import struct
 import subprocess
 import sys
 import tempfile
@@ -45,11 +43,11 @@ from torchvision import datasets, transforms
 from torchvision.datasets.vision import VisionDataset
 
 from lenet import CONFIG_DIR
-from lenet.data import DATASETS
+from lenet.datasets import DATASETS, idx_files
+from lenet.idx import read_idx
 from lenet.model import LeNet
 
 REPO = Path(__file__).resolve().parents[1]
-TRAIN_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte")
 SEED_BATCH, SEED_LR, SEED_MOMENTUM, SEED_WORKERS = 64, 0.001, 0.9, 2
 WARMUP_BATCHES = 20  # excluded from (a)/(b) timing: first-call allocations and worker start-up
 # Caps on one (a) / (b) measurement: images/s over part of an epoch is still valid, and a busy machine
@@ -77,33 +75,18 @@ def parse_args() -> argparse.Namespace:
 # ---------------------------------------------------------------- data
 
 
-def read_idx(path: Path) -> torch.Tensor:
-    """An IDX file of unsigned bytes, gzipped or not, as a uint8 tensor of its shape.
-
-    Decoded here rather than with lenet.data, so the baselines do not move when lenet.data does.
-    """
-    with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as f:
-        data = f.read()
-    ndim = data[3]  # the magic number's last byte; the third says unsigned bytes
-    shape = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
-    return torch.frombuffer(bytearray(data[4 + 4 * ndim :]), dtype=torch.uint8).view(shape)
-
-
 def load_train_split(root: Path, dataset: str) -> tuple[torch.Tensor, torch.Tensor]:
     """The official training set: uint8 images (N, 28, 28) and int64 labels, from a flat folder of IDX files
     (gzipped or not) or torchvision's layout."""
-    found = [next((p for p in (root / name, root / f"{name}.gz") if p.is_file()), None) for name in TRAIN_FILES]
-    if None not in found:
-        return read_idx(found[0]), read_idx(found[1]).long()
-    data = DATASETS[dataset](root, train=True, download=False)
-    return data.data, data.targets
+    images, labels = idx_files(root, dataset)["train"]
+    return read_idx(images, "images"), read_idx(labels, "labels").long()
 
 
 class SeedStyleDataset(datasets.MNIST):
     """torchvision's MNIST on tensors already in memory, so a flat folder of .gz files works.
 
     Only __init__ is replaced (it would insist on root/<Class>/raw/); __getitem__ is torchvision's own,
-    so every sample goes through PIL, ToTensor and Normalize exactly as in the seed script.
+    so every sample goes through PIL, ToTensor and Normalize exactly as in the original script.
     """
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform):
@@ -138,7 +121,7 @@ def other_cores(before: tuple[float | None, float, float]) -> float | None:
 
 
 def train_images_per_s(batches, max_batches: int | None, max_seconds: float) -> float:
-    """Train a fresh seed LeNet with the seed's SGD on `batches`; images/s after WARMUP_BATCHES batches.
+    """Train a fresh LeNet with the original script's SGD on `batches`; images/s after WARMUP_BATCHES batches.
 
     Stops after `max_batches` batches or `max_seconds` of timed training, whichever comes first.
     """
@@ -156,13 +139,13 @@ def train_images_per_s(batches, max_batches: int | None, max_seconds: float) -> 
         loss = loss_fn(net(x), y)
         loss.backward()
         optimizer.step()
-        running_loss += loss.item()  # the seed accumulates the loss for its progress prints
+        running_loss += loss.item()  # the original script accumulates the loss for its progress prints
         images += len(y)
     return images / (time.perf_counter() - started)
 
 
 def seed_style_loop(images: torch.Tensor, labels: torch.Tensor, max_batches: int | None, max_seconds: float) -> float:
-    """(a) The seed script's input pipeline: per-sample transforms in 2 DataLoader worker processes."""
+    """(a) The original script's input pipeline: per-sample transforms in 2 DataLoader worker processes."""
     transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.5,), (0.5,))])
     dataset = SeedStyleDataset(images, labels, transform)
     loader = torch.utils.data.DataLoader(dataset, batch_size=SEED_BATCH, shuffle=True, num_workers=SEED_WORKERS)
@@ -287,7 +270,7 @@ def time_to_target(run: dict, target: float) -> tuple[int | None, float | None]:
 # ---------------------------------------------------------------- report
 
 
-SEED_STYLE, PLAIN = "(a) seed-style loop (PIL transforms, DataLoader 2 workers)", "(b) plain in-memory loop"
+SEED_STYLE, PLAIN = "(a) original-style loop (PIL transforms, DataLoader 2 workers)", "(b) plain in-memory loop"
 
 
 def loop_row(name: str, batch: int, measure) -> dict:
@@ -299,11 +282,11 @@ def loop_row(name: str, batch: int, measure) -> dict:
 
 
 def train_row(run: dict, target: float | None) -> dict:
-    """A lenet.train run as a table row; `target` is None when the seed run, which sets it, was killed."""
+    """A lenet.train run as a table row; `target` is None when the original run, which sets it, was killed."""
     row = {"name": f"(c) lenet.train {run['name']}", "run": run["name"], "batch": run["batch_size"], "target": target}
     if not run["finished"]:
         return row | {"name": f"{row['name']} (killed at the time limit)", "other_cores": run["other_cores"]}
-    if run["name"] == "seed":  # the target is this run's own final result: it takes the whole run
+    if run["name"] == "original":  # the target is this run's own final result: it takes the whole run
         epochs, wall_to_target = run["metrics"]["epochs"], run["process_wall_s"]
     else:
         epochs, wall_to_target = time_to_target(run, target) if target else (None, None)
@@ -358,7 +341,7 @@ def check_lines(rows: list[dict]) -> list[str]:
     """PASS/FAIL for the project's performance targets: FAIL too when a run they need was killed at the
     time limit; SKIP when experiment=fast does not exist."""
     runs = {row["run"]: row for row in rows if "run" in row}
-    default, seed, fast = runs["default"], runs["seed"], runs.get("fast")
+    default, original, fast = runs["default"], runs["original"], runs.get("fast")
     seed_style = next(row for row in rows if row["name"] == SEED_STYLE)["images_per_s"]
 
     def killed(text: str, *names: str) -> str | None:
@@ -378,12 +361,12 @@ def check_lines(rows: list[dict]) -> list[str]:
             f" at batch {default['batch']} ({default['x_plain_same_batch']:.2f}x)",
         )
     ]
-    text = "experiment=seed images/s (batch 64) >= 3x seed-style loop"
+    text = "experiment=original images/s (batch 64) >= 3x original-style loop"
     checks.append(
-        killed(text, "seed")
+        killed(text, "original")
         or line(
-            seed["x_seed_style"] >= 3,
-            f"{text}: {seed['images_per_s']:,.0f} vs {seed_style:,.0f} ({seed['x_seed_style']:.2f}x)",
+            original["x_seed_style"] >= 3,
+            f"{text}: {original['images_per_s']:,.0f} vs {seed_style:,.0f} ({original['x_seed_style']:.2f}x)",
         )
     )
     text, rss = "default peak RSS <= 1 GB", default.get("peak_rss_mb")
@@ -391,19 +374,21 @@ def check_lines(rows: list[dict]) -> list[str]:
     if fast is None:
         return checks + ["SKIP: experiment=fast checks: conf/experiment/fast.yaml does not exist"]
 
-    # The seed script's own recipe: 10 epochs of 60,000 images at (a)'s speed (training only: a lower bound).
-    seed_script_s = 10 * 60_000 / seed_style
-    text = "experiment=fast reaches the seed recipe's test accuracy >= 8x sooner than the seed script"
+    # The original script's own recipe: 10 epochs of 60,000 images at (a)'s speed (training only: a lower bound).
+    original_script_s = 10 * 60_000 / seed_style
+    text = "experiment=fast reaches the original recipe's test accuracy >= 8x sooner than the original script"
     reached = fast.get("wall_to_target_s") is not None
     fast_s = fast.get("wall_to_target_s") or 1
     checks.append(
-        killed(text, "seed", "fast")
+        killed(text, "original", "fast")
         or line(
-            reached and seed_script_s / fast_s >= 8,
-            f"{text}: {fast_s:.1f} s whole process vs {seed_script_s:.0f} s of training ({seed_script_s / fast_s:.1f}x;"
-            f" {seed['wall_to_target_s'] / fast_s:.1f}x vs experiment=seed's {seed['wall_to_target_s']:.1f} s)"
+            reached and original_script_s / fast_s >= 8,
+            f"{text}: {fast_s:.1f} s whole process vs {original_script_s:.0f} s of training"
+            f" ({original_script_s / fast_s:.1f}x;"
+            f" {original['wall_to_target_s'] / fast_s:.1f}x vs experiment=original's"
+            f" {original['wall_to_target_s']:.1f} s)"
             if reached
-            else f"{text}: fast never reached {seed['test_acc']:.4f}",
+            else f"{text}: fast never reached {original['test_acc']:.4f}",
         )
     )
     text = "experiment=fast >= 90% test accuracy in <= 30 s whole process"
@@ -423,11 +408,11 @@ def notes(args, target: float | None) -> list[str]:
         f"{os.cpu_count()} CPUs ({platform.processor() or platform.machine()}). The last column is the CPU that "
         "other processes on this shared machine used during each measurement (from /proc/stat minus our own): "
         "any of it makes that row slower than the code is.",
-        f"Target: the seed recipe's final test accuracy, {f'{target:.4f}' if target else 'unknown'}. Epochs to "
+        f"Target: the original recipe's final test accuracy, {f'{target:.4f}' if target else 'unknown'}. Epochs to "
         "target use "
-        "per-epoch val/acc (5,000 images held out of the training set) as a proxy for test accuracy; the seed "
-        "row (no validation, all 60,000 images trained on, as the seed does) reaches its own result at its end, "
-        "by definition.",
+        "per-epoch val/acc (5,000 images held out of the training set) as a proxy for test accuracy; the original "
+        "row (no validation, all 60,000 images trained on, as the original script does) reaches its own result at "
+        "its end, by definition.",
         "Wall to target = start-up overhead (whole-process wall minus lenet.train's wall_s) + wall_s scaled by "
         "the fraction of epochs done.",
         "(a)/(b) images/s exclude the first 20 batches; lenet.train images/s is its metrics.json "
@@ -469,7 +454,7 @@ def main():
     common = [f"data={args.dataset}", f"data.root={args.data_root}", "callbacks.progress_bar.refresh_rate=0"]
     common += [f"threads={args.threads}"] if args.threads else []
     common += QUICK_OVERRIDES if args.quick else []
-    configs = {"default": [], "seed": ["experiment=seed"]}
+    configs = {"default": [], "original": ["experiment=original"]}
     if (Path(CONFIG_DIR) / "experiment" / "fast.yaml").is_file():
         configs["fast"] = ["experiment=fast"]
     cfgs = {name: composed_config(overrides + common) for name, overrides in configs.items()}
@@ -481,8 +466,8 @@ def main():
         run_lenet_train(name, overrides, cfgs[name], common, deadline - time.perf_counter())
         for name, overrides in configs.items()
     ]
-    seed = next(run for run in runs if run["name"] == "seed")
-    target = seed["metrics"]["test/acc"] if seed["finished"] else None
+    original = next(run for run in runs if run["name"] == "original")
+    target = original["metrics"]["test/acc"] if original["finished"] else None
     rows += [train_row(run, target) for run in runs]
     add_ratios(rows)
     checks = check_lines(rows)

@@ -20,11 +20,9 @@ which cannot be downloaded here, and must not borrow the code it is used to chec
 """
 
 import argparse
-import gzip
 import io
 import json
 import statistics
-import struct
 import subprocess
 import sys
 import tempfile
@@ -34,7 +32,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from lenet import classifier as lc
+from lenet import images as lc
+from lenet.checkpoint import Checkpoint
+from lenet.datasets import idx_files
+from lenet.idx import read_idx, write_idx
+from lenet.predictor import Predictor, load
 
 REPEATS = 3
 
@@ -82,19 +84,12 @@ def _flash(height: int, width: int, rng: np.random.Generator) -> np.ndarray:
 LIGHTS = {"even": lambda h, w, rng: np.ones((h, w)), "shadow": _shadow, "flash": _flash}
 
 
-def read_idx(path: Path) -> np.ndarray:
-    data = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
-    dims = data[3]
-    shape = struct.unpack(f">{dims}I", data[4 : 4 + 4 * dims])
-    return np.frombuffer(data[4 + 4 * dims :], np.uint8).reshape(shape)
+def test_split(root: Path, dataset: str) -> tuple[np.ndarray, np.ndarray]:
+    images, labels = idx_files(root, dataset)["test"]
+    return read_idx(images, "images").numpy(), read_idx(labels, "labels").numpy()
 
 
-def test_split(root: Path) -> tuple[np.ndarray, np.ndarray]:
-    find = lambda name: next(p for p in (root / name, root / f"{name}.gz") if p.is_file())  # noqa: E731
-    return read_idx(find("t10k-images-idx3-ubyte")), read_idx(find("t10k-labels-idx1-ubyte"))
-
-
-def accuracy(model: lc.Classifier, images: list[np.ndarray], labels: np.ndarray) -> float:
+def accuracy(model: Predictor, images: list[np.ndarray], labels: np.ndarray) -> float:
     return float((model.probabilities(np.stack(images)).argmax(axis=1) == labels).mean())
 
 
@@ -107,9 +102,9 @@ def run(command: list[str]) -> tuple[float, str]:
 
 
 def measure(args) -> None:
-    model = lc.load(args.ckpt, device="cpu")
-    root = Path(args.data_root or _checkpoint_root(args.ckpt))
-    images, labels = test_split(root)
+    model = load(args.ckpt, device="cpu")
+    root = Path(args.data_root or Checkpoint.open(Path(args.ckpt)).data_settings["root"])
+    images, labels = test_split(root, model.dataset)
     images, labels = images[: args.n], labels[: args.n]
     rng = np.random.default_rng(0)
     photos = {light: [photo(image, rng, light) for image in images] for light in LIGHTS}
@@ -157,9 +152,9 @@ def measure(args) -> None:
 
 
 def _in_process_rate(model_path, folder: Path) -> float:
-    from lenet.predict import classify
+    from lenet.prediction import classify
 
-    model = lc.load(model_path, device="cpu")
+    model = load(model_path, device="cpu")
     paths = sorted(folder.iterdir())
     rates = []
     for _ in range(REPEATS):
@@ -167,12 +162,6 @@ def _in_process_rate(model_path, folder: Path) -> float:
         classify(model, paths, batch_size=256, top_k=3)
         rates.append(len(paths) / (time.perf_counter() - start))
     return statistics.median(rates)
-
-
-def _checkpoint_root(ckpt: str) -> str:
-    import torch
-
-    return torch.load(ckpt, map_location="cpu", weights_only=True)["datamodule_hyper_parameters"]["root"]
 
 
 def make_digits(folder: Path) -> None:
@@ -189,9 +178,7 @@ def make_digits(folder: Path) -> None:
         ("t10k-images-idx3-ubyte", images[split:]),
         ("t10k-labels-idx1-ubyte", labels[split:]),
     ]:
-        header = struct.pack(">I", 0x0800 | array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
-        with gzip.open(folder / f"{name}.gz", "wb") as f:
-            f.write(header + array.tobytes())
+        write_idx(folder / f"{name}.gz", array)
     print(f"{len(images)} digits in MNIST's format in {folder}")
 
 

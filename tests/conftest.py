@@ -7,10 +7,8 @@ import os
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import contextlib
-import gzip
 import hashlib
 import http.server
-import struct
 import sys
 import threading
 import time
@@ -25,19 +23,11 @@ from hydra.utils import instantiate
 
 from lenet import CONFIG_DIR
 from lenet.console import lightning_warnings
-from lenet.data import SPLIT_FILES
+from lenet.idx import SPLIT_FILES, write_idx
 
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 SIZES = {"train": 1200, "test": 400}
 VAL_SIZE = 200
-
-
-def write_idx(path: Path, array: np.ndarray) -> None:
-    """IDX: magic (0x08 = unsigned byte, then the number of dimensions), each dimension, the bytes."""
-    header = struct.pack(">I", 0x0800 | array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "wb") as f:
-        f.write(header + array.astype(np.uint8).tobytes())
 
 
 def synthetic_split(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -201,7 +191,7 @@ def glyph_split(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Digits drawn with Pillow's own font at random sizes, weights, positions and slants, laid out as MNIST's."""
     from PIL import Image, ImageDraw, ImageFont
 
-    from lenet.classifier import prepare
+    from lenet.images import prepare
 
     rng = np.random.default_rng(seed)
     labels = rng.integers(0, 10, n)
@@ -221,7 +211,7 @@ def glyph_checkpoint(tmp_path_factory) -> Path:
     """best.ckpt of a short lenet.train run on the glyphs; trained once for all xdist workers (a file lock)."""
     from filelock import FileLock  # torch's own dependency
 
-    from lenet.train import train
+    from lenet.training import train
 
     base = tmp_path_factory.getbasetemp()
     shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # the session's, not a worker's

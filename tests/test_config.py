@@ -8,9 +8,10 @@ from omegaconf import OmegaConf
 
 from conftest import compose_config, fixture_overrides
 from lenet import CONFIG_DIR
-from lenet.config import ConfigError, validate
-from lenet.summary import hparams_of, shown_hparams
-from lenet.train import train
+from lenet.errors import ConfigError
+from lenet.hparams import hparams_of, shown_hparams
+from lenet.training import train
+from lenet.validate import validate
 
 GROUPS = ["model", "data", "optimizer", "scheduler", "trainer", "logger", "callbacks", "experiment", "debug"]
 
@@ -43,7 +44,7 @@ def test_trainer_options_compose_with_their_accelerator():
 
 
 def test_experiment_seed_is_the_seed_scripts_recipe():
-    cfg = compose_config("experiment=seed", "run_dir=x")
+    cfg = compose_config("experiment=original", "run_dir=x")
     assert OmegaConf.to_container(cfg.optimizer) == {
         "_target_": "torch.optim.SGD",
         "_partial_": True,

@@ -24,10 +24,13 @@ from conftest import (
     md5s,
     synthetic_split,
     write_dataset,
-    write_idx,
 )
-from lenet.data import ALL_FILES, DATASETS, DataError, InMemoryLoader, MNISTDataModule, known_test_set
-from lenet.train import train
+from lenet.data import MNISTDataModule
+from lenet.datasets import DATASETS, known_test_set
+from lenet.errors import DataError
+from lenet.idx import ALL_FILES, write_idx
+from lenet.loader import InMemoryLoader
+from lenet.training import train
 
 
 def ready(root, **settings) -> MNISTDataModule:

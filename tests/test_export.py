@@ -9,9 +9,10 @@ import onnx
 import pytest
 
 from conftest import compose_config, glyph_split, lenet_command
-from lenet.classifier import load
-from lenet.config import ConfigError
-from lenet.export import ParityError, export, parity
+from lenet.cli import check
+from lenet.errors import ConfigError
+from lenet.exporter import ParityError, export, parity
+from lenet.predictor import load
 
 
 def export_config(checkpoint, run_dir, *overrides):
@@ -65,7 +66,7 @@ def test_predict_works_on_the_exported_file_alone(exported, glyph_checkpoint, tm
     """Copied away from its checkpoint and its JSON, the file predicts what the checkpoint predicts."""
     from PIL import Image
 
-    from lenet.predict import predict
+    from lenet.prediction import predict
 
     fmt, path, _ = exported
     alone = tmp_path / "alone" / f"model.{fmt}"
@@ -94,7 +95,7 @@ def test_a_parity_failure_fails_the_export_and_is_written_down(glyph_checkpoint,
     def drifting(reference, exported, images):
         return parity(reference, Drift(exported), images)
 
-    monkeypatch.setattr("lenet.export.parity", drifting)
+    monkeypatch.setattr("lenet.exporter.parity", drifting)
     with pytest.raises(ParityError, match="differs from the checkpoint"):
         export(export_config(glyph_checkpoint, tmp_path, "format=pt2"))
     record = json.loads((tmp_path / "lenet.pt2.json").read_text())
@@ -119,8 +120,10 @@ class Drift:
     ],
 )
 def test_bad_format_or_output_is_refused(glyph_checkpoint, tmp_path, overrides, message):
+    cfg = export_config(glyph_checkpoint, tmp_path, *overrides)
     with pytest.raises(ConfigError, match=message):
-        export(export_config(glyph_checkpoint, tmp_path, *overrides))
+        check(cfg, saved="data")  # as lenet.export's frame does before its task
+        export(cfg)
 
 
 def test_export_from_the_command_line_infers_the_format_from_the_output(glyph_checkpoint, tmp_path):

@@ -1,4 +1,4 @@
-"""Preparing a user's image (lenet.classifier.prepare): an odd file is one ImageError, and uneven light is not ink."""
+"""Preparing a user's image (lenet.images.prepare): an odd file is one ImageError, and uneven light is not ink."""
 
 import io
 import time
@@ -8,7 +8,8 @@ import pytest
 from PIL import Image
 
 from conftest import glyph_split
-from lenet.classifier import ImageError, ImageTooLarge, load, open_image, prepare
+from lenet.images import ImageError, ImageTooLarge, open_image, prepare
+from lenet.predictor import load
 
 
 def encoded(image: Image.Image, fmt: str, **options) -> bytes:

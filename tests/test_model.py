@@ -6,8 +6,8 @@ from torch import nn
 from lenet.model import LeNet
 
 
-class SeedLeNet(nn.Module):
-    """The model of the seed script (../shared/seed/), verbatim."""
+class OriginalLeNet(nn.Module):
+    """The model of the original script (../shared/seed/), verbatim."""
 
     def __init__(self):
         super().__init__()
@@ -28,11 +28,11 @@ class SeedLeNet(nn.Module):
 
 
 def test_default_model_computes_exactly_what_the_seed_model_computes():
-    seed, ours = SeedLeNet(), LeNet()
-    ours.load_state_dict(dict(zip(ours.state_dict(), seed.state_dict().values(), strict=True)))
+    original, ours = OriginalLeNet(), LeNet()
+    ours.load_state_dict(dict(zip(ours.state_dict(), original.state_dict().values(), strict=True)))
     images = torch.randn(8, 1, 28, 28)
-    torch.testing.assert_close(ours(images), seed(images), rtol=0, atol=0)
-    assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in seed.parameters()) == 44426
+    torch.testing.assert_close(ours(images), original(images), rtol=0, atol=0)
+    assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in original.parameters()) == 44426
 
 
 @pytest.mark.parametrize("activation", ["relu", "tanh"])

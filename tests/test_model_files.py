@@ -12,9 +12,10 @@ import torch
 from PIL import Image
 
 from conftest import compose_config, glyph_split, lenet_command
-from lenet.classifier import ModelError, load
-from lenet.export import export
-from lenet.pt2 import UnsafeModel
+from lenet.errors import ModelError
+from lenet.exporter import export
+from lenet.predictor import load
+from lenet.pt2_model import UnsafeModel
 
 
 class Payload:

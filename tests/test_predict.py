@@ -1,4 +1,4 @@
-"""lenet.predict and the image preparation of lenet.classifier, on files made as users' photos and scans would be."""
+"""lenet.predict and the image preparation of lenet.images, on files made as users' photos and scans would be."""
 
 import contextlib
 import csv
@@ -20,12 +20,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import lenet.predict
+import lenet.prediction
 from conftest import compose_config, glyph_split, lenet_command
-from lenet.classifier import LAYOUTS, Classifier, ImageError, ModelError, load, prepare
-from lenet.config import ConfigError
-from lenet.predict import (
-    InputError,
+from lenet.cli import check
+from lenet.errors import ConfigError, ModelError
+from lenet.images import LAYOUTS, ImageError, prepare
+from lenet.inputs import InputError
+from lenet.prediction import (
     Interrupted,
     Prediction,
     PreviewPicks,
@@ -33,6 +34,7 @@ from lenet.predict import (
     as_text,
     predict,
 )
+from lenet.predictor import Predictor, load
 
 
 @pytest.fixture(scope="module")
@@ -207,6 +209,7 @@ def test_bad_inputs_are_refused(glyph_checkpoint, user_folder, tmp_path, inputs,
     fill = {"folder": user_folder, "empty": tmp_path / "empty"}
     cfg = predict_config(glyph_checkpoint, inputs.format(**fill), tmp_path, *(o.format(**fill) for o in overrides))
     with pytest.raises(error, match=message):
+        check(cfg)  # as lenet.cli's frame does before every task
         predict(cfg)
 
 
@@ -266,14 +269,14 @@ def test_a_failure_prepare_does_not_foresee_is_that_images_row(glyph_checkpoint,
     for index in range(3):
         (folder / f"{index}.png").write_bytes(glyph_file(originals, index))
     calls = iter(range(3))
-    real = Classifier.prepare
+    real = Predictor.prepare
 
     def prepare_with_a_bug(self, image, max_pixels=None):
         if next(calls) == 1:
             raise TypeError("a case nobody foresaw")
         return real(self, image, max_pixels)
 
-    monkeypatch.setattr(Classifier, "prepare", prepare_with_a_bug)
+    monkeypatch.setattr(Predictor, "prepare", prepare_with_a_bug)
     rows = predicted(glyph_checkpoint, folder, tmp_path)
     assert [row["error"] for row in rows] == ["", "cannot read it (TypeError: a case nobody foresaw)", ""]
     assert rows[0]["prediction"] and rows[2]["prediction"]
@@ -323,7 +326,7 @@ def test_a_unix_socket_named_like_an_image_gets_a_row(glyph_checkpoint, original
 
 LOOPING_GLOB = """
 import json, sys
-from lenet.predict import image_paths
+from lenet.inputs import image_paths
 print(json.dumps([str(path) for path in image_paths(sys.argv[1])]))
 """
 
@@ -356,13 +359,13 @@ def test_cells_that_a_spreadsheet_would_run_as_formulas_start_with_a_quote(
     names = ["+x.png", "-x.png", "=1+1.png", "@x.png"]
     for name in names:
         (folder / name).write_bytes(glyph_file(originals))
-    real_load = lenet.predict.load
+    real_load = lenet.prediction.load
 
     def load_with_formula_classes(*args, **kwargs):  # class names come from the model file: a .onnx names them
         classifier = real_load(*args, **kwargs)
         return dataclasses.replace(classifier, classes=[f"=c{name}" for name in classifier.classes])
 
-    monkeypatch.setattr(lenet.predict, "load", load_with_formula_classes)
+    monkeypatch.setattr(lenet.prediction, "load", load_with_formula_classes)
     monkeypatch.chdir(folder)
     rows = predicted(glyph_checkpoint, "'*.png'", tmp_path)
     assert [row["path"] for row in rows] == [f"'{name}" for name in names]
@@ -435,14 +438,14 @@ def test_a_ctrl_c_keeps_the_rows_so_far_and_says_how_many(glyph_checkpoint, orig
     for index in range(5):
         (folder / f"{index}.png").write_bytes(glyph_file(originals, index))
     calls = iter(range(5))
-    real = Classifier.prepare
+    real = Predictor.prepare
 
     def interrupted_at_the_third(self, image, max_pixels=None):
         if next(calls) == 2:
             raise KeyboardInterrupt
         return real(self, image, max_pixels)
 
-    monkeypatch.setattr(Classifier, "prepare", interrupted_at_the_third)
+    monkeypatch.setattr(Predictor, "prepare", interrupted_at_the_third)
     output = tmp_path / "predictions.csv"
     with pytest.raises(Interrupted, match=f"^interrupted by Ctrl-C: 2 of 5 rows written to {output}$") as stop:
         predict(predict_config(glyph_checkpoint, folder, tmp_path, "batch_size=1"))

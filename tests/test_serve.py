@@ -24,8 +24,8 @@ import uvicorn
 from PIL import Image
 
 from conftest import compose_config, glyph_split, lenet_command
-from lenet.classifier import ModelError, load
-from lenet.config import ConfigError
+from lenet.errors import ConfigError, ModelError
+from lenet.predictor import load
 from lenet.serve import MB, ServeError, create_app, listen, serve, server_config
 from test_predict import VARIANTS, encoded
 

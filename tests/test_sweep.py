@@ -17,7 +17,7 @@ from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 
 from conftest import VAL_SIZE, compose_config, lenet_command
 from lenet import CONFIG_DIR, report
-from lenet.config import validate
+from lenet.validate import validate
 
 # One epoch on fixture data, one thread per process: two cores shared with other work collapse with more.
 TINY = [

@@ -28,12 +28,11 @@ from conftest import (
     write_idx,
 )
 from lenet import misclassified
-from lenet.config import ConfigError
-from lenet.eval import evaluate
+from lenet.errors import ConfigError
+from lenet.hparams import HPARAM_METRICS
+from lenet.lightning_module import LeNetModule
 from lenet.model import LeNet
-from lenet.module import LeNetModule
-from lenet.summary import HPARAM_METRICS
-from lenet.train import Interrupted, train
+from lenet.training import Interrupted, evaluate, train
 
 EPOCHS = 3
 

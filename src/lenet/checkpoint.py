@@ -1,5 +1,5 @@
-"""Checkpoints: one reader of lenet.train's checkpoints, `ckpt_path` resolved to a file, what a resume may change,
-and the best epoch kept across a resume."""
+"""Checkpoints of lenet.train: the one reader (Checkpoint), the one writer of what lenet adds to them
+(CheckpointContents), what a resume may change, and the best epoch kept across a resume."""
 
 import logging
 import pickle
@@ -7,27 +7,19 @@ import shutil
 import zipfile
 from pathlib import Path
 
+import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from lenet.classifier import ModelError
-from lenet.config import ConfigError
-from lenet.data import DATASETS, MNISTDataModule
-from lenet.module import RUN_LENGTH_ARGUMENT, LeNetModule
+from lenet import keys
+from lenet.data import MNISTDataModule
+from lenet.datasets import class_names
+from lenet.errors import ConfigError, ModelError
+from lenet.lightning_module import RUN_LENGTH_ARGUMENT, LeNetModule
+from lenet.predictor import Predictor
+from lenet.torch_device import device_of, forward_numpy
 
 log = logging.getLogger(__name__)
-
-# What a resume may change: how it runs, where the data now lives, what it logs. Everything else in the config
-# (model, optimizer, schedule, data, seed) is the run's identity: Lightning restores the optimizer's own state, so
-# a changed optimizer.lr would silently not take effect.
-CHANGEABLE = ("trainer.", "callbacks.", "logger.", "data.root", "data.eval_batch_size", "model.compile",
-              "model.channels_last", "ckpt_path", "run_dir", "outputs_dir", "threads", "hparams_search")  # fmt: skip
-# ... except what sets the length of a schedule that spans the run (one-cycle, cosine).
-RUN_LENGTH = ("trainer.max_epochs", "trainer.limit_train_batches", "trainer.accumulate_grad_batches",
-              "trainer.devices", "trainer.num_nodes")  # fmt: skip
-# ... and the weight average (callbacks=ema): the checkpoint holds the average of the run so far and the trained
-# weights beside it. Without it a resume would train on from the average; added, it would average half a run.
-AVERAGE = "callbacks.ema"
 
 
 class Checkpoint:
@@ -76,14 +68,20 @@ class Checkpoint:
         return self.contents["datamodule_hyper_parameters"]
 
     @property
-    def classes(self) -> list[str]:
-        # torchvision names MNIST's classes "0 - zero", ...: the digit is the name people expect.
-        return [name.split(" - ")[0] for name in DATASETS[self.data_settings["dataset"]].classes]
-
-    @property
     def trained_on(self) -> dict:
         """What the data module loaded when it was saved (MNISTDataModule.describe); {} for older checkpoints."""
-        return self.contents.get(MNISTDataModule.__qualname__, {}).get("data") or {}
+        older = self.contents.get(MNISTDataModule.__qualname__, {}).get("data")  # where earlier versions kept it
+        return self.contents.get("data") or older or {}
+
+    def predictor(self, device: str = "auto") -> Predictor:
+        """The model as a Predictor (lenet.predictor), on `device`."""
+        torch_device = device_of(device)
+        net = self.module().net.eval().to(torch_device)
+        data = self.data_settings
+        return Predictor(
+            class_names(data["dataset"]), data["mean"], data["std"], data["dataset"], self.path, str(self.path),
+            net, forward_numpy(net, torch_device),
+        )  # fmt: skip
 
     def module(self) -> LeNetModule:
         """The LightningModule with its weights, built directly: load_from_checkpoint's hook would reset torch's
@@ -94,80 +92,61 @@ class Checkpoint:
         return module
 
     def datamodule(self, settings: dict) -> MNISTDataModule:
-        """The data module it was trained with, `settings` (data.root, data.eval_batch_size) replacing its own.
+        """The data module it was trained with, `settings` (data.root, data.eval_batch_size) replacing its own; a
+        setting left null keeps the checkpoint's.
 
         Checkpoints from before the data module saved num_classes get their model's.
         """
         classes = self.contents["hyper_parameters"]["model"].get("num_classes", 10)
-        return MNISTDataModule(**{"num_classes": classes, **self.data_settings, **settings})
+        given = {key: value for key, value in settings.items() if value is not None}
+        return MNISTDataModule(**{"num_classes": classes, **self.data_settings, **given})
 
 
-def checkpoint_file(ckpt_path: str | None, outputs_dir: Path, prefer: str = "best") -> Path | None:
-    """`ckpt_path` as a file: `last` means the newest last.ckpt of any run under `outputs_dir`; a run dir (or its
-    checkpoints/ folder) means its `prefer`red checkpoint, best.ckpt to use a model, last.ckpt to resume training,
-    else the other one."""
-    if not ckpt_path:
-        return None
-    if ckpt_path == "last":
-        runs = sorted(outputs_dir.glob("**/checkpoints/last.ckpt"), key=lambda path: path.stat().st_mtime)
-        if not runs:
-            raise ConfigError(f"ckpt_path=last: no run under {outputs_dir}/ has a last.ckpt; give a checkpoint path")
-        return runs[-1]
-    path = Path(ckpt_path)
-    if path.is_dir():
-        return _in_run_dir(path, prefer)
-    if not path.is_file():
-        raise ConfigError(f"ckpt_path={ckpt_path}: no such checkpoint file")
-    return path
+def read(path: Path, device: str = "auto") -> Predictor:
+    """A checkpoint as a Predictor: lenet.predictor's reader for .ckpt files."""
+    return Checkpoint.open(path).predictor(device)
 
 
-def _in_run_dir(folder: Path, prefer: str) -> Path:
-    names = [f"{prefer}.ckpt", *({"best.ckpt", "last.ckpt"} - {f"{prefer}.ckpt"})]
-    found = next((f / name for name in names for f in (folder / "checkpoints", folder) if (f / name).is_file()), None)
-    if found is None:
-        raise ConfigError(
-            f"ckpt_path={folder} is a folder without checkpoints/best.ckpt or checkpoints/last.ckpt: "
-            "give a run dir of lenet.train or a checkpoint file"
-        )
-    return found
+class CheckpointContents(L.Callback):
+    """What lenet adds to every checkpoint, and takes back on a resume: the run's whole config (what a resume is
+    checked against), the data it was trained on (what lenet.eval compares), and torch's random state (dropout
+    draws from it, so a resume continues it). Checkpoint reads them."""
+
+    def __init__(self, config: dict):
+        self.config = config
+
+    def on_save_checkpoint(self, trainer, module, checkpoint):
+        checkpoint["config"] = self.config
+        checkpoint["data"] = trainer.datamodule.describe()
+        checkpoint["torch_rng_state"] = torch.get_rng_state()
+
+    def on_load_checkpoint(self, trainer, module, checkpoint):
+        if "torch_rng_state" in checkpoint:
+            torch.set_rng_state(checkpoint["torch_rng_state"])
+            module.seed_this_rank()  # the checkpoint holds rank 0's state
 
 
-def check_resume(path: Path, config: dict) -> int:
+def check_resume(checkpoint: Checkpoint, config: dict) -> int:
     """Refuse a resume that would not continue the saved run; return the number of epochs it already trained."""
-    saved = Checkpoint.open(path)
-    before, now = flat(saved.config), flat(config)  # checkpoints older than this check carry no config
+    path = checkpoint.path
+    before, now = keys.flatten(checkpoint.config), keys.flatten(config)  # older checkpoints carry no config
     run_length = now.get("scheduler._target_") in RUN_LENGTH_ARGUMENT
     for key in sorted(before.keys() | now.keys() if before else ()):
-        fixed = not key.startswith(CHANGEABLE) or key.startswith(AVERAGE) or (run_length and key.startswith(RUN_LENGTH))
+        role = keys.role(key)
+        fixed = role.resume == keys.FIXED or (role.resume == keys.RUN_LENGTH and run_length)
         if fixed and before.get(key) != now.get(key):
-            because = f": {now['scheduler._target_'].rsplit('.', 1)[-1]} spans the run" if key in RUN_LENGTH else ""
-            because = ": it averages the weights of the whole run" if key.startswith(AVERAGE) else because
+            because = f": {now['scheduler._target_'].rsplit('.', 1)[-1]} spans the run" if run_length else ""
+            because = f": {role.why_fixed}" if role.why_fixed else because if role.resume == keys.RUN_LENGTH else ""
             raise ConfigError(
                 f"ckpt_path={path}: a resume continues its run, so {key} cannot change ({before.get(key)} in the "
                 f"checkpoint, {now.get(key)} now{because}). A resume may change only trainer, callbacks and logger "
                 "settings, data.root and data.eval_batch_size; start a new run to change the rest"
             )
-    done, max_epochs = saved.epochs, now["trainer.max_epochs"]
+    done, max_epochs = checkpoint.epochs, now["trainer.max_epochs"]
     if done >= max_epochs:
         more = "start a new run to train longer" if run_length else "pass a larger trainer.max_epochs to train longer"
         raise ConfigError(f"ckpt_path={path} has trained all {done} epochs of trainer.max_epochs={max_epochs}: {more}")
     return done
-
-
-def given_settings(node) -> dict:
-    """The settings of lenet.eval's or lenet.export's `data` that replace the checkpoint's: null keeps its own."""
-    return {key: value for key, value in node.items() if value is not None}
-
-
-def flat(config: dict, prefix: str = "") -> dict:
-    """{"optimizer.lr": 0.1, ...}: nested dicts as dotted keys."""
-    items = {}
-    for key, value in config.items():
-        if isinstance(value, dict) and value:
-            items |= flat(value, f"{prefix}{key}.")
-        else:
-            items[f"{prefix}{key}"] = value
-    return items
 
 
 class ResumableCheckpoint(ModelCheckpoint):

@@ -45,29 +45,38 @@ NOT_CHECKED = {"-h", "--help", "--hydra-help", "--version", "-sc", "--shell-comp
                "--config-name", "-cp", "--config-path", "-cd", "--config-dir", "--experimental-rerun"}  # fmt: skip
 
 
-def command(config_name: str, task: str, saved: str | None = None):
-    """The `main` of a command: the config `config_name`, the task `module:function` (called with the config).
+def command(name: str, task: str, config: str | None = None, saved: str | None = None, returns: str | None = None):
+    """The `main` of `python -m lenet.<name>`: the config `config` (default: `name`), the task `module.function`
+    (called with the config).
 
     `saved`: a node (lenet.eval's `data`) whose null values mean "as saved in the checkpoint": dropped before the
-    checks, the others replace the checkpoint's.
+    checks, the others replace the checkpoint's. `returns`: the metric, of those the task returns, that the command
+    returns to Hydra (what a sweeper optimizes).
     """
 
-    @report_user_errors
     def run(cfg: DictConfig):
-        if saved:
-            cfg[saved] = {key: value for key, value in cfg[saved].items() if value is not None}
-        validate(cfg)
-        return get_method(task)(cfg)
+        check(cfg, saved)
+        result = get_method(task)(cfg)
+        return result.get(returns) if returns else result
 
-    hydra_main = hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name=config_name)(run)
+    run.__module__ = f"lenet.{name}"  # Hydra names the job (train.log, hydra.job.name) after the task's module
+    config = config or name
+    hydra_main = hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name=config)(report_user_errors(run))
 
     def main():
-        if refusal := command_line_refusal(config_name, sys.argv[1:]):
+        if refusal := command_line_refusal(config, sys.argv[1:]):
             print(f"error: {refusal}", file=sys.stderr)
             raise SystemExit(1)
         return hydra_main()
 
     return main
+
+
+def check(cfg: DictConfig, saved: str | None = None) -> None:
+    """What the frame checks before a task runs: `validate`, with the nulls of the `saved` node dropped first."""
+    if saved:
+        cfg[saved] = {key: value for key, value in cfg[saved].items() if value is not None}
+    validate(cfg)
 
 
 def command_line_refusal(config_name: str, args: list[str]) -> str | None:

@@ -20,8 +20,6 @@ LIGHTNING_NOISE = (
 )
 
 
-
-
 def _not_noise(record: logging.LogRecord) -> bool:
     return not record.getMessage().startswith(LIGHTNING_NOISE)
 

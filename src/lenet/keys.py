@@ -39,7 +39,11 @@ class Rule:
     deferred: bool = False
 
     def __or__(self, other: "Rule") -> "Rule":
-        return Rule(lambda v: self.test(v) or other.test(v), f"{self.text}, or {other.text}")
+        return Rule(
+            lambda v: self.test(v) or other.test(v),
+            lambda: f"{self.text}, or {other.text}",
+            deferred=self.deferred or other.deferred,
+        )
 
     @property
     def text(self) -> str:

@@ -76,5 +76,5 @@ def grid(
 
 
 def name(classes: list[str], index: int) -> str:
-    """The class's short name ("7" for MNIST's "7 - seven"), or its number beyond the dataset's classes."""
-    return classes[index].split(" - ")[0] if index < len(classes) else str(index)
+    """The class's name, or its number beyond the dataset's classes."""
+    return classes[index] if index < len(classes) else str(index)

@@ -1,4 +1,4 @@
-"""LeNet as in the seed script: two conv + pool stages, then 256 -> 120 -> 84 -> classes."""
+"""LeNet as in the original script: two conv + pool stages, then 256 -> 120 -> 84 -> classes."""
 
 from torch import nn
 
@@ -7,7 +7,7 @@ POOLINGS = {"max": nn.MaxPool2d, "avg": nn.AvgPool2d}
 
 
 class LeNet(nn.Sequential):
-    """The seed's LeNet for 1x28x28 images; the defaults build exactly the seed's model.
+    """The original script's LeNet for 1x28x28 images; the defaults build exactly the original script's model.
 
     `batch_norm` adds BatchNorm after each conv and hidden linear layer; `dropout` acts on the
     two hidden linear layers.

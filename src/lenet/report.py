@@ -21,12 +21,11 @@ from pathlib import Path
 from hydra.core.utils import JobStatus
 from hydra.experimental.callback import Callback
 
-from lenet.console import SweepError, command_line
-from lenet.runs import CURVE, SEED, Job, curve, read_runs
+from lenet.cli import SweepError, command_line
+from lenet.runs import CURVE, METRIC, SEED, Job, curve, read_runs
 
 log = logging.getLogger(__name__)
 
-METRIC = "val/acc_best"  # what lenet.train returns to sweepers, so what Optuna maximizes
 COLUMNS = {  # metrics.json key -> how the markdown shows it
     METRIC: "{:.4f}",
     "test/acc": "{:.4f}",

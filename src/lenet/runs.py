@@ -7,31 +7,16 @@ import csv
 import json
 import os
 from dataclasses import dataclass, field, replace
-from fnmatch import fnmatchcase
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from lenet.console import command_line
+from lenet import keys
+from lenet.cli import command_line
 
+METRIC = "val/acc_best"  # what lenet.train returns to sweepers, so what Optuna maximizes and reports rank by
 SEED = "seed"  # the one key configurations are pooled over
 CURVE = "val/acc"  # logged once per epoch
-# Config keys that say where a run writes, how fast it runs or how it was searched, not what it trains: left out
-# when runs are compared by their configs.
-NOT_RECIPE = (
-    "run_dir",
-    "outputs_dir",
-    "ckpt_path",
-    "threads",
-    "hparams_search",
-    "trainer.default_root_dir",
-    "trainer.log_every_n_steps",
-    "trainer.enable_model_summary",
-    "callbacks.*.dirpath",
-    "callbacks.progress_bar",
-    "callbacks.lr_monitor",
-    "logger",
-)
 
 
 @dataclass
@@ -60,8 +45,8 @@ class Job:
 
     @property
     def recipe(self) -> dict[str, str]:
-        """The config but for NOT_RECIPE."""
-        return {key: value for key, value in self.config.items() if not not_recipe(key)}
+        """The config but for the keys that say where or how a run goes, not what it trains (lenet.keys)."""
+        return {key: value for key, value in self.config.items() if keys.role(key).recipe}
 
     @property
     def seed(self) -> str:
@@ -69,15 +54,6 @@ class Job:
 
     def command(self) -> str:
         return command_line(self.task, self.overrides)
-
-
-def not_recipe(key: str) -> bool:
-    """Whether a config key says where or how a run goes rather than what it trains (NOT_RECIPE)."""
-    return _matches(key, NOT_RECIPE)
-
-
-def _matches(key: str, patterns: tuple[str, ...]) -> bool:
-    return any(fnmatchcase(key, pattern) or fnmatchcase(key, pattern + ".*") for pattern in patterns)
 
 
 def read_job(job_dir: Path, name: str | None = None) -> Job:
@@ -88,7 +64,8 @@ def read_job(job_dir: Path, name: str | None = None) -> Job:
     choices = OmegaConf.select(hydra, "runtime.choices", default={})  # first, so `optimizer` comes before its keys
     config = {group: str(option) for group, option in choices.items() if group.split("/")[0] != "hydra"}
     if config_file.is_file():
-        flat = flatten(OmegaConf.to_container(OmegaConf.load(config_file)))
+        flat = keys.flatten(OmegaConf.to_container(OmegaConf.load(config_file)))
+        flat = {key: _text(value) for key, value in flat.items()}
         config |= {key: value for key, value in flat.items() if key not in config}  # `logger: {}` is logger=none
     metrics_file = job_dir / "metrics.json"
     metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
@@ -97,11 +74,9 @@ def read_job(job_dir: Path, name: str | None = None) -> Job:
     return replace(job, setting=job.params)
 
 
-def flatten(tree, prefix: str = "") -> dict[str, str]:
-    """{"optimizer": {"lr": 0.1}} -> {"optimizer.lr": "0.1"}; interpolations (`${run_dir}/...`) stay as written."""
-    if isinstance(tree, dict) and tree:
-        return {key: value for name, sub in tree.items() for key, value in flatten(sub, f"{prefix}{name}.").items()}
-    return {prefix[:-1]: json.dumps(tree) if tree is None or isinstance(tree, bool | list | dict) else str(tree)}
+def _text(value) -> str:
+    """A config value as the report shows it; interpolations (`${run_dir}/...`) stay as written."""
+    return json.dumps(value) if value is None or isinstance(value, bool | list | dict) else str(value)
 
 
 def last_error(job_dir: Path) -> str:

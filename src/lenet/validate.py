@@ -22,7 +22,7 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"{missing[0]} is required: set it on the command line, e.g. {missing[0]}=VALUE")
     ruled = [(key, declared.rule) for key, declared in keys.KEYS.items() if declared.rule]
     for deferred in (False, True):  # the rules that import torch or Lightning last: a typo is refused at once
-        for key, rule in sorted(ruled):
+        for key, rule in ruled:
             value = OmegaConf.select(cfg, key, default=MISSING)
             if value is not MISSING and rule.deferred is deferred and not rule.test(_plain(value)):
                 raise ConfigError(f"{key}={_plain(value)!r} is not allowed: it must be {rule.text}")

@@ -1,4 +1,4 @@
-"""A `.pt2` file checked before torch.export.load reads it: loading a torch.export archive can run code.
+"""A `.pt2` file of lenet.export read as a Predictor, once checked: loading a torch.export archive can run code.
 
 torch.export.load unpickles weights and constants marked `use_pickle` (with weights_only=False), retries the sample
 inputs with an unrestricted unpickler when a safe load refuses them, unpickles custom and opaque objects, loads
@@ -13,10 +13,13 @@ import io
 import json
 import re
 import zipfile
+from pathlib import Path
 
 import torch
 
-from lenet.console import UserError
+from lenet.errors import ModelError
+from lenet.predictor import METADATA_FILE, Predictor, from_metadata, read_model_file
+from lenet.torch_device import device_of, forward_numpy
 
 MODEL = "model"  # the one program lenet.export saves
 MAX_BYTES = 256 * 2**20  # unpacked: LeNet's program is under a megabyte; a zip bomb is refused before it is read
@@ -37,8 +40,25 @@ SHAPE_NODES = (ast.Expression, ast.Call, ast.Name, ast.Load, ast.Constant, ast.k
 SHAPE_OPERATORS = (ast.Add, ast.Sub, ast.Mult, ast.Div, ast.FloorDiv, ast.Mod, ast.Pow, ast.USub)
 
 
-class UnsafeModel(UserError):
+class UnsafeModel(ModelError):
     """A model file lenet will not load: loading it could run code, or it is not a file of lenet.export."""
+
+
+def read(path: Path, device: str = "auto") -> Predictor:
+    """A .pt2 file of lenet.export as a Predictor, once `check` has passed it."""
+    archive = read_model_file(path)
+    check(path, archive)  # before torch reads it: loading some .pt2 files runs code
+    extra = {METADATA_FILE: ""}
+    try:
+        program = torch.export.load(io.BytesIO(archive), extra_files=extra)
+    except Exception as error:  # a damaged archive
+        raise ModelError(f"{path} is not a torch.export program ({type(error).__name__}: {error})") from None
+    metadata = json.loads(extra[METADATA_FILE]) if extra[METADATA_FILE] else {}
+    torch_device = device_of(device)
+    if torch_device.type != "cpu":
+        program = torch.export.passes.move_to_device_pass(program, torch_device)
+    module = program.module()
+    return from_metadata(path, metadata, module, forward_numpy(module, torch_device))
 
 
 def check(path, archive: bytes) -> None:

@@ -1,28 +1,15 @@
-"""A trained model behind one interface, whatever file it ships as, and images prepared the way its data was made.
+"""A user's image (a photo, a scan, a drawing) prepared as its model's dataset made its images: 28x28 uint8, the
+object light on black, laid out as the dataset lays out its objects. What a model sees, and what a preview shows."""
 
-`load(path)` reads a checkpoint of lenet.train (`.ckpt`), or a file of lenet.export (`.onnx`, `.pt2`) alone, into a
-`Classifier`: class names, the normalization it was trained with, and batched `probabilities` on prepared images.
-`prepare(image, layout)` turns one image a user has (a file, bytes or a PIL image: a photo, a scan, a drawing)
-into the 28x28 uint8 image the model sees, which is also what a preview shows. lenet.predict, lenet.export and
-lenet.serve share both; none of them has a copy.
-
-torch, onnxruntime and Lightning are imported by the loader that needs them: predicting with an ONNX file needs
-none of Lightning, and importing this module costs only numpy and Pillow.
-"""
-
-import json
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass
 from io import BytesIO
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 from scipy import ndimage
 
-from lenet.console import UserError
+from lenet.errors import UserError
 
 SIZE = 28
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -32,20 +19,11 @@ PAPER_SIDE = 128  # the paper's level is estimated on the image shrunk to this m
 PAPER_WINDOW = 1 / 4  # of the shorter side: wider than a stroke, narrower than a shadow or a flash's bright middle
 POLARITY_SIDE = 16  # dark ink or light ink is told on an image this small
 SPECK = 0.1  # a part of the ink with less than this share of the largest part's ink is dust, not a stroke
-# What an exported file promises, written into its metadata.
-INPUT = "float32 N x 1 x 28 x 28: pixels 0..255, light on dark, normalized as (pixel - 255 * mean) / (255 * std)"
-OUTPUT = "logits"
-METADATA_FILE = "lenet.json"  # inside a .pt2 (torch.export.save's extra_files)
-MAX_MODEL_BYTES = 256 * 2**20  # an exported LeNet is under a megabyte
 # Pixel modes Pillow cannot convert to grey levels, and the grey levels they hold.
 GREY_CHANNEL = {
     "LAB": lambda image: image.getchannel("L"),  # CIELAB's L is lightness
     "La": lambda image: image.convert("LA"),  # premultiplied alpha: Pillow converts it only to LA
 }
-
-
-class ModelError(UserError):
-    """A model file that cannot be used."""
 
 
 class ImageError(UserError):
@@ -75,182 +53,6 @@ LAYOUTS = {
     # Clanuwat et al. made KMNIST "in the MNIST format"; not measured here (no KMNIST data on this machine).
     "kmnist": Layout(box=20, by_mass=True, strokes=True),
 }
-
-
-@dataclass
-class Classifier:
-    """A trained LeNet and what feeding it takes; `model` is the torch module, exported program or ORT session."""
-
-    classes: list[str]
-    mean: float
-    std: float
-    dataset: str
-    source: Path  # the file it was loaded from
-    checkpoint: str  # the lenet.train checkpoint it came from (the source itself for a .ckpt)
-    model: Any
-    forward: Callable[[np.ndarray], np.ndarray]  # normalized float32 N x 1 x 28 x 28 -> N x classes logits
-
-    @property
-    def layout(self) -> Layout:
-        return LAYOUTS[self.dataset]
-
-    def prepare(self, image, max_pixels: int | None = None) -> np.ndarray:
-        return prepare(image, self.layout, max_pixels)
-
-    def normalize(self, images: np.ndarray) -> np.ndarray:
-        """uint8 N x 28 x 28 -> float32 N x 1 x 28 x 28, computed as training does (MNISTDataModule)."""
-        scale, shift = np.float32(1 / (255 * self.std)), np.float32(self.mean / self.std)
-        return (images.astype(np.float32) * scale - shift)[:, None]
-
-    def logits(self, images: np.ndarray) -> np.ndarray:
-        return self.forward(self.normalize(images))
-
-    def probabilities(self, images: np.ndarray) -> np.ndarray:
-        logits = self.logits(images)
-        exp = np.exp(logits - logits.max(axis=1, keepdims=True))
-        return exp / exp.sum(axis=1, keepdims=True)
-
-    def metadata(self) -> dict:
-        """What an exported file carries so that it can be used alone."""
-        return {
-            "dataset": self.dataset,
-            "classes": self.classes,
-            "mean": self.mean,
-            "std": self.std,
-            "checkpoint": self.checkpoint,
-            "input": INPUT,
-            "output": OUTPUT,
-        }
-
-
-def load(path: str | Path, device: str = "auto") -> Classifier:
-    """A classifier from a lenet.train checkpoint, an exported .onnx or an exported .pt2 (with its metadata)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ModelError(f"{path}: no such model file")
-    loader = {".onnx": _load_onnx, ".pt2": _load_pt2}.get(path.suffix.lower(), _load_checkpoint)
-    return loader(path, device)
-
-
-def _torch_device(device: str):
-    import torch
-
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ModelError(f"device={device} but no CUDA GPU is visible here; use device=cpu or device=auto")
-    return torch.device(device)
-
-
-def _torch_forward(module, device) -> Callable[[np.ndarray], np.ndarray]:
-    import torch
-
-    def forward(images: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
-            return module(torch.from_numpy(images).to(device)).float().cpu().numpy()
-
-    return forward
-
-
-def _load_checkpoint(path: Path, device: str) -> Classifier:
-    from lenet.checkpoint import Checkpoint
-
-    return from_checkpoint(Checkpoint.open(path), device)
-
-
-def from_checkpoint(checkpoint, device: str) -> Classifier:
-    """The classifier of an opened lenet.checkpoint.Checkpoint."""
-    path, data = checkpoint.path, checkpoint.data_settings
-    torch_device = _torch_device(device)
-    net = checkpoint.module().net.eval().to(torch_device)
-    return Classifier(
-        checkpoint.classes, data["mean"], data["std"], data["dataset"], path, str(path), net,
-        _torch_forward(net, torch_device),
-    )  # fmt: skip
-
-
-def _load_pt2(path: Path, device: str) -> Classifier:
-    import torch
-
-    from lenet import pt2
-
-    archive = _read_model_file(path)
-    pt2.check(path, archive)  # before torch reads it: loading some .pt2 files runs code
-    extra = {METADATA_FILE: ""}
-    try:
-        program = torch.export.load(BytesIO(archive), extra_files=extra)
-    except Exception as error:  # a damaged archive
-        raise ModelError(f"{path} is not a torch.export program ({type(error).__name__}: {error})") from None
-    metadata = _metadata(path, json.loads(extra[METADATA_FILE]) if extra[METADATA_FILE] else {})
-    torch_device = _torch_device(device)
-    if torch_device.type != "cpu":
-        program = torch.export.passes.move_to_device_pass(program, torch_device)
-    module = program.module()
-    return _from_metadata(path, metadata, module, _torch_forward(module, torch_device))
-
-
-def _read_model_file(path: Path) -> bytes:
-    """The whole file, read once: what is checked is what is loaded."""
-    if path.stat().st_size > MAX_MODEL_BYTES:
-        raise ModelError(f"{path} is larger than {MAX_MODEL_BYTES // 2**20} MB: not a LeNet of lenet.export")
-    return path.read_bytes()
-
-
-def _load_onnx(path: Path, device: str) -> Classifier:
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        raise ModelError("running an .onnx file needs onnxruntime: pip install 'lenet[export]'") from None
-    providers = ["CPUExecutionProvider"]
-    if device != "cpu" and "CUDAExecutionProvider" in ort.get_available_providers():
-        providers.insert(0, "CUDAExecutionProvider")
-    try:
-        # From its bytes, not its path: what was read is what runs, and no external data file is looked up
-        session = ort.InferenceSession(_read_model_file(path), providers=providers)
-    except Exception as error:  # onnxruntime raises its own exception types for bad files
-        raise ModelError(f"{path} is not an ONNX model onnxruntime can run ({error})") from None
-    properties = session.get_modelmeta().custom_metadata_map
-    metadata = {key: _decode(key, value) for key, value in properties.items()}
-    input_name = session.get_inputs()[0].name
-
-    def forward(images: np.ndarray) -> np.ndarray:
-        return session.run(None, {input_name: images})[0]
-
-    return _from_metadata(path, _metadata(path, metadata), session, forward)
-
-
-def onnx_properties(metadata: dict) -> dict[str, str]:
-    """ONNX metadata_props are strings: lists and numbers as JSON, strings as they are (readable anywhere)."""
-    return {key: value if isinstance(value, str) else json.dumps(value) for key, value in metadata.items()}
-
-
-def _decode(key: str, value: str):
-    return json.loads(value) if key in ("classes", "mean", "std") else value
-
-
-def _metadata(path: Path, metadata: dict) -> dict:
-    needed = {"classes", "mean", "std", "dataset"}
-    if not metadata or not needed <= metadata.keys():
-        raise ModelError(f"{path} lacks lenet.export's metadata (class names, mean, std): export it with lenet.export")
-    if metadata.get("output", OUTPUT) != OUTPUT:
-        raise ModelError(f"{path} returns {metadata['output']}, not {OUTPUT}")
-    return metadata
-
-
-def _from_metadata(path: Path, metadata: dict, model, forward) -> Classifier:
-    return Classifier(
-        list(metadata["classes"]),
-        float(metadata["mean"]),
-        float(metadata["std"]),
-        metadata["dataset"],
-        path,
-        metadata.get("checkpoint", ""),
-        model,
-        forward,
-    )
-
-
-# Preparing an image ------------------------------------------------------------------------------------------
 
 
 def prepare(image, layout: Layout = LAYOUTS["mnist"], max_pixels: int | None = None) -> np.ndarray:

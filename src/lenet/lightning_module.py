@@ -9,7 +9,8 @@ from torchmetrics import MaxMetric
 from torchmetrics.classification import MulticlassConfusionMatrix
 
 from lenet import misclassified
-from lenet.console import UserError
+from lenet.datasets import class_names
+from lenet.errors import UserError
 
 STAGES = ("train", "val", "test")
 
@@ -137,21 +138,13 @@ class LeNetModule(L.LightningModule):
         self.test_misclassified.reset()
 
     def _misclassified_grid(self, *wrong):
-        data = self.trainer.datamodule
-        return misclassified.grid(*wrong, data.dataset_class.classes, data.hparams.mean, data.hparams.std)
+        data = self.trainer.datamodule.hparams
+        return misclassified.grid(*wrong, class_names(data.dataset), data.mean, data.std)
 
     def setup(self, stage: str):
-        self._seed_this_rank()
+        self.seed_this_rank()
 
-    def on_save_checkpoint(self, checkpoint):
-        checkpoint["torch_rng_state"] = torch.get_rng_state()  # dropout draws from it; resumes continue it
-
-    def on_load_checkpoint(self, checkpoint):
-        if "torch_rng_state" in checkpoint:
-            torch.set_rng_state(checkpoint["torch_rng_state"])
-            self._seed_this_rank()  # the checkpoint holds rank 0's state
-
-    def _seed_this_rank(self) -> None:
+    def seed_this_rank(self) -> None:
         """Every DDP rank starts from the same seed; ranks other than 0 need dropout masks of their own."""
         if self.global_rank:
             torch.manual_seed(torch.initial_seed() + self.global_rank)

@@ -1,0 +1,120 @@
+"""Training and testing with Lightning: what `python -m lenet.train` and `python -m lenet.eval` run.
+
+`train(cfg)` builds everything from the config (data, model, callbacks, loggers, trainer: each by Hydra's
+instantiate), fits, tests the best checkpoint on the official test set and writes `metrics.json`. `evaluate(cfg)`
+tests a checkpoint, rebuilt from the checkpoint alone. The configs reach them checked (lenet.validate).
+"""
+
+import logging
+import sys
+from pathlib import Path
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ProgressBar, WeightAveraging
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+from omegaconf import DictConfig, OmegaConf
+
+from lenet.checkpoint import Checkpoint, CheckpointContents, check_resume
+from lenet.cli import in_multirun, this_command
+from lenet.console import quiet_lightning
+from lenet.errors import ConfigError, UserError
+from lenet.hparams import hparams_of, overrides_and_swept, shown_hparams
+from lenet.lightning_module import LeNetModule
+from lenet.predictor import model_file
+from lenet.summary import RunSummary
+from lenet.validate import spawned_ddp
+
+log = logging.getLogger(__name__)
+
+
+class Interrupted(UserError):
+    """Ctrl-C or SIGTERM stopped training."""
+
+    exit_status = 130  # 128 + the signal, as shells report it: 130 for SIGINT, 143 for SIGTERM
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Fit, test the best checkpoint, write `metrics.json` in `cfg.run_dir`; return the final metrics."""
+    quiet_lightning()
+    plain = OmegaConf.to_container(cfg, resolve=True)  # checkpoints must hold plain containers
+    resume = model_file(cfg.ckpt_path, Path(cfg.outputs_dir), prefer="last")
+    done = check_resume(Checkpoint.open(resume), plain) if resume else 0
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+
+    run_dir = Path(cfg.run_dir)
+    datamodule = instantiate(cfg.data, num_classes=cfg.model.num_classes)
+    datamodule.prepare_data()
+    datamodule.load()  # every data error comes now, before the run writes anything
+    module = LeNetModule(model=plain["model"], optimizer=plain["optimizer"], scheduler=plain["scheduler"])
+    overrides, swept = overrides_and_swept()
+    hparams, shown = hparams_of(cfg, overrides), shown_hparams(overrides, swept)
+    summary = RunSummary(run_dir, hparams, (resume, done), this_command("train"), shown=shown)
+    callbacks = {name: instantiate(callback) for name, callback in cfg.callbacks.items() if callback}
+    # Piped or logged output gets no progress bar: it would be carriage returns, kilobytes of them per run.
+    interactive = sys.stdout.isatty()
+    callbacks = {name: c for name, c in callbacks.items() if interactive or not isinstance(c, ProgressBar)}
+    trainer = instantiate(
+        cfg.trainer,
+        logger=[instantiate(logger) for logger in cfg.logger.values()] or False,
+        callbacks=[*callbacks.values(), summary, CheckpointContents(plain)],
+        enable_progress_bar=interactive,
+    )
+    if in_multirun() and (refusal := spawned_ddp(trainer)):
+        raise ConfigError(refusal)
+
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resume, weights_only=True)
+    except SystemExit as stop:  # how Lightning ends fit on Ctrl-C (status 1) and on SIGTERM (status 0)
+        interrupted = Interrupted(resume_hint(run_dir))
+        interrupted.exit_status = 143 if isinstance(stop, SIGTERMException) else 130
+        raise interrupted from None
+    best = callbacks.get("checkpoint")
+    # None: the final weights (experiment=original has no validation to pick a best epoch by)
+    best_path = best.best_model_path if best else None
+    # callbacks=ema: Lightning's WeightAveraging, meeting a checkpoint it wrote, loads the trained weights saved beside
+    # the average; the test would measure those, not the average that was validated and saved. Test without it.
+    trainer.callbacks = [callback for callback in trainer.callbacks if not isinstance(callback, WeightAveraging)]
+    trainer.test(module, datamodule=datamodule, ckpt_path=best_path or None, verbose=False, weights_only=True)
+    return summary.metrics
+
+
+def resume_hint(run_dir: Path) -> str:
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if not last.is_file():
+        return "interrupted before the first epoch ended: nothing was saved to resume from"
+    epochs = Checkpoint.open(last).epochs
+    command = this_command("train", extra=(f"ckpt_path={last}",))
+    if not command:
+        return f"interrupted; {epochs} epoch(s) saved. Resume with the same overrides plus ckpt_path={last}"
+    return f"interrupted; {epochs} epoch(s) saved. Resume: {command}"
+
+
+def evaluate(cfg: DictConfig) -> dict:
+    """Test a checkpoint on its data set's test images; `cfg.data` (data.root, data.eval_batch_size) replaces what
+    the checkpoint saved. Writes `metrics.json` in `cfg.run_dir`; returns the metrics."""
+    quiet_lightning()
+    checkpoint = Checkpoint.open(model_file(cfg.ckpt_path, Path(cfg.outputs_dir)))
+    module, datamodule = checkpoint.module(), checkpoint.datamodule(cfg.data)
+    datamodule.prepare_data()
+    datamodule.load()
+    summary = RunSummary(Path(cfg.run_dir), command=this_command("eval"))
+    interactive = sys.stdout.isatty()
+    trainer = instantiate(
+        cfg.trainer, logger=False, callbacks=[summary], enable_checkpointing=False, enable_progress_bar=interactive
+    )
+    trainer.test(module, datamodule=datamodule, verbose=False)
+    warn_if_other_data(checkpoint.path, checkpoint.trained_on, summary.metrics["data"])
+    return summary.metrics
+
+
+def warn_if_other_data(ckpt: Path, trained_on: dict, data: dict) -> None:
+    """A checkpoint tested on another data set (Fashion-MNIST's on MNIST's files) gets a number that means nothing."""
+    if trained_on and trained_on["test_labels_sha256"] != data["test_labels_sha256"]:
+        log.warning(
+            "The test images in %s are not those %s was made with (%s from %s): its test/acc here measures other data",
+            data["root"], ckpt, trained_on["dataset"], trained_on["root"],
+        )  # fmt: skip
