@@ -1,6 +1,7 @@
 """Checkpoints of lenet.train: the one reader (Checkpoint), the one writer of what lenet adds to them
 (CheckpointContents), what a resume may change, and the best epoch kept across a resume."""
 
+import io
 import logging
 import pickle
 import shutil
@@ -16,7 +17,7 @@ from lenet.data import MNISTDataModule
 from lenet.datasets import class_names
 from lenet.errors import ConfigError, ModelError
 from lenet.lightning_module import RUN_LENGTH_ARGUMENT, LeNetModule
-from lenet.predictor import Predictor
+from lenet.predictor import Predictor, read_model_file
 from lenet.torch_device import device_of, forward_numpy
 
 log = logging.getLogger(__name__)
@@ -37,10 +38,11 @@ class Checkpoint:
     @classmethod
     def open(cls, path: Path) -> "Checkpoint":
         not_ours = f"{path} is not a checkpoint of lenet.train"
-        if not zipfile.is_zipfile(path):  # torch.save's format: anything else is no checkpoint (an image, a text)
+        data = read_model_file(path)
+        if not zipfile.is_zipfile(io.BytesIO(data)):  # torch.save's format: anything else is no checkpoint
             raise ModelError(not_ours)
         try:
-            contents = torch.load(path, map_location="cpu", weights_only=True)
+            contents = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
         except pickle.UnpicklingError:  # the safe unpickler met an object it does not allow
             raise ModelError(
                 f"{path} holds Python objects beyond tensors and plain values, which could run code when loaded: "

@@ -140,6 +140,7 @@ KEYS: dict[str, Key] = {
     "outputs_dir": Key(TEXT, recipe=False, resume=CHANGEABLE),
     "run_dir": Key(recipe=False, resume=CHANGEABLE),
     "hparams_search": Key(recipe=False, resume=CHANGEABLE, search=True),
+    "model": Key(),
     "model.activation": Key(key_of("lenet.model.ACTIVATIONS"), hparam="activation"),
     "model.pooling": Key(key_of("lenet.model.POOLINGS"), hparam="pooling"),
     "model.batch_norm": Key(BOOLEAN, hparam="batch_norm"),

@@ -89,7 +89,7 @@ def load(path: str | Path, device: str = "auto") -> Predictor:
 def read_model_file(path: Path) -> bytes:
     """The whole file, read once: what is checked is what is loaded."""
     if path.stat().st_size > MAX_MODEL_BYTES:
-        raise ModelError(f"{path} is larger than {MAX_MODEL_BYTES // 2**20} MB: not a LeNet of lenet.export")
+        raise ModelError(f"{path} is larger than {MAX_MODEL_BYTES // 2**20} MB: not a LeNet of lenet")
     return path.read_bytes()
 
 
