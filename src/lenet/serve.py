@@ -8,7 +8,13 @@ lenet.predict loads it; each upload is prepared as predict prepares a file. The 
   `confidence`, `probabilities` (`[{"class": ..., "probability": ...}]` in the model's class order) and `image`
   (the 28x28 image the model saw, a base64 PNG). Bad input -> 4xx with a JSON `error`;
 - `GET /health`: 200 with the model's file name, dataset and classes (the model is loaded before the port opens);
-- `/docs`: FastAPI's OpenAPI page.
+- `/docs`: FastAPI's OpenAPI page (Swagger UI), its scripts served from here (fastapi-offline's copies).
+
+What one request may cost is bounded (conf/serve.yaml): its line and headers must arrive within `header_timeout_s`
+(lenet.guards.HeaderDeadline) and its body within `upload_timeout_s` (408), at most `max_upload_mb` of it (413); the
+body waits in a file spooled to disk past 1 MB, not in memory; an image of more than `max_megapixels` is refused from
+its header, before it is decoded (413). Only the Host names of the bound address (`allowed_hosts`) and web pages of
+its own origin or of `cors_origins` are answered (lenet.guards.HostAndOrigin), before any body is read.
 
 Threads: decoding, preparing and classifying an upload take about a millisecond of CPU each, so they run in a pool
 of `workers` threads and the event loop stays free to accept and read other requests. The classifier is read-only
@@ -23,16 +29,19 @@ import logging
 import signal
 import socket
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AsyncExitStack
 from importlib.resources import files
 from io import BytesIO
 from pathlib import Path
+from tempfile import SpooledTemporaryFile
+from typing import BinaryIO
 
 import hydra
 from omegaconf import DictConfig
 from PIL import Image
 
 from lenet import CONFIG_DIR
-from lenet.classifier import Classifier, ImageError, load  # numpy and Pillow only
+from lenet.classifier import Classifier, ImageError, ImageTooLarge, load  # numpy and Pillow only
 from lenet.console import UserError, report_user_errors
 
 log = logging.getLogger(__name__)
@@ -40,6 +49,8 @@ log = logging.getLogger(__name__)
 MB = 2**20
 ENVELOPE = 64 * 1024  # what a multipart body may hold besides the file: boundaries, part headers, small fields
 DRAIN = 64 * MB  # the most of a refused upload read (and dropped) so that its sender gets the 413
+SPOOL = MB  # a raw upload beyond this waits on disk, not in memory (Starlette spools multipart files the same way)
+CLOSE = {"connection": "close"}  # a response header: uvicorn closes the connection once it is sent
 SHUTDOWN_S = 5  # requests still running when the server is told to stop get this long to finish
 
 
@@ -62,19 +73,21 @@ def serve(cfg: DictConfig) -> None:
 
     validate(cfg)
     try:
-        import fastapi  # noqa: F401 (create_app's)
+        import fastapi_offline  # noqa: F401 (create_app's; it imports FastAPI)
         import uvicorn
+
+        from lenet.guards import allowed_hosts
     except ImportError:
-        raise ServeError("lenet.serve needs FastAPI and uvicorn: pip install 'lenet[serve]'") from None
+        raise ServeError("lenet.serve needs FastAPI, fastapi-offline and uvicorn: pip install 'lenet[serve]'") from None
     if cfg.threads:
         import torch
 
         torch.set_num_threads(cfg.threads)
     classifier = load(checkpoint_file(cfg.ckpt_path, Path(cfg.outputs_dir)), device=cfg.device)
     sock = listen(cfg.host, cfg.port)
-    app = create_app(classifier, workers=cfg.workers, max_upload=round(cfg.max_upload_mb * MB))
-    server = uvicorn.Server(server_config(app, cfg.access_log))
     host, port = sock.getsockname()[:2]
+    app = create_app(classifier, cfg, allowed_hosts(cfg.allowed_hosts, cfg.host, host))
+    server = uvicorn.Server(server_config(app, cfg))
     url = f"http://{f'[{host}]' if ':' in host else host}:{port}/"
     log.info(
         "Serving %s (%s, %d classes) at %s: the page at /, POST /predict, docs at /docs. Ctrl-C stops.",
@@ -97,13 +110,21 @@ def _stop(number, frame):
     raise Stopped(number)
 
 
-def server_config(app, access_log: bool = False):
-    """uvicorn's settings: the app's loggers left to Hydra's logging, no lifespan, a bounded graceful stop."""
+def server_config(app, cfg: DictConfig):
+    """uvicorn's settings: the app's loggers left to Hydra's logging, no lifespan, a bounded graceful stop, and h11
+    with a deadline for request heads (named, not "auto": that would pick httptools wherever it is installed)."""
     import uvicorn
+
+    from lenet.guards import with_header_timeout
 
     logging.getLogger("uvicorn.error").setLevel(logging.WARNING)  # its start and stop notes; the start line says it
     return uvicorn.Config(
-        app, log_config=None, access_log=access_log, lifespan="off", timeout_graceful_shutdown=SHUTDOWN_S
+        app,
+        http=with_header_timeout(cfg.header_timeout_s),
+        log_config=None,
+        access_log=cfg.access_log,
+        lifespan="off",
+        timeout_graceful_shutdown=SHUTDOWN_S,
     )
 
 
@@ -128,9 +149,9 @@ def listen(host: str, port: int) -> socket.socket:
     return sock
 
 
-def answer(classifier: Classifier, data: bytes) -> dict:
+def answer(classifier: Classifier, file: BinaryIO, max_pixels: int) -> dict:
     """The JSON of /predict for one uploaded image (runs in a worker thread)."""
-    image = classifier.prepare(data)
+    image = classifier.prepare(file, max_pixels)
     probabilities = classifier.probabilities(image[None])[0]
     best = int(probabilities.argmax())
     png = BytesIO()
@@ -161,6 +182,7 @@ EXAMPLE = {
     "probabilities": [{"class": "0", "probability": 0.0003}, {"class": "1", "probability": 0.9874}, "..."],
     "image": "iVBORw0KGgoAAAANSUhEUgAAABwAAAAcCAAAAABXZoBIAAAA...",
 }
+JSON = {"application/json": {}}
 UPLOAD = {
     "requestBody": {
         "required": True,
@@ -178,19 +200,34 @@ UPLOAD = {
 }
 
 
-def create_app(classifier: Classifier, workers: int = 2, max_upload: int = 10 * MB):
-    """The FastAPI app around one loaded classifier."""
-    from fastapi import FastAPI, Request
+def create_app(classifier: Classifier, cfg: DictConfig, hosts):
+    """The FastAPI app around one loaded classifier, with the limits of `cfg` (conf/serve.yaml) and the Host names
+    `hosts` (lenet.guards.allowed_hosts) it answers."""
+    from fastapi import Request
+    from fastapi.middleware.cors import CORSMiddleware
     from fastapi.responses import HTMLResponse, JSONResponse
+    from fastapi_offline import FastAPIOffline
     from starlette.exceptions import HTTPException
 
-    pool = ThreadPoolExecutor(workers, thread_name_prefix="lenet-serve")
+    from lenet.guards import HostAndOrigin
+
+    # Plain values, read once: each read of a DictConfig attribute costs microseconds.
+    max_upload, max_pixels = round(cfg.max_upload_mb * MB), round(cfg.max_megapixels * 1e6)
+    upload_timeout, origins = float(cfg.upload_timeout_s), list(cfg.cors_origins)
+    pool = ThreadPoolExecutor(cfg.workers, thread_name_prefix="lenet-serve")
     page = (files("lenet") / "page" / "index.html").read_text(encoding="utf-8")
-    app = FastAPI(
+    # FastAPI's own /docs and /redoc load their scripts from a CDN (and ReDoc Google's fonts); fastapi-offline serves
+    # its copies from /docs-assets. ReDoc is left off: its page still shows a logo from Redocly's CDN.
+    app = FastAPIOffline(
+        redoc_url=None,
+        static_url="/docs-assets",
         title="lenet",
         version="0.1.0",
         description=f"Classify an image with {classifier.source.name} ({classifier.dataset}).",
     )
+    if origins:  # CORS headers for the pages listed; HostAndOrigin has refused the others already
+        app.add_middleware(CORSMiddleware, allow_origins=origins, allow_methods=["GET", "POST"], allow_headers=["*"])
+    app.add_middleware(HostAndOrigin, hosts=hosts, cors_origins=origins)  # added last: runs first
 
     @app.exception_handler(HTTPException)
     async def error_as_json(request, error):
@@ -214,23 +251,36 @@ def create_app(classifier: Classifier, workers: int = 2, max_upload: int = 10 * 
                 "the model saw, light on dark, as a base64 PNG",
                 "content": {"application/json": {"example": EXAMPLE}},
             },
-            400: {"description": "no file, or an empty one", "content": {"application/json": {}}},
-            413: {"description": "larger than max_upload_mb", "content": {"application/json": {}}},
-            422: {"description": "not an image, a damaged one or a blank one", "content": {"application/json": {}}},
+            400: {"description": "no file, or an empty one", "content": JSON},
+            403: {"description": "sent by a web page of an origin not in cors_origins", "content": JSON},
+            408: {"description": "the body took longer than upload_timeout_s to arrive", "content": JSON},
+            413: {"description": "larger than max_upload_mb, or more pixels than max_megapixels", "content": JSON},
+            422: {"description": "not an image, a damaged one or a blank one", "content": JSON},
         },
     )
     async def predict(request: Request) -> dict:
-        data = await read_upload(request, max_upload)
-        try:
-            return await asyncio.get_running_loop().run_in_executor(pool, answer, classifier, data)
-        except ImageError as error:
-            raise HTTPException(422, str(error)) from None
+        async with AsyncExitStack() as opened:  # the upload's spooled file: closed, its disk space freed, once answered
+            try:
+                async with asyncio.timeout(upload_timeout):  # a deadline for the whole body, not per chunk
+                    file = await read_upload(request, max_upload, opened)
+            except TimeoutError:
+                message = f"the upload did not arrive within {upload_timeout:g} s (upload_timeout_s)"
+                raise HTTPException(408, message, headers=CLOSE) from None
+            try:
+                return await asyncio.get_running_loop().run_in_executor(pool, answer, classifier, file, max_pixels)
+            except ImageTooLarge as error:
+                raise HTTPException(413, str(error)) from None
+            except ImageError as error:
+                raise HTTPException(422, str(error)) from None
 
     return app
 
 
-async def read_upload(request, limit: int) -> bytes:
-    """The uploaded file's bytes, read up to `limit`: a multipart field `file`, or else the whole body."""
+async def read_upload(request, limit: int, opened: AsyncExitStack) -> BinaryIO:
+    """The uploaded file, read up to `limit` bytes, at its start: a multipart field `file`, or else the whole body.
+
+    Spooled: in memory up to 1 MB, on disk beyond; `opened` closes it.
+    """
     from starlette.exceptions import HTTPException
     from starlette.requests import ClientDisconnect, Request
 
@@ -251,14 +301,18 @@ async def read_upload(request, limit: int) -> bytes:
         if int(request.headers.get("content-length") or 0) > bound:
             raise TooLarge  # said up front: refused before anything is parsed
         if request.headers.get("content-type", "").startswith("multipart/form-data"):
-            async with body.form(max_files=1, max_fields=16) as form:
-                upload = form.get("file")
-                if upload is None or isinstance(upload, str):
-                    raise HTTPException(400, 'no file: send the image as the multipart field "file" (-F file=@x.png)')
-                data = await upload.read()
+            form = await opened.enter_async_context(body.form(max_files=1, max_fields=16, max_part_size=ENVELOPE))
+            upload = form.get("file")
+            if upload is None or isinstance(upload, str):
+                raise HTTPException(400, 'no file: send the image as the multipart field "file" (-F file=@x.png)')
+            file, size = upload.file, upload.size
         else:
-            data = await body.body()
-        if len(data) > limit:
+            file = opened.enter_context(SpooledTemporaryFile(SPOOL))  # noqa: SIM115 (`opened` is the context)
+            async for chunk in body.stream():
+                file.write(chunk)  # one received chunk (~64 KB), to memory or the page cache: no thread needed
+            size = file.tell()
+            file.seek(0)
+        if size > limit:
             raise TooLarge
     except TooLarge:
         if not done:
@@ -266,9 +320,9 @@ async def read_upload(request, limit: int) -> bytes:
         raise HTTPException(413, f"the upload is larger than the limit, {limit / MB:g} MB (max_upload_mb)") from None
     except ClientDisconnect:  # nobody is left to answer; without this, uvicorn logs a traceback
         raise HTTPException(400, "the client hung up before the upload was complete") from None
-    if not data:
+    if not size:
         raise HTTPException(400, "the upload is empty")
-    return data
+    return file
 
 
 async def discard(receive, most: int) -> None:
