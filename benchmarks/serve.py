@@ -1,26 +1,40 @@
-"""How fast lenet.serve answers /predict: a loopback load test with a fixed number of requests.
+"""How fast lenet.serve answers /predict, what it holds after many requests, and what each attack costs it.
 
-    python benchmarks/serve.py --ckpt outputs/<run>/checkpoints/best.ckpt [--clients 8] [--requests 2000]
-                               [--image pad|photo] [--repeats 3] [serve overrides, e.g. workers=1 threads=null]
+    python benchmarks/serve.py --ckpt outputs/<run>/checkpoints/best.ckpt [--clients 16 64] [--requests 2000]
+                               [--image pad|photo] [--repeats 3] [--soak 20000] [--attacks]
+                               [serve overrides, e.g. workers=1 threads=null]
 
-Starts `python -m lenet.serve` on a free port (its defaults, access log included), then `--clients`
-threads of this process, each with its own keep-alive connection, post the same image until `--requests` have
-been answered, after `--warmup` requests that are not counted. The image (`--image`) is one the page sends, a
-280x280 PNG of a digit drawn with a 20-pixel pen (`pad`), or a photo: 400x300 dark ink on tinted paper, JPEG
-(`photo`). Reports requests/s and the p50/p99 latency, each the median of `--repeats` runs against the same
-server. The client threads share the machine's cores with the server: on 2 cores the figures are the whole
+Starts `python -m lenet.serve` on a free port (its defaults, access log included), then for each number of
+`--clients`, that many threads of this process, each with its own keep-alive connection, post the same image until
+`--requests` have been answered, after `--warmup` requests that are not counted. The image (`--image`) is one the
+page sends, a 280x280 PNG of a digit drawn with a 20-pixel pen (`pad`), or a photo: 400x300 dark ink on tinted
+paper, JPEG (`photo`). Reports requests/s and the p50/p99 latency, each the median of `--repeats` runs against the
+same server. The client threads share the machine's cores with the server: on 2 cores the figures are the whole
 loop's, load generator included.
+
+`--soak N`: the server's RSS before and after N more requests (16 clients). `--attacks`: the worst case of each
+attack of issue 15 on the same server, each waited for a bounded time: a 13000x13000 PNG (one, then four at once
+with a good request among them), 50 and 100 uploads that stop 1 byte short of 10 MB, 100 request heads that stop
+halfway, a foreign Host, a cross-origin POST, and what the docs pages load from elsewhere. RSS is read from
+/proc/PID/status, sampled every 5 ms for peaks.
 """
 
 import argparse
+import contextlib
 import http.client
 import io
 import re
+import select
+import socket
 import statistics
+import struct
 import subprocess
 import sys
 import threading
 import time
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
@@ -91,14 +105,186 @@ def load(port: int, body: bytes, content_type: str, clients: int, requests: int)
     return wall, latencies
 
 
+def bomb_png(side: int) -> bytes:
+    """A side x side RGBA PNG of transparent pixels: 657 KB at 13000, 676 MB once decoded (the issue's bomb)."""
+    row = bytes(1 + 4 * side)  # the filter byte, then the pixels
+    compressor = zlib.compressobj(9)
+    data = b"".join(compressor.compress(row) for _ in range(side)) + compressor.flush()
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    header = struct.pack(">IIBBBBB", side, side, 8, 6, 0, 0, 0)  # 8 bits per channel, RGBA
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", data) + chunk(b"IEND", b"")
+
+
+def rss_mb(pid: int) -> float:
+    return int(re.search(r"VmRSS:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text())[1]) / 1024
+
+
+@contextlib.contextmanager
+def peak_rss(pid: int):
+    """The highest RSS growth (MB) of `pid` while the block runs, sampled every 5 ms: `peak[0]` after it."""
+    start, peak, done = rss_mb(pid), [0.0], threading.Event()
+
+    def sample():
+        while not done.is_set():
+            peak[0] = max(peak[0], rss_mb(pid) - start)
+            time.sleep(0.005)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        yield peak
+    finally:
+        done.set()
+        sampler.join()
+
+
+def post_once(port: int, body: bytes, content_type: str, headers: dict | None = None) -> tuple[int, float]:
+    """(status, seconds) of one POST /predict on a new connection."""
+    start = time.perf_counter()
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+    try:
+        connection.request("POST", "/predict", body, {"Content-Type": content_type, **(headers or {})})
+        response = connection.getresponse()
+        response.read()
+        return response.status, time.perf_counter() - start
+    finally:
+        connection.close()
+
+
+def raw_connection(port: int, head: bytes) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=60)
+    sock.sendall(head)
+    return sock
+
+
+def closed_within(sockets: list[socket.socket], most_s: float) -> tuple[float | None, list[bytes]]:
+    """(seconds until the server had closed every connection, or None if some were open after `most_s`; what each
+    received)."""
+    start, received, open_ = time.monotonic(), {sock: b"" for sock in sockets}, set(sockets)
+    while open_ and time.monotonic() - start < most_s:
+        for sock in select.select(list(open_), [], [], 0.1)[0]:
+            try:
+                data = sock.recv(65536)
+            except ConnectionResetError:
+                data = b""
+            received[sock] += data
+            if not data:
+                open_.discard(sock)
+    return (None if open_ else time.monotonic() - start), [received[sock] for sock in sockets]
+
+
+def upload_head(port: int, length: int) -> bytes:
+    return (
+        f"POST /predict HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: image/png\r\n"
+        f"Content-Length: {length}\r\n\r\n"
+    ).encode()
+
+
+def attack_pixels(port: int, pid: int, good: bytes) -> None:
+    bomb = bomb_png(13000)
+    with peak_rss(pid) as grown:
+        status, seconds = post_once(port, bomb, "image/png")
+    print(f"  13000x13000 PNG ({len(bomb):,} bytes): {status} in {seconds:.2f} s, peak RSS +{grown[0]:.0f} MB")
+    with peak_rss(pid) as grown, ThreadPoolExecutor(5) as pool:
+        bombs = [pool.submit(post_once, port, bomb, "image/png") for _ in range(4)]
+        time.sleep(0.3)  # the bombs are being read or decoded
+        good_status, good_seconds = post_once(port, good, "image/png")
+        answers = [future.result() for future in bombs]
+    print(
+        f"  4 at once: {', '.join(f'{s} in {t:.1f} s' for s, t in answers)}; peak RSS +{grown[0]:.0f} MB; "
+        f"a good request sent among them: {good_status} in {good_seconds:.2f} s"
+    )
+    at_cap = bomb_png(7071)  # 49.998 megapixels: just under max_megapixels' default, so decoded
+    with peak_rss(pid) as grown:
+        status, seconds = post_once(port, at_cap, "image/png")
+    print(f"  7071x7071 PNG ({len(at_cap):,} bytes), at the cap: {status} in {seconds:.2f} s, RSS +{grown[0]:.0f} MB")
+
+
+def attack_stalled_uploads(port: int, pid: int, count: int, wait_s: float) -> None:
+    size = 10 * 2**20
+    body = bytes(size - 1)
+    before = rss_mb(pid)
+    with contextlib.ExitStack() as stack, peak_rss(pid) as grown:
+        start = time.monotonic()
+        sockets = [stack.enter_context(raw_connection(port, upload_head(port, size))) for _ in range(count)]
+        for sock in sockets:
+            sock.sendall(body)
+        sent = time.monotonic() - start
+        time.sleep(1)  # the server has read what it was sent
+        held = rss_mb(pid) - before
+        closed, answers = closed_within(sockets, wait_s)
+    time.sleep(2)
+    statuses = "/".join(sorted({answer[9:12].decode() or "nothing" for answer in answers}))
+    end = f"all closed by the server after {closed:.1f} s, answered {statuses}" if closed is not None else None
+    print(
+        f"  {count} uploads stopped 1 byte short of 10 MB (sent in {sent:.1f} s): RSS +{held:.0f} MB while held "
+        f"(peak +{grown[0]:.0f} MB); {end or f'still open after {wait_s:.0f} s (then closed by the client)'}; "
+        f"RSS +{rss_mb(pid) - before:.0f} MB 2 s after they closed"
+    )
+
+
+def attack_slow_heads(port: int, count: int, wait_s: float) -> None:
+    head = f"GET /health HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n".encode()  # and then nothing
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(raw_connection(port, head)) for _ in range(count)]
+        closed, _ = closed_within(sockets, wait_s)
+    print(
+        f"  {count} request heads stopped halfway: "
+        + (f"all closed by the server after {closed:.1f} s" if closed is not None else f"still open after {wait_s} s")
+    )
+
+
+def attack_origins(port: int, good: bytes) -> None:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    connection.request("GET", "/health", headers={"Host": "evil.example"})
+    host_status = connection.getresponse()
+    host_status.read()
+    origin_status, _ = post_once(port, good, "image/png", {"Origin": "https://evil.example"})
+    print(f"  Host: evil.example -> {host_status.status}; a POST from https://evil.example's page -> {origin_status}")
+
+
+def attack_docs(port: int) -> None:
+    for path in ("/docs", "/redoc"):
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        connection.request("GET", path)
+        response = connection.getresponse()
+        page = response.read().decode("utf-8", "replace")
+        elsewhere = sorted(set(re.findall(r"https?://[^\s\"'<>]+", page)))
+        print(f"  {path}: {response.status}, addresses elsewhere: {', '.join(elsewhere) or 'none'}")
+
+
+def throughput(port: int, body: bytes, content_type: str, clients: int, requests: int, repeats: int) -> str:
+    runs = []
+    for _ in range(repeats):
+        wall, latencies = load(port, body, content_type, clients, requests)
+        p50, p99 = np.percentile(latencies, [50, 99]) * 1000
+        runs.append((requests / wall, p50, p99))
+    rate, p50, p99 = (statistics.median(column) for column in zip(*runs, strict=True))
+    return (
+        f"{clients} clients: {rate:.0f} requests/s, p50 {p50:.1f} ms, p99 {p99:.1f} ms (runs: "
+        + ", ".join(f"{r:.0f}/s {a:.1f}/{b:.1f} ms" for r, a, b in runs)
+        + ")"
+    )
+
+
+def upload_timeout_s(overrides: list[str]) -> float:
+    given = [float(o.split("=", 1)[1]) for o in overrides if o.startswith("upload_timeout_s=")]
+    return given[-1] if given else 30.0  # conf/serve.yaml's
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ckpt", required=True)
-    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--clients", type=int, nargs="+", default=[16, 64])
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--warmup", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--image", choices=["pad", "photo"], default="pad")
+    parser.add_argument("--soak", type=int, default=0, help="RSS before and after this many requests")
+    parser.add_argument("--attacks", action="store_true")
     parser.add_argument("overrides", nargs="*", help="lenet.serve overrides, e.g. workers=4")
     args = parser.parse_args()
 
@@ -114,20 +300,28 @@ def main() -> None:
             sys.exit(f"lenet.serve did not start: {line}{server.stdout.read()}")
         port = int(found[1])
         threading.Thread(target=server.stdout.read, daemon=True).start()  # the access log, when on: a full pipe blocks
-        load(port, body, content_type, args.clients, args.warmup)
-        runs = []
-        for _ in range(args.repeats):
-            wall, latencies = load(port, body, content_type, args.clients, args.requests)
-            p50, p99 = np.percentile(latencies, [50, 99]) * 1000
-            runs.append((args.requests / wall, p50, p99))
-        rate, p50, p99 = (statistics.median(column) for column in zip(*runs, strict=True))
+        load(port, body, content_type, max(args.clients), args.warmup)
         print(
-            f"{args.image} image ({len(data):,} bytes), {args.clients} clients, {args.requests} requests x "
-            f"{args.repeats}, {' '.join(args.overrides) or 'defaults'}: {rate:.0f} requests/s, "
-            f"p50 {p50:.1f} ms, p99 {p99:.1f} ms (runs: "
-            + ", ".join(f"{r:.0f}/s {a:.1f}/{b:.1f} ms" for r, a, b in runs)
-            + ")"
+            f"{args.image} image ({len(data):,} bytes), {args.requests} requests x {args.repeats}, "
+            f"{' '.join(args.overrides) or 'defaults'}; server RSS {rss_mb(server.pid):.0f} MB after the warm-up"
         )
+        for clients in args.clients:
+            print("  " + throughput(port, body, content_type, clients, args.requests, args.repeats))
+        if args.soak:
+            before, start = rss_mb(server.pid), time.perf_counter()
+            load(port, body, content_type, 16, args.soak)
+            print(
+                f"  RSS after {args.soak:,} more requests (16 clients, {args.soak / (time.perf_counter() - start):.0f}"
+                f"/s): {rss_mb(server.pid):.0f} MB, was {before:.0f} MB"
+            )
+        if args.attacks:
+            wait_s = upload_timeout_s(args.overrides) + 15
+            attack_pixels(port, server.pid, data)
+            attack_stalled_uploads(port, server.pid, 50, wait_s)
+            attack_stalled_uploads(port, server.pid, 100, wait_s)
+            attack_slow_heads(port, 100, wait_s)
+            attack_origins(port, data)
+            attack_docs(port)
     finally:
         server.terminate()
         server.wait(timeout=30)

@@ -152,3 +152,19 @@ def test_make_test_refuses_overrides_typed_as_make_variables():
     done = subprocess.run(["make", "-n", "test", "data.root=x"], cwd=ROOT, capture_output=True, text=True)
     assert done.returncode != 0
     assert 'data.root=... is not an option of make test: pass its options in ARGS="..."' in done.stderr
+
+
+@pytest.mark.parametrize(
+    "command, package, says",
+    [("serve", "fastapi", "lenet.serve needs fastapi"), ("export", "onnx", "format=onnx needs onnx")],
+)
+def test_a_missing_extra_is_one_line_naming_it(command, package, says, glyph_checkpoint, tmp_path):
+    """As on a machine where only `pip install lenet` ran: the package is not there. (A .pt2 export needs no extra.)"""
+    (tmp_path / package).mkdir()
+    (tmp_path / package / "__init__.py").write_text(f"raise ModuleNotFoundError('no {package}', name={package!r})")
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    overrides = [f"ckpt_path={glyph_checkpoint}", f"hydra.run.dir={tmp_path / 'run'}"]
+    result = lenet(tmp_path, command, *overrides, *(["format=onnx"] if command == "export" else []), env=env)
+    assert result.returncode == 1
+    extra = "serve" if command == "serve" else "export"
+    assert result.stderr.strip() == f"error: {says}: pip install 'lenet[{extra}]'"

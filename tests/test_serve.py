@@ -1,21 +1,26 @@
 """lenet.serve: the API on a real uvicorn, its start-up errors, and the page in a real browser (Debian's Chromium)."""
 
 import base64
+import contextlib
 import io
 import json
 import logging
 import os
 import re
+import select
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import threading
 import time
 import urllib.error
 import urllib.request
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from urllib.parse import urljoin, urlsplit
 
 import httpx
 import numpy as np
@@ -25,12 +30,17 @@ from PIL import Image
 
 from conftest import compose_config, glyph_split, lenet_command
 from lenet.errors import ConfigError, ModelError
+from lenet.guards import Hosts, allowed_hosts
 from lenet.predictor import load
-from lenet.serve import MB, ServeError, create_app, listen, serve, server_config
+from lenet.server import MB, ServeError, create_app, listen, serve, server_config
 from test_predict import VARIANTS, encoded
 
 ROOT = Path(__file__).parents[1]
 LIMIT = 256 * 1024  # the test server's upload limit: large enough for every test image, small to exceed
+# The test server's settings: conf/serve.yaml's, with that limit and short timeouts, so that tests can exceed them.
+UPLOAD_TIMEOUT_S, HEADER_TIMEOUT_S = 2, 1
+SETTINGS = ("max_upload_mb=0.25", f"upload_timeout_s={UPLOAD_TIMEOUT_S}", f"header_timeout_s={HEADER_TIMEOUT_S}")
+LOOPBACK = allowed_hosts(None, "127.0.0.1", "127.0.0.1")  # what a server bound to 127.0.0.1 answers by default
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 # As the machine's own Chromium probe starts it: root needs --no-sandbox; without the background-networking flags
 # Chromium keeps trying Google's hosts, which an offline machine refuses.
@@ -44,11 +54,11 @@ def classifier(glyph_checkpoint):
     return load(glyph_checkpoint, device="cpu")
 
 
-@pytest.fixture(scope="module")
-def server(classifier):
-    """The base URL of a real uvicorn serving the glyph checkpoint, in a thread of this process."""
+@contextlib.contextmanager
+def running(classifier, cfg, hosts: Hosts = LOOPBACK):
+    """The base URL of a real uvicorn serving `classifier` with the settings `cfg`, in a thread of this process."""
     sock = listen("127.0.0.1", 0)
-    running = uvicorn.Server(server_config(create_app(classifier, workers=2, max_upload=LIMIT)))
+    running = uvicorn.Server(server_config(create_app(classifier, cfg, hosts), cfg))
     thread = threading.Thread(target=running.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
@@ -58,6 +68,13 @@ def server(classifier):
     yield f"http://127.0.0.1:{sock.getsockname()[1]}/"
     running.should_exit = True
     thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def server(classifier, tmp_path_factory):
+    """The test server: the glyph checkpoint with SETTINGS."""
+    with running(classifier, serve_config(tmp_path_factory.mktemp("serve"), *SETTINGS, "access_log=false")) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +121,8 @@ def test_health_names_the_model_and_its_classes(server, glyph_checkpoint, classi
     response = httpx.get(f"{server}health")
     assert response.status_code == 200
     assert response.json() == {"status": "ok", "model": glyph_checkpoint.name, "dataset": "mnist",
-                               "classes": classifier.classes, "max_upload_bytes": LIMIT}  # fmt: skip
+                               "classes": classifier.classes, "max_upload_bytes": LIMIT,
+                               "max_megapixels": 50}  # fmt: skip
 
 
 def chunked(data: bytes):
@@ -128,6 +146,8 @@ BAD_UPLOADS = {
     "too large": ({"files": {"file": ("a.bmp", TOO_LARGE)}}, 413, "larger than the limit"),
     "just over": ({"files": {"file": ("a.bmp", JUST_OVER)}}, 413, "larger than the limit"),
     "chunked": ({"content": chunked(TOO_LARGE)}, 413, "larger than the limit"),  # no Content-Length: counted
+    # Form fields besides the file are small: a large one is refused, not held in memory.
+    "large text field": ({"data": {"note": "x" * 100_000}, "files": {"file": ("a.png", b"\x89PNG")}}, 400, "64KB"),
 }
 
 
@@ -298,3 +318,276 @@ def test_the_page_in_chromium_shows_what_predict_answers_for_the_drawing(server,
             assert not errors, errors
         finally:
             browser.close()
+
+
+# What one request may cost: pixels, time to send its head and its body, memory while it waits; whom it answers.
+
+
+def bomb_png(side: int) -> bytes:
+    """A side x side RGBA PNG of transparent pixels: 657 KB to send at 13000, 676 MB to decode (the issue's bomb)."""
+    row = bytes(1 + 4 * side)  # the filter byte, then the pixels
+    compressor = zlib.compressobj(9)
+    data = b"".join(compressor.compress(row) for _ in range(side)) + compressor.flush()
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    header = struct.pack(">IIBBBBB", side, side, 8, 6, 0, 0, 0)  # 8 bits per channel, RGBA
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", data) + chunk(b"IEND", b"")
+
+
+def rss_mb(pid: int | str = "self") -> float:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(r"VmRSS:\s+(\d+) kB", status)[1]) / 1024
+
+
+@contextlib.contextmanager
+def peak_rss(pid: int | str = "self"):
+    """The highest RSS growth (MB) of a process while the block runs, sampled every 5 ms: `peak[0]` after it."""
+    start, peak, done = rss_mb(pid), [0.0], threading.Event()
+
+    def sample():
+        while not done.is_set():
+            peak[0] = max(peak[0], rss_mb(pid) - start)
+            time.sleep(0.005)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        yield peak
+    finally:
+        done.set()
+        sampler.join()
+
+
+@pytest.fixture(scope="module")
+def default_server(classifier, tmp_path_factory):
+    """The glyph checkpoint served with conf/serve.yaml's own limits (10 MB uploads, 50 megapixels)."""
+    with running(classifier, serve_config(tmp_path_factory.mktemp("serve"), "access_log=false")) as url:
+        yield url
+
+
+def test_an_image_of_too_many_pixels_is_refused_from_its_header(default_server, uploads):
+    bomb = bomb_png(13000)  # 169 megapixels: under Pillow's own limit, over max_megapixels (50)
+    assert len(bomb) < MB
+    start = time.monotonic()
+    with peak_rss() as grown:
+        response = post(default_server, bomb)
+    assert response.status_code == 413
+    assert response.json()["error"] == (
+        "13000x13000 pixels is more than the limit, 50 megapixels (max_megapixels): scale the image down"
+    )
+    # Decoding it would take 6-10 s and 676 MB (RGBA) at least; read from the header it takes neither.
+    assert time.monotonic() - start < 3 and grown[0] < 100, (time.monotonic() - start, grown[0])
+    assert post(default_server, uploads[0][0][0]).status_code == 200
+
+
+def raw_request(url: str, head: str) -> socket.socket:
+    """A connection to the server that has sent `head` (a request line and headers, CRLF-separated) and no more."""
+    parts = urlsplit(url)
+    sock = socket.create_connection((parts.hostname, parts.port), timeout=10)
+    sock.sendall(head.replace("\n", "\r\n").encode())
+    return sock
+
+
+def upload_head(url: str, length: int, origin: str | None = None) -> str:
+    host = urlsplit(url).netloc
+    origin = f"Origin: {origin}\n" if origin else ""
+    return f"POST /predict HTTP/1.1\nHost: {host}\n{origin}Content-Type: image/png\nContent-Length: {length}\n\n"
+
+
+def read_response(sock: socket.socket) -> tuple[int, bytes]:
+    """(status, body) of one response with a Content-Length, read from a raw connection."""
+    answer = b""
+    while b"\r\n\r\n" not in answer:
+        answer += sock.recv(65536)
+    head, body = answer.split(b"\r\n\r\n", 1)
+    length = int(re.search(rb"(?i)content-length: (\d+)", head)[1])
+    while len(body) < length:
+        body += sock.recv(65536)
+    return int(head.split()[1]), body
+
+
+def until_closed(sock: socket.socket, most_s: float, trickle: bytes = b"") -> tuple[float, bytes]:
+    """(seconds until the server closed the connection, what it sent first), sending `trickle` a byte every 0.2 s
+    meanwhile. Fails if the connection is still open after `most_s`."""
+    start, received = time.monotonic(), b""
+    while time.monotonic() - start < most_s:
+        if select.select([sock], [], [], 0.2)[0]:
+            try:
+                data = sock.recv(65536)
+            except ConnectionResetError:
+                data = b""
+            if not data:
+                return time.monotonic() - start, received
+            received += data
+        elif trickle and not received:
+            sock.sendall(trickle[:1])
+            trickle = trickle[1:]
+    raise AssertionError(f"still open after {most_s} s; received {received[:200]!r}")
+
+
+@pytest.mark.parametrize("trickle", [False, True], ids=["stalled", "a byte every 0.2 s"])
+def test_an_upload_that_does_not_arrive_in_time_gets_a_408_and_is_closed(server, uploads, trickle):
+    # The deadline is for the whole body, not for each piece of it: a slow trickle is cut off as a stall is.
+    data = uploads[0][0][0]
+    with raw_request(server, upload_head(server, len(data))) as sock:
+        sock.sendall(data[:100])
+        elapsed, answer = until_closed(sock, UPLOAD_TIMEOUT_S + 3, trickle=data[100:] if trickle else b"")
+    assert answer.startswith(b"HTTP/1.1 408 ")
+    assert json.loads(answer.split(b"\r\n\r\n", 1)[1]) == {
+        "error": f"the upload did not arrive within {UPLOAD_TIMEOUT_S} s (upload_timeout_s)"
+    }
+    assert UPLOAD_TIMEOUT_S - 0.2 < elapsed < UPLOAD_TIMEOUT_S + 2
+    assert post(server, data).status_code == 200
+
+
+SLOW_HEADS = {
+    "silent": "",  # connects, sends nothing
+    "headers cut off": "GET /health HTTP/1.1\nHost: 127.0.0.1\n",
+    "headers a byte every 0.2 s": None,  # trickled by the test
+}
+
+
+@pytest.mark.parametrize("case", list(SLOW_HEADS))
+def test_a_connection_whose_request_head_is_slow_is_closed(server, case, caplog):
+    head = SLOW_HEADS[case]
+    with raw_request(server, head or "") as sock:
+        trickle = b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: " + b"x" * 100 if head is None else b""
+        elapsed, answer = until_closed(sock, HEADER_TIMEOUT_S + 3, trickle=trickle)
+    assert answer == b"" and HEADER_TIMEOUT_S - 0.2 < elapsed < HEADER_TIMEOUT_S + 2
+    assert httpx.get(f"{server}health").status_code == 200
+    assert not [record for record in caplog.records if record.levelno >= logging.WARNING]
+
+
+def test_a_kept_alive_connection_serves_requests_as_long_as_each_head_is_prompt(server, uploads):
+    with httpx.Client() as client:
+        for _ in range(3):
+            assert post(server, uploads[0][0][0], client=client).status_code == 200
+            time.sleep(HEADER_TIMEOUT_S / 2)
+        assert client.get(f"{server}health").status_code == 200
+
+
+def test_requests_for_other_host_names_are_refused(server):
+    # DNS rebinding: a page of evil.example whose name now points at 127.0.0.1 reaches the server with this Host.
+    refused = httpx.get(f"{server}health", headers={"host": "evil.example"})
+    assert refused.status_code == 400
+    assert refused.json() == {
+        "error": "Host 'evil.example' is not a name of this server "
+        "(allowed_hosts: localhost, 127.0.0.1, ::1 and the address a request reaches): add it to serve it"
+    }
+    port = urlsplit(server).port
+    for host in (f"127.0.0.1:{port}", f"localhost:{port}", f"[::1]:{port}", "LOCALHOST"):
+        assert httpx.get(f"{server}health", headers={"host": host}).status_code == 200, host
+
+
+def test_cross_origin_requests_are_refused_before_their_body_is_read(server, uploads):
+    # A page elsewhere can post a form here without asking first (no preflight): refused before the model runs.
+    with raw_request(server, upload_head(server, 100_000, origin="https://evil.example")) as sock:
+        sock.settimeout(UPLOAD_TIMEOUT_S / 2)  # answered at once, not when the body would have timed out
+        status, body = read_response(sock)
+    assert status == 403
+    assert json.loads(body) == {
+        "error": "web pages of https://evil.example may not call this server: to allow them, add it to cors_origins"
+    }
+    # Its own page's requests carry its own origin; curl and scripts send none.
+    own = server.rstrip("/")
+    assert post(server, uploads[0][0][0], client=httpx.Client(headers={"origin": own})).status_code == 200
+    assert "access-control-allow-origin" not in httpx.get(f"{server}health", headers={"origin": own}).headers
+
+
+def test_origins_in_cors_origins_may_call_the_api_from_a_browser(classifier, uploads, tmp_path):
+    cfg = serve_config(tmp_path, *SETTINGS, "access_log=false", "cors_origins=[https://app.example]")
+    with running(classifier, cfg) as url:
+        preflight = httpx.options(
+            f"{url}predict",
+            headers={
+                "origin": "https://app.example",
+                "access-control-request-method": "POST",
+                "access-control-request-headers": "content-type",
+            },
+        )
+        assert preflight.status_code == 200
+        assert preflight.headers["access-control-allow-origin"] == "https://app.example"
+        assert "POST" in preflight.headers["access-control-allow-methods"]
+        answer = post(url, uploads[0][0][0], client=httpx.Client(headers={"origin": "https://app.example"}))
+        assert answer.status_code == 200 and answer.headers["access-control-allow-origin"] == "https://app.example"
+        other = httpx.options(f"{url}predict", headers={"origin": "https://other.example"})
+        assert other.status_code == 403 and "cors_origins" in other.json()["error"]
+
+
+def test_allowed_hosts_default_to_the_names_of_the_bound_address(monkeypatch):
+    assert allowed_hosts(None, "localhost", "127.0.0.1") == Hosts(("localhost", "127.0.0.1", "::1"), reached=True)
+    assert allowed_hosts(None, "192.0.2.7", "192.0.2.7") == Hosts(("192.0.2.7",), reached=True)
+    monkeypatch.setattr(socket, "gethostname", lambda: "Box")
+    monkeypatch.setattr(socket, "getfqdn", lambda: "box.lan")
+    anywhere = allowed_hosts(None, "0.0.0.0", "0.0.0.0")
+    assert anywhere == Hosts(("localhost", "127.0.0.1", "::1", "box", "box.lan"), reached=True)
+    assert anywhere.allow("192.168.1.20", "192.168.1.20") and not anywhere.allow("evil.example", "192.168.1.20")
+    given = allowed_hosts(["Example.org", "*.example.org", "[::1]"], "0.0.0.0", "0.0.0.0")
+    assert [given.allow(host, "192.168.1.20") for host in ("example.org", "a.example.org", "::1")] == [True] * 3
+    assert not any(given.allow(host, "192.168.1.20") for host in ("evil.example", "badexample.org", "192.168.1.20"))
+    assert allowed_hosts(["*"], "127.0.0.1", "127.0.0.1").allow("anything.example", "127.0.0.1")
+
+
+def page_links(html: str, base: str) -> list[str]:
+    return [urljoin(base, link) for link in re.findall(r"(?:src|href)\s*=\s*[\"']([^\"']+)", html)]
+
+
+def test_the_docs_page_loads_its_scripts_from_this_server(server):
+    docs = httpx.get(f"{server}docs")
+    assert docs.status_code == 200
+    links = page_links(docs.text, f"{server}docs")
+    assert len(links) >= 3 and all(link.startswith(server) for link in links), links  # script, style, icon
+    assert not re.search(r"https?://", docs.text), "no other address in the page at all"
+    for link in links:
+        assert httpx.get(link).status_code == 200, link
+    assert httpx.get(f"{server}redoc").status_code == 404  # ReDoc's page shows a logo from Redocly's CDN: left off
+
+
+@pytest.mark.skipif(not Path(CHROMIUM).is_file(), reason=f"no Chromium at {CHROMIUM}: apt-get install chromium")
+def test_the_docs_page_in_chromium_requests_nothing_from_elsewhere(server):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        try:
+            page = browser.new_page()
+            requested = []
+            page.on("request", lambda request: requested.append(request.url))
+            page.goto(f"{server}docs")
+            page.wait_for_selector("text=/predict", timeout=15_000)  # Swagger UI has read the OpenAPI document
+            page.wait_for_load_state("networkidle")
+            assert f"{server}openapi.json" in requested
+            assert [url for url in requested if not url.startswith(server) and not url.startswith("data:")] == []
+        finally:
+            browser.close()
+
+
+@pytest.mark.slow
+def test_stalled_uploads_wait_on_disk_and_are_dropped_at_their_deadline(glyph_checkpoint, tmp_path):
+    # The issue's attack: 50 connections send 10 MB - 1 byte of a 10 MB body and stop. Held in memory, they cost
+    # 612 MB; spooled to disk, next to nothing, and the deadline frees them all.
+    timeout_s = 10  # sending 500 MB on a busy 2-core machine takes a few seconds: all must be sent before it
+    command = lenet_command("serve", f"ckpt_path={glyph_checkpoint}", "port=0", f"upload_timeout_s={timeout_s}")
+    process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        url = re.search(r"at (http://127\.0\.0\.1:\d+/)", process.stdout.readline())[1]
+        threading.Thread(target=process.stdout.read, daemon=True).start()  # the access log
+        body = bytes(10 * MB - 1)
+        before = rss_mb(process.pid)
+        with contextlib.ExitStack() as stack, peak_rss(process.pid) as grown:
+            start = time.monotonic()
+            sockets = [stack.enter_context(raw_request(url, upload_head(url, 10 * MB))) for _ in range(50)]
+            for sock in sockets:
+                sock.sendall(body)
+            sent_s = time.monotonic() - start
+            answers = [until_closed(sock, timeout_s + 10)[1] for sock in sockets]
+        assert sent_s < timeout_s, "sending took longer than the deadline: the test proves nothing"
+        assert all(answer.startswith(b"HTTP/1.1 408 ") for answer in answers)
+        assert grown[0] < 100, f"RSS grew by {grown[0]:.0f} MB while they were held"
+        assert rss_mb(process.pid) - before < 50
+    finally:
+        process.kill()
+        process.wait()
+        process.stdout.close()

@@ -41,6 +41,9 @@ HYDRA_FLAGS = {
     "--multirun", "-sc", "--shell-completion", "-cp", "--config-path", "-cn", "--config-name", "-cd", "--config-dir",
     "--experimental-rerun", "-i", "--info",
 }  # fmt: skip
+# The optional packages, by the pyproject extra that installs them.
+EXTRAS = {"fastapi": "serve", "fastapi_offline": "serve", "uvicorn": "serve", "multipart": "serve",
+          "python_multipart": "serve", "onnx": "export", "onnxruntime": "export", "onnxscript": "export"}  # fmt: skip
 NOT_CHECKED = {"-h", "--help", "--hydra-help", "--version", "-sc", "--shell-completion", "-i", "--info", "-cn",
                "--config-name", "-cp", "--config-path", "-cd", "--config-dir", "--experimental-rerun"}  # fmt: skip
 
@@ -56,7 +59,7 @@ def command(name: str, task: str, config: str | None = None, saved: str | None =
 
     def run(cfg: DictConfig):
         check(cfg, saved)
-        result = get_method(task)(cfg)
+        result = work(task, name)(cfg)
         return result.get(returns) if returns else result
 
     run.__module__ = f"lenet.{name}"  # Hydra names the job (train.log, hydra.job.name) after the task's module
@@ -70,6 +73,17 @@ def command(name: str, task: str, config: str | None = None, saved: str | None =
         return hydra_main()
 
     return main
+
+
+def work(task: str, name: str):
+    """The task's function, its module imported now; a missing optional package is one line naming its extra."""
+    try:
+        return get_method(task)
+    except ImportError as error:
+        missing = getattr(error.__cause__, "name", None) or error.name or "a package"
+        extra = EXTRAS.get(missing.split(".")[0])
+        install = f"pip install 'lenet[{extra}]'" if extra else f"pip install {missing}"
+        raise UserError(f"lenet.{name} needs {missing}: {install}") from None
 
 
 def check(cfg: DictConfig, saved: str | None = None) -> None:
