@@ -13,7 +13,8 @@ Measures, in one invocation:
       conf/experiment/fast.yaml exists) `experiment=fast`: whole-process wall time, peak RSS, final test
       accuracy, training images/s, and epochs / wall time to reach the original recipe's final test accuracy.
 Prints a markdown table and a line per performance target (met, or the gap measured), and writes bench.json +
-bench.md (bench-quick.* with --quick) into --out. --quick is a smoke run (< 90 s): one short epoch everywhere; its numbers are not meaningful.
+bench.md (bench-quick.* with --quick) into --out. --quick is a smoke run (< 90 s): one short epoch everywhere;
+its numbers are not meaningful.
 
 The whole benchmark stops at --time-limit (300 s; 90 s with --quick): a lenet.train run still going then is
 killed and reported. On a machine other work is using, torch's default of one thread per core can be many
