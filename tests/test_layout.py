@@ -128,8 +128,11 @@ def test_predicting_with_an_onnx_file_imports_neither_torch_nor_lightning(onnx_f
 
 def test_serving_an_onnx_file_imports_neither_torch_nor_lightning(onnx_file):
     code = (
-        "import sys; from lenet import server; from lenet.predictor import load\n"
-        f"server.create_app(load({str(onnx_file)!r}))\n"
+        "import sys; from hydra import compose, initialize_config_dir; from lenet import CONFIG_DIR, server\n"
+        "from lenet.predictor import load\n"
+        "with initialize_config_dir(config_dir=CONFIG_DIR, version_base='1.3'):\n"
+        "    cfg = compose('serve', overrides=['run_dir=x'])\n"
+        f"server.create_app(load({str(onnx_file)!r}), cfg, server.allowed_hosts(None, '127.0.0.1', '127.0.0.1'))\n"
         "print('torch' in sys.modules, 'lightning' in sys.modules)"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

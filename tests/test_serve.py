@@ -29,6 +29,7 @@ import uvicorn
 from PIL import Image
 
 from conftest import compose_config, glyph_split, lenet_command
+from lenet.cli import check as check_config
 from lenet.errors import ConfigError, ModelError
 from lenet.guards import Hosts, allowed_hosts
 from lenet.predictor import load
@@ -222,9 +223,9 @@ def test_a_bad_model_or_address_is_refused_before_the_port_opens(glyph_checkpoin
         serve(serve_config(tmp_path, f"ckpt_path={foreign}", f"port={port}"))
     listen("127.0.0.1", port).close()  # the failed start left the port free
     with pytest.raises(ConfigError, match=r"port=70000 is not allowed: it must be an integer from 0 to 65535"):
-        serve(serve_config(tmp_path, f"ckpt_path={glyph_checkpoint}", "port=70000"))
+        check_config(serve_config(tmp_path, f"ckpt_path={glyph_checkpoint}", "port=70000"))  # the frame's check
     with pytest.raises(ConfigError, match=r"max_upload_mb=0 is not allowed"):
-        serve(serve_config(tmp_path, f"ckpt_path={glyph_checkpoint}", "max_upload_mb=0"))
+        check_config(serve_config(tmp_path, f"ckpt_path={glyph_checkpoint}", "max_upload_mb=0"))
     with listen("127.0.0.1", 0) as taken:
         port = taken.getsockname()[1]
         with pytest.raises(ServeError, match=rf"^port {port} is in use on 127.0.0.1: pass another port=N"):
