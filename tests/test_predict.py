@@ -263,20 +263,29 @@ def test_float_tiffs_with_nan_or_inf_and_a_lab_tiff_get_their_rows(glyph_checkpo
     assert rows["lab.tif"]["prediction"] or rows["lab.tif"]["error"]  # its L channel, or why not: never lost
 
 
-def test_a_failure_prepare_does_not_foresee_is_that_images_row(glyph_checkpoint, originals, tmp_path, monkeypatch):
+def glyph_folder(tmp_path: Path, originals, count: int) -> Path:
     folder = tmp_path / "images"
     folder.mkdir()
-    for index in range(3):
+    for index in range(count):
         (folder / f"{index}.png").write_bytes(glyph_file(originals, index))
-    calls = iter(range(3))
-    real = Predictor.prepare
+    return folder
 
-    def prepare_with_a_bug(self, image, max_pixels=None):
-        if next(calls) == 1:
-            raise TypeError("a case nobody foresaw")
+
+def failing_at(call: int, error: BaseException):
+    """Predictor.prepare, but that its `call`-th call (from 0) raises `error`."""
+    calls, real = iter(range(1_000_000)), Predictor.prepare
+
+    def prepare(self, image, max_pixels=None):
+        if next(calls) == call:
+            raise error
         return real(self, image, max_pixels)
 
-    monkeypatch.setattr(Predictor, "prepare", prepare_with_a_bug)
+    return prepare
+
+
+def test_a_failure_prepare_does_not_foresee_is_that_images_row(glyph_checkpoint, originals, tmp_path, monkeypatch):
+    folder = glyph_folder(tmp_path, originals, 3)
+    monkeypatch.setattr(Predictor, "prepare", failing_at(1, TypeError("a case nobody foresaw")))
     rows = predicted(glyph_checkpoint, folder, tmp_path)
     assert [row["error"] for row in rows] == ["", "cannot read it (TypeError: a case nobody foresaw)", ""]
     assert rows[0]["prediction"] and rows[2]["prediction"]
@@ -433,19 +442,8 @@ def test_the_preview_shows_unreadable_images_first_when_asked(glyph_checkpoint, 
 
 
 def test_a_ctrl_c_keeps_the_rows_so_far_and_says_how_many(glyph_checkpoint, originals, tmp_path, monkeypatch):
-    folder = tmp_path / "images"
-    folder.mkdir()
-    for index in range(5):
-        (folder / f"{index}.png").write_bytes(glyph_file(originals, index))
-    calls = iter(range(5))
-    real = Predictor.prepare
-
-    def interrupted_at_the_third(self, image, max_pixels=None):
-        if next(calls) == 2:
-            raise KeyboardInterrupt
-        return real(self, image, max_pixels)
-
-    monkeypatch.setattr(Predictor, "prepare", interrupted_at_the_third)
+    folder = glyph_folder(tmp_path, originals, 5)
+    monkeypatch.setattr(Predictor, "prepare", failing_at(2, KeyboardInterrupt()))
     output = tmp_path / "predictions.csv"
     with pytest.raises(Interrupted, match=f"^interrupted by Ctrl-C: 2 of 5 rows written to {output}$") as stop:
         predict(predict_config(glyph_checkpoint, folder, tmp_path, "batch_size=1"))
