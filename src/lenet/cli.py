@@ -35,6 +35,8 @@ from lenet.validate import validate
 
 log = logging.getLogger(__name__)
 
+METRIC = "val/acc_best"  # what lenet.train returns to Hydra's sweepers, so what Optuna maximizes and reports rank by
+
 # Hydra's own flags: what they do is Hydra's business, and --help and tab completion must stay instant.
 HYDRA_FLAGS = {
     "-h", "--help", "--hydra-help", "--version", "-c", "--cfg", "--resolve", "-p", "--package", "-r", "--run", "-m",

@@ -8,7 +8,6 @@ job's validation curve). Several folders, or one above many runs (`outputs/`), a
 """
 
 import argparse
-import atexit
 import csv
 import logging
 import math
@@ -18,10 +17,10 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from hydra.core.utils import JobStatus
-from hydra.experimental.callback import Callback
+from matplotlib.figure import Figure  # no pyplot: no GUI backend, safe in any process
+from matplotlib.ticker import MaxNLocator
 
-from lenet.cli import SweepError, command_line
+from lenet.cli import command_line
 from lenet.runs import CURVE, METRIC, SEED, Job, curve, read_runs
 
 log = logging.getLogger(__name__)
@@ -214,8 +213,6 @@ def plot(jobs: list[Job], configs: list[Configuration], path: Path) -> bool:
 
 def report_figure(jobs: list[Job], configs: list[Configuration]):
     """report.png's matplotlib Figure, or None when there is nothing to plot."""
-    from matplotlib.figure import Figure  # no pyplot: no GUI backend, safe in any process
-
     measured = [config for config in configs if config.mean(METRIC) is not None]
     keys = list(configs[0].label) or [""] * (len(jobs) > 1)  # "": seeds only, one configuration
     keys = keys if measured else []
@@ -259,8 +256,6 @@ def _positions(axes, values: list[str]) -> list[float]:
 
 
 def _curves_panel(axes, configs: list[Configuration], curves: dict[str, list[tuple[int, float]]]) -> None:
-    from matplotlib.ticker import MaxNLocator
-
     for index, config in enumerate(configs):
         label = config.describe()
         for job in config.jobs:
@@ -303,41 +298,16 @@ def default_out(folders: list[Path]) -> Path:
     return folders[0] if len(folders) == 1 else Path(os.path.commonpath([f.absolute() for f in folders]))
 
 
-class SweepReport(Callback):
-    """Hydra callback (hydra/default.yaml): the report at the end of every multirun, and a non-zero exit
-    status when a job failed.
-
-    Hydra skips on_multirun_end when the sweeper re-raises a failed job's error, so the report is also
-    registered to run at exit; on_multirun_end takes it over when the sweep gets there.
-    """
-
-    def on_multirun_start(self, config, **kwargs) -> None:
-        self.sweep_dir = Path(config.hydra.sweep.dir)
-        atexit.register(self._report)
-
-    def on_multirun_end(self, config, **kwargs) -> None:
-        atexit.unregister(self._report)
-        failed = [job for job in self._report() if job.status == "failed"]
-        # Sweepers that go on past failures (Optuna with max_failure_rate) must still exit non-zero. Hydra turns a
-        # callback's exception into a warning, so it takes a SystemExit.
-        if failed:
-            raise SystemExit(f"error: {len(failed)} job(s) failed: see {self.sweep_dir / 'report.md'}")
-
-    def on_job_end(self, config, job_return, **kwargs) -> None:
-        # Into the job's own log, which the report reads; a UserError was already logged by report_user_errors.
-        error = job_return._return_value  # `return_value` would re-raise it
-        if job_return.status == JobStatus.FAILED and not isinstance(error, SweepError):
-            log.error("%s: %s", type(error).__name__, error)
-
-    def _report(self) -> list[Job]:
-        try:
-            jobs = report([self.sweep_dir], self.sweep_dir)
-        except Exception as error:  # a broken report must not hide how the sweep itself went
-            log.warning("no sweep report: %s: %s", type(error).__name__, error)
-            return []
-        if jobs:
-            log.info("%s\nSweep report: %s", _counts(jobs), self.sweep_dir / "report.md")
-        return jobs
+def sweep_report(sweep_dir: Path) -> list[Job]:
+    """The report of a multirun that has ended, said in the log; its jobs (none when it could not be written)."""
+    try:
+        jobs = report([sweep_dir], sweep_dir)
+    except Exception as error:  # a broken report must not hide how the sweep itself went
+        log.warning("no sweep report: %s: %s", type(error).__name__, error)
+        return []
+    if jobs:
+        log.info("%s\nSweep report: %s", _counts(jobs), sweep_dir / "report.md")
+    return jobs
 
 
 def main(argv: list[str] | None = None) -> None:

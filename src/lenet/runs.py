@@ -10,11 +10,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from omegaconf import OmegaConf
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from lenet import keys
 from lenet.cli import command_line
 
-METRIC = "val/acc_best"  # what lenet.train returns to sweepers, so what Optuna maximizes and reports rank by
 SEED = "seed"  # the one key configurations are pooled over
 CURVE = "val/acc"  # logged once per epoch
 
@@ -80,7 +80,7 @@ def _text(value) -> str:
 
 
 def last_error(job_dir: Path) -> str:
-    """The last ERROR line of the job's log: a failed job logs why (see report_user_errors, SweepReport)."""
+    """The last ERROR line of the job's log: a failed job logs why (see report_user_errors, lenet.sweep.SweepReport)."""
     errors = [
         line.split("][ERROR] - ", 1)[1].strip()
         for log_file in job_dir.glob("*.log")
@@ -128,8 +128,6 @@ def curve(run_dir: Path) -> list[tuple[int, float]]:
 
 
 def _events_curve(run_dir: Path) -> dict[int, float]:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
     points = {}
     # Oldest first: a run resumed into its own dir logs its last epochs again, and the new points replace the old.
     for events in sorted(run_dir.glob("**/events.out.tfevents.*"), key=lambda path: path.stat().st_mtime):

@@ -3,8 +3,7 @@
 Returns the best validation accuracy, the value Hydra's sweepers (Optuna) optimize. The work is lenet.training.train.
 """
 
-from lenet.cli import command
-from lenet.runs import METRIC
+from lenet.cli import METRIC, command
 
 main = command("train", "lenet.training.train", config="config", returns=METRIC)
 

@@ -1,14 +1,11 @@
-"""The start-up checks of a composed config, before anything runs: of a run, and of a whole multirun."""
+"""The start-up checks of a composed config, before anything runs."""
 
 import inspect
-import sys
 
-from hydra.experimental.callback import Callback
-from hydra.utils import get_class, get_object
+from hydra.utils import get_object
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from lenet import keys
-from lenet.console import quiet_lightning
 from lenet.errors import ConfigError
 
 HYDRA_KEYS = {"_target_", "_partial_", "_recursive_", "_convert_", "_args_"}
@@ -83,36 +80,3 @@ def spawned_ddp(trainer) -> str | None:
             "the whole sweep. Sweep with one device per job, or run DDP as a single run or via hydra/launcher=slurm"
         )
     return None
-
-
-class MultirunCheck(Callback):
-    """Hydra callback (hydra/default.yaml): refuses, once and before any job starts, a multirun no job could run.
-
-    Jobs check again for themselves: a swept override (trainer=cpu,ddp) shows only in its own job.
-    """
-
-    def on_multirun_start(self, config, **kwargs):
-        error = None
-        if config.get("ckpt_path") == "last":
-            error = (
-                "ckpt_path=last cannot run in a multirun: each job would resume the newest last.ckpt, which an "
-                "earlier job of this sweep has just written; give a checkpoint path, or resume single runs"
-            )
-        elif "trainer" in config and "SlurmLauncher" not in config.hydra.launcher._target_:
-            error = spawned_ddp(_process_layout(config.trainer))
-        if error:
-            print(f"error: {error}", file=sys.stderr)
-            raise SystemExit(1)
-
-
-def _process_layout(trainer_config):
-    """A Trainer with only the settings that decide its processes: Lightning's own answer to how many.
-
-    Lightning is looked up by name, as every target of lenet's configs is: this callback is made for every command,
-    and only a multirun needs Lightning here.
-    """
-    names = ("accelerator", "devices", "strategy", "num_nodes")
-    layout = {key: trainer_config[key] for key in names if key in trainer_config}
-    trainer = get_class("lightning.pytorch.Trainer")
-    quiet_lightning()
-    return trainer(**layout, logger=False, enable_checkpointing=False, enable_progress_bar=False)
