@@ -20,8 +20,8 @@ from pathlib import Path
 from matplotlib.figure import Figure  # no pyplot: no GUI backend, safe in any process
 from matplotlib.ticker import MaxNLocator
 
-from lenet.cli import command_line
-from lenet.runs import CURVE, METRIC, SEED, Job, curve, read_runs
+from lenet.cli import METRIC, command_line
+from lenet.runs import CURVE, SEED, Job, curve, read_runs
 
 log = logging.getLogger(__name__)
 
