@@ -13,7 +13,7 @@ OVERRIDES := $(ARGS) $(foreach name,$(GIVEN),'$(name)=$($(name))')
 no_overrides = $(if $(GIVEN),$(error $(firstword $(GIVEN))=... is not an option of make $@: pass its options in ARGS="..."))
 
 .DEFAULT_GOAL := help
-.PHONY: help install train serve sweep tensorboard test test-all bench bench-gpu lint format clean
+.PHONY: help install train serve sweep tensorboard test test-slow test-all bench bench-gpu lint format clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -45,7 +45,11 @@ test: install  ## the tests, except those marked slow, on every core (ARGS=pytes
 	$(no_overrides)
 	$(PYTHON) -m pytest -n auto -m "not slow" $(ARGS)
 
-test-all: install  ## every test, the slow ones too (torch.compile, DDP, sweeps)
+test-slow: install  ## only the tests marked slow: a real Slurm cluster's sweeps and requeues, DDP, launchers
+	$(no_overrides)
+	$(PYTHON) -m pytest -n auto -m slow $(ARGS)
+
+test-all: install  ## every test, the slow ones too (torch.compile, DDP, sweeps, Slurm)
 	$(no_overrides)
 	$(PYTHON) -m pytest -n auto $(ARGS)
 

@@ -23,6 +23,7 @@ from hydra.utils import instantiate
 
 from lenet import CONFIG_DIR
 from lenet.console import lightning_warnings
+from lenet.errors import UserError
 from lenet.idx import SPLIT_FILES, write_idx
 
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -117,6 +118,34 @@ class InterruptAt(L.Callback):
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
         if (trainer.current_epoch, batch_idx) == (self.epoch, self.batch):
             raise KeyboardInterrupt
+
+
+class FirstAttemptStops(L.Callback):
+    """In a sweep's first attempt only: job `fail` fails at its first batch and job `interrupt` is interrupted
+    (Ctrl-C) after `epochs` epochs; each leaves a file in the folder `marks`, so its next attempt runs through.
+    `+callbacks.stop=...` in both attempts: a continued sweep has the same overrides."""
+
+    def __init__(self, marks: str, fail: int = -1, interrupt: int = -1, epochs: int = 1):
+        self.marks, self.fail, self.interrupt, self.epochs = Path(marks), fail, interrupt, epochs
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        from hydra.core.hydra_config import HydraConfig
+
+        job = HydraConfig.get().job.num
+        mark = self.marks / str(job)
+        if mark.exists():
+            return
+        if job == self.fail:
+            self._leave(mark)
+            raise UserError("failing on purpose, the first time")
+        if job == self.interrupt and (trainer.current_epoch, batch_idx) == (self.epochs, 0):
+            self._leave(mark)
+            raise KeyboardInterrupt
+
+    @staticmethod
+    def _leave(mark: Path) -> None:
+        mark.parent.mkdir(parents=True, exist_ok=True)
+        mark.touch()
 
 
 class OptimizerSpy(L.Callback):

@@ -1,6 +1,7 @@
 """Sweeps at scale: Optuna, the joblib and submitit launchers, DDP, the sweep report, failing jobs, TensorBoard."""
 
 import json
+import os
 import shlex
 import socket
 import subprocess
@@ -19,6 +20,7 @@ from conftest import VAL_SIZE, compose_config, lenet_command
 from lenet import CONFIG_DIR, report
 from lenet.validate import validate
 
+TESTS = Path(__file__).parent
 # One epoch on fixture data, one thread per process: two cores shared with other work collapse with more.
 TINY = [
     f"data.val_size={VAL_SIZE}",
@@ -32,7 +34,10 @@ QUICK = ["debug=fast_dev_run", "callbacks.progress_bar.refresh_rate=0", f"data.v
 
 
 def train(cwd: Path, *overrides: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(lenet_command("train", *overrides), cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    """lenet.train in a process of its own, which can reach the tests' callbacks (`conftest.*`)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")]))}
+    command = lenet_command("train", *overrides)
+    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
 
 
 def sweep_dirs(cwd: Path) -> list[Path]:
@@ -205,13 +210,9 @@ def test_optuna_search_stores_its_trials_and_resumes(flat_root, tmp_path):
 def test_the_slurm_launcher_config_composes_with_its_placeholders():
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         launcher = compose("config", ["hydra/launcher=slurm", "run_dir=x"], return_hydra_config=True).hydra.launcher
-    assert launcher._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
-    assert (launcher.partition, launcher.timeout_min, launcher.gpus_per_node, launcher.tasks_per_node) == (
-        None,
-        60,
-        1,
-        1,
-    )
+    assert launcher._target_ == "hydra_plugins.lenet_launcher.SlurmLauncher"  # submitit's, with lenet's checks
+    assert (launcher.partition, launcher.timeout_min, launcher.gpus_per_node, launcher.tasks_per_node) == (None, 60, 1, 1)
+    assert launcher.signal_delay_s > 0  # Slurm warns before the time limit, so the job saves and requeues
 
 
 @pytest.mark.slow
@@ -306,3 +307,116 @@ def poll(fetch, ready, timeout: float = 90.0):
         if time.monotonic() > deadline:
             raise TimeoutError(f"TensorBoard not ready after {timeout} s; last answer: {result}")
         time.sleep(0.5)
+
+
+# --- An interrupted sweep continues: `hydra.sweep.dir=<its dir>` with the same command ---
+
+
+CONTINUED = ["-m", "optimizer.lr=0.05,0.04,0.03,0.02", "trainer.max_epochs=3", "threads=1", f"data.val_size={VAL_SIZE}",
+             "data.batch_size=32", "callbacks.progress_bar.refresh_rate=0"]  # fmt: skip
+
+
+def stops(marks: Path, fail: int = 1, interrupt: int = 2) -> str:
+    """Job 1 fails, job 2 is interrupted after its first epoch: in their first attempts only."""
+    return f"+callbacks.stop={{_target_:conftest.FirstAttemptStops,marks:{marks},fail:{fail},interrupt:{interrupt}}}"
+
+
+@pytest.fixture(scope="module")
+def continued_sweep(flat_root, tmp_path_factory):
+    """A sweep of four jobs, interrupted in job 2 after job 1 failed; then the same command continuing it."""
+    cwd = tmp_path_factory.mktemp("continued")
+    sweep = cwd / "sweep"
+    command = [*CONTINUED, f"data.root={flat_root}", stops(cwd / "stopped"), f"hydra.sweep.dir={sweep}"]
+    first = train(cwd, *command)
+    before = {"jobs": sorted(p.name for p in sweep.iterdir() if p.name.isdigit()),
+              "0": (sweep / "0" / "metrics.json").stat().st_mtime_ns}  # fmt: skip
+    second = train(cwd, *command)
+    return first, second, sweep, before
+
+
+def test_an_interrupted_sweep_says_how_to_continue_it(continued_sweep):
+    first, _, sweep, before = continued_sweep
+    assert first.returncode == 130, first.stderr
+    line = first.stderr.strip().splitlines()[-1]
+    assert line.startswith("error: interrupted; 1 epoch(s) of this job saved. Continue the sweep: python -m ")
+    assert f"hydra.sweep.dir={sweep}" in line and "optimizer.lr=0.05,0.04,0.03,0.02" in line
+    assert before["jobs"] == ["0", "1", "2"], "the interrupt ended the sweep"
+
+
+def test_a_continued_sweep_keeps_finished_jobs_reruns_failed_ones_and_resumes_the_interrupted(continued_sweep):
+    _, second, sweep, before = continued_sweep
+    assert second.returncode == 0, second.stderr
+    assert "Warning" not in second.stderr and "exists and is not empty" not in second.stderr
+    assert sorted(p.name for p in sweep.iterdir() if p.is_dir() and not p.name.startswith(".")) == ["0", "1", "2", "3"]
+    assert (sweep / "0" / "metrics.json").stat().st_mtime_ns == before["0"], "job 0 kept as it was"
+    assert "finished before: its metrics.json is kept as it is" in (sweep / "0" / "train.log").read_text()
+    assert not (sweep / "1" / "error.txt").exists() and metrics(sweep / "1")["epochs"] == 3, "job 1 ran again"
+    log = (sweep / "2" / "train.log").read_text()
+    assert f"Resuming {sweep / '2' / 'checkpoints' / 'last.ckpt'} after epoch 1." in log
+    assert "4 jobs: 4 done, 0 failed, 0 unfinished." in (sweep / "report.md").read_text()
+
+
+def test_a_resumed_job_ends_as_it_would_have_uninterrupted(continued_sweep, flat_root, tmp_path):
+    _, _, sweep, _ = continued_sweep
+    alone = train(tmp_path, *[o for o in CONTINUED if o != "-m" and not o.startswith("optimizer.lr")],
+                  "optimizer.lr=0.03", f"data.root={flat_root}", f"hydra.run.dir={tmp_path / 'alone'}")  # fmt: skip
+    assert alone.returncode == 0, alone.stderr
+    resumed, uninterrupted = metrics(sweep / "2"), metrics(tmp_path / "alone")
+    timings = ("wall_s", "train_images_per_s")
+    assert {k: v for k, v in resumed.items() if k not in timings} == {
+        k: v for k, v in uninterrupted.items() if k not in timings
+    }
+
+
+def test_continuing_a_sweep_with_other_overrides_is_refused_before_anything_runs(continued_sweep, flat_root, tmp_path):
+    _, _, sweep, _ = continued_sweep
+    result = train(tmp_path, "-m", "optimizer.lr=0.1,0.2", f"data.root={flat_root}", f"hydra.sweep.dir={sweep}")
+    assert result.returncode == 1
+    assert result.stderr.strip().startswith(f"error: hydra.sweep.dir={sweep} holds a sweep of other overrides (")
+    assert not (sweep / "4").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher", ["joblib", "submitit_local"])
+def test_a_sweep_continues_under_every_launcher(launcher, flat_root, tmp_path):
+    """Job 1 fails the first time; the continued sweep keeps job 0 as it is and runs job 1 again."""
+    sweep = tmp_path / "sweep"
+    command = ["-m", f"hydra/launcher={launcher}", "optimizer.lr=0.05,0.04", f"data.root={flat_root}", *TINY,
+               stops(tmp_path / "marks", interrupt=-1), f"hydra.sweep.dir={sweep}"]  # fmt: skip
+    first = train(tmp_path, *command)
+    assert first.returncode != 0 and (sweep / "1" / "error.txt").is_file(), first.stderr
+    kept = (sweep / "0" / "metrics.json").stat().st_mtime_ns
+    second = train(tmp_path, *command)
+    assert second.returncode == 0, second.stderr
+    assert (sweep / "0" / "metrics.json").stat().st_mtime_ns == kept
+    assert metrics(sweep / "1")["epochs"] == 1 and not (sweep / "1" / "error.txt").exists()
+
+
+@pytest.mark.slow
+def test_a_continued_optuna_search_takes_up_its_interrupted_trial_and_runs_only_those_left(flat_root, tmp_path):
+    import optuna
+
+    storage, sweep = f"sqlite:///{tmp_path / 'optuna.db'}", tmp_path / "sweep"
+    command = ["hparams_search=optuna", f"hparams_search.storage={storage}", "hparams_search.n_trials=3",
+               f"data.root={flat_root}", *TINY, "trainer.max_epochs=2", stops(tmp_path / "marks", fail=-1, interrupt=1),
+               f"hydra.sweep.dir={sweep}"]  # fmt: skip
+    first = train(tmp_path, *command)
+    assert first.returncode == 130, first.stderr
+    interrupted = OmegaConf.load(sweep / "1" / ".hydra" / "overrides.yaml")
+    second = train(tmp_path, *command)
+    assert second.returncode == 0, second.stderr
+    assert sorted(p.name for p in sweep.iterdir() if p.name.isdigit()) == ["0", "1", "2"], "no job dir taken twice"
+    assert "after epoch 1." in (sweep / "1" / "train.log").read_text(), "job 1 resumed in its own dir"
+    assert OmegaConf.load(sweep / "1" / ".hydra" / "overrides.yaml") == interrupted
+    states = [trial.state.name for trial in optuna.load_study(study_name="lenet", storage=storage).trials]
+    assert sorted(states) == ["COMPLETE", "COMPLETE", "COMPLETE", "FAIL"], "3 trials done; the stopped one told failed"
+    assert "3 jobs: 3 done, 0 failed, 0 unfinished." in (sweep / "report.md").read_text()
+
+
+def test_an_optuna_search_kept_in_memory_cannot_be_continued(flat_root, tmp_path):
+    sweep, overrides = tmp_path / "sweep", ["hparams_search=optuna", f"data.root={flat_root}"]
+    sweep.mkdir()
+    (sweep / "multirun.yaml").write_text(OmegaConf.to_yaml({"hydra": {"overrides": {"task": overrides}}}))
+    result = train(tmp_path, *overrides, f"hydra.sweep.dir={sweep}")
+    assert result.returncode == 1
+    assert result.stderr.strip().startswith(f"error: hydra.sweep.dir={sweep} holds an Optuna search that kept its")

@@ -2,6 +2,7 @@
 
 import json
 import logging
+import os
 import shutil
 import signal
 import subprocess
@@ -27,7 +28,8 @@ from conftest import (
     write_dataset,
     write_idx,
 )
-from lenet import misclassified
+from lenet import cpus, misclassified
+from lenet.checkpoint import Checkpoint
 from lenet.errors import ConfigError
 from lenet.hparams import HPARAM_METRICS
 from lenet.lightning_module import LeNetModule
@@ -306,6 +308,64 @@ def test_a_resume_may_change_how_it_runs(flat_root, tmp_path):
     again = [*fixture_overrides(moved, tmp_path / "again"), "scheduler=none", f"ckpt_path={last}"]
     resumed = train(compose_config(*again, "trainer.max_epochs=2", "data.eval_batch_size=50", "threads=1"))
     assert resumed["epochs"] == 2
+
+
+# --- Threads: chosen from the CPUs and their load when not fixed, recorded, reused by a resume ---
+
+
+@pytest.fixture
+def load_on_2_cpus(monkeypatch):
+    """Sets the load lenet.cpus sees on a 2-CPU machine, with neither OMP_NUM_THREADS nor Slurm to fix the count;
+    torch's thread count (the whole test process's) is restored after."""
+    for name in ("OMP_NUM_THREADS", *cpus.SLURM):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    before = torch.get_num_threads()
+
+    def load(busy: int):
+        monkeypatch.setattr(os, "getloadavg", lambda: (float(busy), 0.0, 0.0))
+        monkeypatch.setattr(cpus, "others_running", lambda: busy)
+
+    monkeypatch.setattr(cpus, "own_load", lambda: 0.0)  # this test process's earlier runs: none in the load above
+    yield load
+    torch.set_num_threads(before)
+
+
+def test_the_start_line_env_json_and_checkpoints_say_the_automatic_thread_count(
+    load_on_2_cpus, flat_root, tmp_path, caplog
+):
+    load_on_2_cpus(1)  # one of the 2 CPUs busy: 1 thread (2 would collapse, here as anywhere)
+    torch.set_num_threads(2)  # torch's count before: the run's must be the one chosen
+    caplog.set_level(logging.INFO)
+    train(compose_config(*fixture_overrides(flat_root, tmp_path), "trainer.max_epochs=1"))
+    how = "auto: 2 CPUs, load 1.0 lately, 1 now"
+    assert f"Training on cpu, 1 thread ({how}): mnist from " in caplog.text
+    env = json.loads((tmp_path / "env.json").read_text())
+    assert (env["threads"], env["threads_chosen"]) == (1, how)
+    assert Checkpoint.open(tmp_path / "checkpoints" / "last.ckpt").threads == 1
+
+
+def test_a_resume_reuses_its_thread_count_and_ends_as_an_uninterrupted_run_unless_threads_is_set(
+    load_on_2_cpus, flat_root, tmp_path, caplog
+):
+    recipe = ["scheduler=none", "model.dropout=0.3"]  # a longer resume may follow a constant LR; dropout draws
+    load_on_2_cpus(1)  # one CPU busy at the start: 1 thread
+    train(compose_config(*fixture_overrides(flat_root, tmp_path / "first"), *recipe, "trainer.max_epochs=1"))
+    last = tmp_path / "first" / "checkpoints" / "last.ckpt"
+    load_on_2_cpus(0)  # idle now: the automatic choice would be 2 threads
+    caplog.set_level(logging.INFO)
+    resume = [*recipe, f"ckpt_path={last}", "trainer.max_epochs=2"]
+    resumed = train(compose_config(*fixture_overrides(flat_root, tmp_path / "resumed"), *resume))
+    assert "Training on cpu, 1 thread (as before the resume): " in caplog.text
+    whole = [*fixture_overrides(flat_root, tmp_path / "whole"), *recipe, "trainer.max_epochs=2", "threads=1"]
+    assert final_numbers(resumed) == final_numbers(train(compose_config(*whole)))
+    # threads=N wins on a resume too, and is what its checkpoints then record (a few batches: 2 threads are slow
+    # when the test's neighbours keep a CPU busy)
+    short = ["trainer.limit_train_batches=4", "trainer.limit_val_batches=1", "trainer.limit_test_batches=1"]
+    train(compose_config(*fixture_overrides(flat_root, tmp_path / "set"), *resume, *short, "threads=2"))
+    assert "Training on cpu, 2 threads (threads=2): " in caplog.text
+    assert Checkpoint.open(tmp_path / "set" / "checkpoints" / "last.ckpt").threads == 2
 
 
 # --- Configured values take effect ---

@@ -75,6 +75,11 @@ class Checkpoint:
         older = self.contents.get(MNISTDataModule.__qualname__, {}).get("data")  # where earlier versions kept it
         return self.contents.get("data") or older or {}
 
+    @property
+    def threads(self) -> int | None:
+        """torch's thread count in the run that wrote it (a resume reuses it); None for older checkpoints."""
+        return self.contents.get("threads")
+
     def predictor(self, device: str = "auto") -> Predictor:
         """The model as a Predictor (lenet.predictor), on `device`."""
         torch_device = device_of(device)
@@ -111,8 +116,9 @@ def read(path: Path, device: str = "auto") -> Predictor:
 
 class CheckpointContents(L.Callback):
     """What lenet adds to every checkpoint, and takes back on a resume: the run's whole config (what a resume is
-    checked against), the data it was trained on (what lenet.eval compares), and torch's random state (dropout
-    draws from it, so a resume continues it). Checkpoint reads them."""
+    checked against), the data it was trained on (what lenet.eval compares), torch's random state (dropout
+    draws from it, so a resume continues it) and its thread count (results are identical only with the same count,
+    so a resume reuses it: lenet.cpus). Checkpoint reads them."""
 
     def __init__(self, config: dict):
         self.config = config
@@ -121,6 +127,7 @@ class CheckpointContents(L.Callback):
         checkpoint["config"] = self.config
         checkpoint["data"] = trainer.datamodule.describe()
         checkpoint["torch_rng_state"] = torch.get_rng_state()
+        checkpoint["threads"] = torch.get_num_threads()
 
     def on_load_checkpoint(self, trainer, module, checkpoint):
         if "torch_rng_state" in checkpoint:
@@ -130,7 +137,19 @@ class CheckpointContents(L.Callback):
 
 def check_resume(checkpoint: Checkpoint, config: dict) -> int:
     """Refuse a resume that would not continue the saved run; return the number of epochs it already trained."""
-    path = checkpoint.path
+    run_length = check_same_run(checkpoint, config)
+    done, max_epochs = checkpoint.epochs, keys.flatten(config)["trainer.max_epochs"]
+    if done >= max_epochs:
+        more = "start a new run to train longer" if run_length else "pass a larger trainer.max_epochs to train longer"
+        raise ConfigError(
+            f"ckpt_path={checkpoint.path} has trained all {done} epochs of trainer.max_epochs={max_epochs}: {more}"
+        )
+    return done
+
+
+def check_same_run(checkpoint: Checkpoint, config: dict) -> bool:
+    """Refuse a config that changes what the saved run is (lenet.keys: what a resume may change); return whether
+    its schedule spans the whole run."""
     before, now = keys.flatten(checkpoint.config), keys.flatten(config)  # older checkpoints carry no config
     run_length = now.get("scheduler._target_") in RUN_LENGTH_ARGUMENT
     for key in sorted(before.keys() | now.keys() if before else ()):
@@ -140,15 +159,11 @@ def check_resume(checkpoint: Checkpoint, config: dict) -> int:
             because = f": {now['scheduler._target_'].rsplit('.', 1)[-1]} spans the run" if run_length else ""
             because = f": {role.why_fixed}" if role.why_fixed else because if role.resume == keys.RUN_LENGTH else ""
             raise ConfigError(
-                f"ckpt_path={path}: a resume continues its run, so {key} cannot change ({before.get(key)} in the "
-                f"checkpoint, {now.get(key)} now{because}). A resume may change only trainer, callbacks and logger "
-                "settings, data.root and data.eval_batch_size; start a new run to change the rest"
+                f"ckpt_path={checkpoint.path}: a resume continues its run, so {key} cannot change ({before.get(key)} "
+                f"in the checkpoint, {now.get(key)} now{because}). A resume may change only trainer, callbacks and "
+                "logger settings, data.root and data.eval_batch_size; start a new run to change the rest"
             )
-    done, max_epochs = checkpoint.epochs, now["trainer.max_epochs"]
-    if done >= max_epochs:
-        more = "start a new run to train longer" if run_length else "pass a larger trainer.max_epochs to train longer"
-        raise ConfigError(f"ckpt_path={path} has trained all {done} epochs of trainer.max_epochs={max_epochs}: {more}")
-    return done
+    return run_length
 
 
 class ResumableCheckpoint(ModelCheckpoint):

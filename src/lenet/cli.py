@@ -22,18 +22,20 @@ import hydra
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.errors import CompactHydraException, HydraException
+from hydra.errors import HydraException
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from hydra.utils import get_method
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from lenet import CONFIG_DIR, keys
-from lenet.errors import UserError
+from lenet import CONFIG_DIR, keys, rundir
+from lenet.errors import SweepError, UserError
+from lenet.sweep import register_job_dirs
 from lenet.validate import validate
 
 log = logging.getLogger(__name__)
+register_job_dirs()  # every job process loads this frame: a continued search's job dirs resolve there too
 
 METRIC = "val/acc_best"  # what lenet.train returns to Hydra's sweepers, so what Optuna maximizes and reports rank by
 
@@ -45,7 +47,8 @@ HYDRA_FLAGS = {
 }  # fmt: skip
 # The optional packages, by the pyproject extra that installs them.
 EXTRAS = {"fastapi": "serve", "fastapi_offline": "serve", "uvicorn": "serve", "multipart": "serve",
-          "python_multipart": "serve", "onnx": "export", "onnxruntime": "export", "onnxscript": "export"}  # fmt: skip
+          "python_multipart": "serve", "onnx": "export", "onnxruntime": "export", "onnxscript": "export",
+          "mlflow": "track", "wandb": "track"}  # fmt: skip
 NOT_CHECKED = {"-h", "--help", "--hydra-help", "--version", "-sc", "--shell-completion", "-i", "--info", "-cn",
                "--config-name", "-cp", "--config-path", "-cd", "--config-dir", "--experimental-rerun"}  # fmt: skip
 
@@ -181,10 +184,6 @@ def _flag_refusal(config_name: str, index: int, flag: str, args: list[str]) -> s
     return f"{flag} is not an option: settings are written key=value, e.g. {meant[0]}={value}"
 
 
-class SweepError(CompactHydraException):
-    """Ends a sweep with one line: Hydra prints this kind of exception without a traceback."""
-
-
 def report_user_errors(task):
     """Wrap a Hydra task so a UserError ends the process with one line and a non-zero exit status.
 
@@ -201,20 +200,23 @@ def report_user_errors(task):
         except UserError as error:
             if os.environ.get("HYDRA_FULL_ERROR") == "1":
                 raise
+            run_dir = Path(HydraConfig.get().runtime.output_dir)
+            if error.exit_status == 1:  # a failure; above 1, an interruption: what it saved continues it
+                rundir.record_failure(run_dir, f"error: {error}")
             if in_multirun() and error.exit_status == 1:
-                log.error("error: %s", error)  # into the job's log, where the sweep report finds it
+                log.error("error: %s", error)  # into the job's log
                 raise SweepError(f"error: {error}") from error
-            _log_to_file(f"error: {error}")
-            _remove_if_empty(Path(HydraConfig.get().runtime.output_dir), Path(cfg.get("outputs_dir", "outputs")))
+            _log_to_file(f"error: {error}", logging.ERROR if error.exit_status == 1 else logging.WARNING)
+            _remove_if_empty(run_dir, Path(cfg.get("outputs_dir", "outputs")))
             print(f"error: {error}", file=sys.stderr)
             raise SystemExit(error.exit_status) from None
 
     return wrapper
 
 
-def _log_to_file(message: str) -> None:
+def _log_to_file(message: str, level: int) -> None:
     """Into the run's log file only: the console gets the line on stderr."""
-    record = log.makeRecord(log.name, logging.ERROR, __file__, 0, message, None, None)
+    record = log.makeRecord(log.name, level, __file__, 0, message, None, None)
     for handler in logging.getLogger().handlers:
         if isinstance(handler, logging.FileHandler):
             handler.handle(record)
@@ -225,7 +227,8 @@ def _remove_if_empty(run_dir: Path, outputs_dir: Path) -> None:
 
     Its parents under outputs_dir (the day's folder, eval/, predict/) go too when it was all they held.
     """
-    if not run_dir.is_dir() or any(p.name != ".hydra" and p.suffix != ".log" for p in run_dir.iterdir()):
+    refusal_only = (".hydra", rundir.ERROR)
+    if not run_dir.is_dir() or any(p.name not in refusal_only and p.suffix != ".log" for p in run_dir.iterdir()):
         return
     shutil.rmtree(run_dir, ignore_errors=True)
     for parent in run_dir.resolve().parents:

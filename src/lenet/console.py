@@ -25,12 +25,14 @@ def _not_noise(record: logging.LogRecord) -> bool:
 
 
 # Lightning's warnings that do not apply to lenet: a deprecation Lightning raises against itself, a note on short
-# epochs (lenet logs its metrics once per epoch, and the learning rate every log_every_n_steps across epochs), and
-# one about a checkpoint's callbacks missing now (a resume may change callbacks; the test runs without callbacks=ema).
+# epochs (lenet logs its metrics once per epoch, and the learning rate every log_every_n_steps across epochs), one
+# about a checkpoint's callbacks missing now (a resume may change callbacks; the test runs without callbacks=ema),
+# and one about checkpoints already in the run dir (there, they are an earlier attempt's, resumed: lenet.rundir).
 LIGHTNING_WARNINGS = (
     r"`isinstance\(treespec, LeafSpec\)` is deprecated",
     r"The number of training batches \(\d+\) is smaller",
     r"Be aware that when using `ckpt_path`, callbacks used to create the checkpoint need to be provided",
+    r"Checkpoint directory .* exists and is not empty",
 )
 # On a Slurm login node (srun installed, no job) Lightning suggests srun on every run. Inside a job (an salloc
 # shell, say) the hint can be right: a DDP run started without srun hangs. So it is dropped only outside jobs.

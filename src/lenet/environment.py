@@ -12,7 +12,8 @@ PACKAGES = ("lenet", "torch", "torchvision", "lightning", "torchmetrics", "hydra
 SOURCE = Path(__file__).parents[2]  # the checkout, when lenet runs from one (an editable install); not from a wheel
 
 
-def environment(command: str | None, device: torch.device) -> dict:
+def environment(command: str | None, device: torch.device, threads_chosen: str | None = None) -> dict:
+    """`threads_chosen`: how the run chose its thread count (lenet.cpus.Threads.how); None: torch's default."""
     return {
         "command": command,
         **git_state(),
@@ -20,12 +21,13 @@ def environment(command: str | None, device: torch.device) -> dict:
         "versions": {name: _version(name) for name in PACKAGES},
         "device": device_name(device),
         "threads": torch.get_num_threads(),
+        "threads_chosen": threads_chosen or "torch's default",
         "platform": platform.platform(),
     }
 
 
-def write(path: Path, command: str | None, device: torch.device) -> None:
-    path.write_text(json.dumps(environment(command, device), indent=2) + "\n")
+def write(path: Path, command: str | None, device: torch.device, threads_chosen: str | None = None) -> None:
+    path.write_text(json.dumps(environment(command, device, threads_chosen), indent=2) + "\n")
 
 
 def git_state() -> dict:

@@ -136,6 +136,7 @@ KEYS: dict[str, Key] = {
     # lenet.train
     "seed": Key(integer(), hparam="seed"),
     "ckpt_path": Key(NULL | TEXT, recipe=False, resume=CHANGEABLE),
+    # null: chosen from the CPUs free at start (lenet.cpus), a resume's taken from its checkpoint; N on a resume wins
     "threads": Key(NULL | integer(1), recipe=False, resume=CHANGEABLE),
     "outputs_dir": Key(TEXT, recipe=False, resume=CHANGEABLE),
     "run_dir": Key(recipe=False, resume=CHANGEABLE),
@@ -207,6 +208,15 @@ KEYS: dict[str, Key] = {
     "callbacks.ema": Key(resume=FIXED, why_fixed="it averages the weights of the whole run"),
     "callbacks.ema.multi_avg_fn.decay": Key(FRACTION),
     "logger": Key(recipe=False, resume=CHANGEABLE),
+    # logger=mlflow, logger=wandb: a null name is filled in by lenet.tracking (the run dir, the sweep)
+    "logger.mlflow.tracking_uri": Key(TEXT),
+    "logger.mlflow.experiment_name": Key(NULL | TEXT),
+    "logger.mlflow.run_name": Key(NULL | TEXT),
+    "logger.mlflow.artifact_location": Key(NULL | TEXT),
+    "logger.wandb.project": Key(TEXT),
+    "logger.wandb.name": Key(NULL | TEXT),
+    "logger.wandb.group": Key(NULL | TEXT),
+    "logger.wandb.offline": Key(NULL | BOOLEAN),  # null: online when logged in to W&B or WANDB_MODE says so
     # lenet.predict, lenet.export and lenet.serve
     "inputs": Key(),
     "output": Key(),

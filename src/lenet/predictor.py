@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 from hydra.utils import get_method
 
+from lenet import rundir
 from lenet.errors import ConfigError, ModelError
 from lenet.images import LAYOUTS, Layout, prepare
 
@@ -141,8 +142,9 @@ def model_file(ckpt_path: str | None, outputs_dir: Path, prefer: str = "best") -
 
 
 def _in_run_dir(folder: Path, prefer: str) -> Path:
-    names = [f"{prefer}.ckpt", *({"best.ckpt", "last.ckpt"} - {f"{prefer}.ckpt"})]
-    found = next((f / name for name in names for f in (folder / "checkpoints", folder) if (f / name).is_file()), None)
+    names = [f"{prefer}.ckpt", *({rundir.BEST, rundir.LAST} - {f"{prefer}.ckpt"})]
+    places = (folder / rundir.CHECKPOINTS, folder)
+    found = next((place / name for name in names for place in places if (place / name).is_file()), None)
     if found is None:
         raise ConfigError(
             f"ckpt_path={folder} is a folder without checkpoints/best.ckpt or checkpoints/last.ckpt: "

@@ -22,6 +22,7 @@ from matplotlib.ticker import MaxNLocator
 
 from lenet.cli import METRIC, command_line
 from lenet.runs import CURVE, SEED, Job, curve, read_runs
+from lenet.sweep import MULTIRUN, continue_command
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +140,7 @@ def write_csv(table: list[dict], path: Path) -> None:
         writer.writerows(table)  # None is written as an empty cell
 
 
-def markdown(title: str, jobs: list[Job], configs: list[Configuration]) -> str:
+def markdown(title: str, jobs: list[Job], configs: list[Configuration], continued_by: str | None = None) -> str:
     lines = [f"# {title}", "", _counts(jobs), ""]
     pooled = any(len(config.done) > 1 for config in configs)
     if pooled:
@@ -159,6 +160,8 @@ def markdown(title: str, jobs: list[Job], configs: list[Configuration]) -> str:
     if problems:
         lines += ["", "Not finished:", ""]
         lines += [f"- job {job.name} {job.status}: {job.error or 'no metrics.json'}" for job in problems]
+        if continued_by:  # a sweep: its finished jobs are kept, the interrupted resume, the failed run again
+            lines += ["", "Continue the sweep:", "", "```bash", continued_by, "```"]
     return "\n".join(lines) + "\n"
 
 
@@ -288,7 +291,8 @@ def report(folders: list[Path], out: Path) -> list[Job]:
         out.mkdir(parents=True, exist_ok=True)
         write_csv(rows(jobs), out / "report.csv")
         write_csv(config_rows(configs), out / "report_by_config.csv")
-        (out / "report.md").write_text(markdown(title, jobs, configs))
+        sweep = folders[0] if len(folders) == 1 and (folders[0] / MULTIRUN).is_file() else None
+        (out / "report.md").write_text(markdown(title, jobs, configs, continue_command(sweep) if sweep else None))
         plot(jobs, configs, out / "report.png")
     return jobs
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from lenet import keys
+from lenet import keys, rundir
 from lenet.cli import command_line
 
 SEED = "seed"  # the one key configurations are pooled over
@@ -67,7 +67,7 @@ def read_job(job_dir: Path, name: str | None = None) -> Job:
         flat = keys.flatten(OmegaConf.to_container(OmegaConf.load(config_file)))
         flat = {key: _text(value) for key, value in flat.items()}
         config |= {key: value for key, value in flat.items() if key not in config}  # `logger: {}` is logger=none
-    metrics_file = job_dir / "metrics.json"
+    metrics_file = job_dir / rundir.METRICS
     metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
     error = "" if metrics else last_error(job_dir)
     job = Job(name or job_dir.name, overrides, hydra.job.name, metrics, error, config, job_dir)
@@ -80,7 +80,10 @@ def _text(value) -> str:
 
 
 def last_error(job_dir: Path) -> str:
-    """The last ERROR line of the job's log: a failed job logs why (see report_user_errors, lenet.sweep.SweepReport)."""
+    """Why the job failed: the error lenet recorded in its run dir (lenet.rundir), or, for runs made before it did,
+    the last ERROR line of its log."""
+    if recorded := rundir.failure(job_dir):
+        return recorded
     errors = [
         line.split("][ERROR] - ", 1)[1].strip()
         for log_file in job_dir.glob("*.log")

@@ -10,7 +10,8 @@ import lightning as L
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from lenet import environment
+from lenet import environment, rundir
+from lenet.cpus import Threads
 from lenet.hparams import HPARAM_METRICS, log_hparams
 
 log = logging.getLogger(__name__)
@@ -32,9 +33,10 @@ class RunSummary(L.Callback):
         resumed: tuple[Path | None, int] = (None, 0),
         command: str | None = None,
         shown: set[str] = frozenset(),
+        threads: Threads | None = None,
     ):
-        self.path, self.hparams, self.resumed, self.command = Path(run_dir) / "metrics.json", hparams, resumed, command
-        self.shown, self.session_end = shown, None
+        self.path, self.hparams, self.resumed, self.command = Path(run_dir) / rundir.METRICS, hparams, resumed, command
+        self.shown, self.session_end, self.threads = shown, None, threads
         self.started = time.perf_counter()
         self.train_s, self.train_images, self._epoch_started = 0.0, 0, None
         self.metrics: dict = {}
@@ -45,8 +47,8 @@ class RunSummary(L.Callback):
     def on_fit_start(self, trainer, module):
         checkpoint, done = self.resumed
         resuming = f" Resuming {checkpoint} after epoch {done}." if checkpoint else ""
-        run = f" Run dir: {self.path.parent}."
-        self._say(trainer, f"Training on {where(trainer)}: {data_line(trainer.datamodule)}.{resuming}{run}")
+        run, on = f" Run dir: {self.path.parent}.", where(trainer, self.threads)
+        self._say(trainer, f"Training on {on}: {data_line(trainer.datamodule)}.{resuming}{run}")
         self._record_environment(trainer)
         for logger in self._tensorboards(trainer) if trainer.is_global_zero else ():
             self.session_end = log_hparams(logger, self.hparams, self.shown)
@@ -97,7 +99,8 @@ class RunSummary(L.Callback):
     def _record_environment(self, trainer) -> None:
         if trainer.is_global_zero:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            environment.write(self.path.parent / "env.json", self.command, trainer.strategy.root_device)
+            device, how = trainer.strategy.root_device, threads_chosen(self.threads)
+            environment.write(self.path.parent / rundir.ENVIRONMENT, self.command, device, how)
 
     @staticmethod
     def _say(trainer, line: str) -> None:
@@ -105,12 +108,18 @@ class RunSummary(L.Callback):
             log.info(line)
 
 
-def where(trainer) -> str:
-    """The device, and the processes or threads that run on it."""
+def where(trainer, chosen: Threads | None = None) -> str:
+    """The device, and the processes or threads that run on it (and how their number was chosen)."""
     device = trainer.strategy.root_device
     threads = torch.get_num_threads()
-    name = environment.device_name(device) if device.type == "cuda" else f"cpu, {threads} thread{'s' * (threads > 1)}"
+    cpu = f"cpu, {chosen}" if threads_chosen(chosen) else f"cpu, {threads} thread{'s' * (threads > 1)}"
+    name = environment.device_name(device) if device.type == "cuda" else cpu
     return f"{name}, {trainer.world_size} processes" if trainer.world_size > 1 else name
+
+
+def threads_chosen(chosen: Threads | None) -> str | None:
+    """How the run's thread count was chosen, while it is still torch's: Lightning's DDP launcher sets its own."""
+    return chosen.how if chosen and chosen.count == torch.get_num_threads() else None
 
 
 def data_line(datamodule) -> str:

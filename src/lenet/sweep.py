@@ -1,5 +1,9 @@
 """What a multirun does around its jobs, as Hydra callbacks (conf/hydra/default.yaml): refuse, before any job
-starts, a sweep no job could run; write the report when it ends, and exit non-zero when a job failed.
+starts, a sweep no job could run (or one that would mix with the sweep already in its dir); write the report when it
+ends, and exit non-zero when a job failed.
+
+The same command with `hydra.sweep.dir=<its dir>` continues a sweep: its jobs keep their numbers and dirs, and each
+job goes on from what it left there (lenet.rundir). `continue_command` spells that command out.
 
 Hydra makes its callbacks for every command, before the config is checked: what this module needs of Lightning or
 of the report (matplotlib, TensorBoard's reader) is looked up by name, when a multirun needs it.
@@ -7,29 +11,37 @@ of the report (matplotlib, TensorBoard's reader) is looked up by name, when a mu
 
 import atexit
 import logging
+import shlex
 import sys
 from pathlib import Path
 
 from hydra.core.utils import JobStatus
 from hydra.experimental.callback import Callback
 from hydra.utils import get_class, get_method
+from omegaconf import OmegaConf
 
-from lenet.cli import SweepError
 from lenet.console import quiet_lightning
+from lenet.errors import SweepError
 from lenet.validate import spawned_ddp
 
 log = logging.getLogger(__name__)
 
+MULTIRUN = "multirun.yaml"  # Hydra's record of a sweep, in its sweep dir
+
 
 class MultirunCheck(Callback):
-    """Hydra callback (hydra/default.yaml): refuses, once and before any job starts, a multirun no job could run.
+    """Hydra callback (hydra/default.yaml): refuses, once and before any job starts, a multirun no job could run;
+    then records it (multirun.yaml), which `continue_command` and a later continuation read.
 
     Jobs check again for themselves: a swept override (trainer=cpu,ddp) shows only in its own job.
     """
 
     def on_multirun_start(self, config, **kwargs):
         error = None
-        if config.get("ckpt_path") == "last":
+        earlier = Path(config.hydra.sweep.dir) / MULTIRUN
+        if earlier.is_file() and (other := _other_overrides(earlier, config)):
+            error = other
+        elif config.get("ckpt_path") == "last":
             error = (
                 "ckpt_path=last cannot run in a multirun: each job would resume the newest last.ckpt, which an "
                 "earlier job of this sweep has just written; give a checkpoint path, or resume single runs"
@@ -39,6 +51,37 @@ class MultirunCheck(Callback):
         if error:
             print(f"error: {error}", file=sys.stderr)
             raise SystemExit(1)
+        earlier.parent.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(config, earlier)  # the sweep's record, whatever the sweeper (Optuna's writes none)
+
+
+def _other_overrides(earlier: Path, config) -> str | None:
+    """Why this multirun cannot continue the sweep in its dir: it sweeps other overrides (the jobs would mix)."""
+    before, now = list(OmegaConf.load(earlier).hydra.overrides.task), list(config.hydra.overrides.task)
+    if sorted(before) == sorted(now):
+        return None
+    return (
+        f"hydra.sweep.dir={earlier.parent} holds a sweep of other overrides ({' '.join(before) or 'none'}): continue "
+        "it with those, or give this sweep a new hydra.sweep.dir"
+    )
+
+
+def job_dir(number: int, reused: list, first_new: int) -> int:
+    """The dir of a continued search's `number`-th job (lenet.search): an unfinished job's own, then new numbers."""
+    return reused[number] if number < len(reused) else first_new + number - len(reused)
+
+
+def register_job_dirs() -> None:
+    """`${lenet_job_dir:${hydra.job.num},[3],7}` in hydra.sweep.subdir: job_dir."""
+    OmegaConf.register_new_resolver("lenet_job_dir", job_dir, replace=True)
+
+
+def continue_command(sweep_dir: Path) -> str:
+    """The command that continues the sweep in `sweep_dir`: the same overrides, launcher included, and its dir."""
+    saved = OmegaConf.load(sweep_dir / MULTIRUN).hydra
+    hydra = [o for o in saved.overrides.hydra if o.split("=", 1)[0] not in ("hydra.sweep.dir", "hydra.mode")]
+    return shlex.join(["python", "-m", f"lenet.{saved.job.name}", "-m", *hydra, *saved.overrides.task,
+                       f"hydra.sweep.dir={sweep_dir}"])  # fmt: skip
 
 
 def _process_layout(trainer_config):
@@ -64,6 +107,7 @@ class SweepReport(Callback):
 
     def on_multirun_start(self, config, **kwargs) -> None:
         self.sweep_dir = Path(config.hydra.sweep.dir)
+        self.write_report = get_method("lenet.report.sweep_report")  # now: at exit no module can be imported
         atexit.register(self._report)
 
     def on_multirun_end(self, config, **kwargs) -> None:
@@ -81,4 +125,4 @@ class SweepReport(Callback):
             log.error("%s: %s", type(error).__name__, error)
 
     def _report(self) -> list:
-        return get_method("lenet.report.sweep_report")(self.sweep_dir)
+        return self.write_report(self.sweep_dir)

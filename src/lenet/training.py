@@ -5,25 +5,31 @@ instantiate), fits, tests the best checkpoint on the official test set and write
 tests a checkpoint, rebuilt from the checkpoint alone. The configs reach them checked (lenet.validate).
 """
 
+import json
 import logging
 import sys
 from pathlib import Path
 
 import lightning as L
-import torch
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
+from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.callbacks import ProgressBar, WeightAveraging
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
-from lenet.checkpoint import Checkpoint, CheckpointContents, check_resume
+from lenet import rundir
+from lenet.checkpoint import Checkpoint, CheckpointContents, check_resume, check_same_run
 from lenet.cli import in_multirun, this_command
 from lenet.console import quiet_lightning
+from lenet.cpus import set_threads
 from lenet.errors import ConfigError, UserError
 from lenet.hparams import hparams_of, overrides_and_swept, shown_hparams
 from lenet.lightning_module import LeNetModule
 from lenet.predictor import model_file
 from lenet.summary import RunSummary
+from lenet.sweep import continue_command
+from lenet.tracking import Tracking, loggers
 from lenet.validate import spawned_ddp
 
 log = logging.getLogger(__name__)
@@ -39,29 +45,32 @@ def train(cfg: DictConfig) -> dict[str, float]:
     """Fit, test the best checkpoint, write `metrics.json` in `cfg.run_dir`; return the final metrics."""
     quiet_lightning()
     plain = OmegaConf.to_container(cfg, resolve=True)  # checkpoints must hold plain containers
-    resume = model_file(cfg.ckpt_path, Path(cfg.outputs_dir), prefer="last")
-    done = check_resume(Checkpoint.open(resume), plain) if resume else 0
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    run_dir = Path(cfg.run_dir)
+    if rundir.finished(run_dir):  # an earlier attempt of this run finished it (a sweep continued)
+        return kept(run_dir, plain)
+    resume = model_file(cfg.ckpt_path, Path(cfg.outputs_dir), prefer="last") or rundir.resume_point(run_dir)
+    saved = Checkpoint.open(resume) if resume else None
+    done = check_resume(saved, plain) if saved else 0
+    threads = set_threads(cfg.threads, saved=saved.threads if saved else None)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
 
-    run_dir = Path(cfg.run_dir)
     datamodule = instantiate(cfg.data, num_classes=cfg.model.num_classes)
     datamodule.prepare_data()
     datamodule.load()  # every data error comes now, before the run writes anything
     module = LeNetModule(model=plain["model"], optimizer=plain["optimizer"], scheduler=plain["scheduler"])
     overrides, swept = overrides_and_swept()
     hparams, shown = hparams_of(cfg, overrides), shown_hparams(overrides, swept)
-    summary = RunSummary(run_dir, hparams, (resume, done), this_command("train"), shown=shown)
+    summary = RunSummary(run_dir, hparams, (resume, done), this_command("train"), shown=shown, threads=threads)
     callbacks = {name: instantiate(callback) for name, callback in cfg.callbacks.items() if callback}
     # Piped or logged output gets no progress bar: it would be carriage returns, kilobytes of them per run.
     interactive = sys.stdout.isatty()
     callbacks = {name: c for name, c in callbacks.items() if interactive or not isinstance(c, ProgressBar)}
     trainer = instantiate(
         cfg.trainer,
-        logger=[instantiate(logger) for logger in cfg.logger.values()] or False,
-        callbacks=[*callbacks.values(), summary, CheckpointContents(plain)],
+        logger=loggers(cfg) or False,
+        callbacks=[*callbacks.values(), summary, CheckpointContents(plain), Tracking(run_dir, hparams)],
         enable_progress_bar=interactive,
+        plugins=slurm_without_requeue(),
     )
     if in_multirun() and (refusal := spawned_ddp(trainer)):
         raise ConfigError(refusal)
@@ -82,11 +91,29 @@ def train(cfg: DictConfig) -> dict[str, float]:
     return summary.metrics
 
 
+def slurm_without_requeue() -> list | None:
+    """Inside a Slurm job, Slurm's environment as Lightning reads it, but that Lightning does not requeue the job:
+    submitit does (lenet's Slurm launcher), and the requeued job resumes from its run dir (lenet.rundir)."""
+    return [SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else None
+
+
+def kept(run_dir: Path, config: dict) -> dict:
+    """The results of a run that finished in this run dir before, as they are; refused if it ran another config."""
+    last = rundir.last_checkpoint(run_dir)
+    if last.is_file():
+        check_same_run(Checkpoint.open(last), config)
+    log.info("%s finished before: its %s is kept as it is (train again in a new run dir)", run_dir, rundir.METRICS)
+    return json.loads((run_dir / rundir.METRICS).read_text())
+
+
 def resume_hint(run_dir: Path) -> str:
-    last = run_dir / "checkpoints" / "last.ckpt"
+    last = rundir.last_checkpoint(run_dir)
     if not last.is_file():
         return "interrupted before the first epoch ended: nothing was saved to resume from"
     epochs = Checkpoint.open(last).epochs
+    if in_multirun():
+        sweep_dir = Path(HydraConfig.get().sweep.dir)
+        return f"interrupted; {epochs} epoch(s) of this job saved. Continue the sweep: {continue_command(sweep_dir)}"
     command = this_command("train", extra=(f"ckpt_path={last}",))
     if not command:
         return f"interrupted; {epochs} epoch(s) saved. Resume with the same overrides plus ckpt_path={last}"

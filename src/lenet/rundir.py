@@ -1,0 +1,51 @@
+"""What a run dir holds, by name, and what an earlier attempt of a run left in it.
+
+A run dir is a run's identity: a sweep's job dirs keep their numbers when the sweep is continued
+(`hydra.sweep.dir=...`), and a Slurm job requeued (preempted, or at its time limit) starts again in the same one.
+So a run starting in a run dir that holds an earlier attempt goes on from it: a finished run is kept as it is, an
+interrupted one resumes from its last.ckpt, a failed one runs again from the start.
+"""
+
+import shutil
+from pathlib import Path
+
+METRICS = "metrics.json"  # a finished run's results (lenet.summary writes it, lenet.report reads it)
+ERROR = "error.txt"  # a failed run's one-line error (lenet.cli writes it, lenet.report reads it)
+ENVIRONMENT = "env.json"  # what it ran on (lenet.environment)
+CHECKPOINTS = "checkpoints"
+LAST = "last.ckpt"  # saved after every epoch: what a resume starts from
+BEST = "best.ckpt"
+
+
+def record_failure(run_dir: Path, message: str) -> None:
+    if run_dir.is_dir():
+        (run_dir / ERROR).write_text(message.strip() + "\n")
+
+
+def failure(run_dir: Path) -> str:
+    """Why the run failed, or "" (it has not failed)."""
+    path = run_dir / ERROR
+    return path.read_text().strip() if path.is_file() else ""
+
+
+def finished(run_dir: Path) -> bool:
+    return (run_dir / METRICS).is_file()
+
+
+def last_checkpoint(run_dir: Path) -> Path:
+    return run_dir / CHECKPOINTS / LAST
+
+
+def resume_point(run_dir: Path) -> Path | None:
+    """The last.ckpt an interrupted earlier attempt of this run left, or None.
+
+    A failed attempt is cleared instead: its checkpoints (it may have diverged), TensorBoard events and error, so
+    that the run starts again from the start; its log keeps what happened.
+    """
+    if failure(run_dir):
+        shutil.rmtree(run_dir / CHECKPOINTS, ignore_errors=True)
+        for leftover in [run_dir / ERROR, *run_dir.glob("events.out.tfevents.*")]:
+            leftover.unlink(missing_ok=True)
+        return None
+    last = last_checkpoint(run_dir)
+    return last if last.is_file() else None
