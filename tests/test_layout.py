@@ -16,7 +16,7 @@ from lenet import CONFIG_DIR, keys
 from lenet.exporter import export
 
 PACKAGE = Path(__file__).parents[1] / "src" / "lenet"
-COMMANDS = {"train", "eval", "export", "predict", "serve", "report"}  # python -m lenet.<command>
+COMMANDS = {"train", "eval", "export", "predict", "serve", "report", "reproduce"}  # python -m lenet.<command>
 
 
 def lenet_imports(module: Path) -> set[str]:

@@ -3,15 +3,18 @@
 import csv
 import functools
 import json
+import re
 import shlex
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf, open_dict
 from torch.utils.tensorboard import SummaryWriter
 
 from lenet import CONFIG_DIR, report
+from lenet.comparison import difference
 from lenet.report import configurations, report_figure
 from lenet.runs import curve, read_runs
 from test_sweep import TINY, assert_composes, sweep_dirs, train
@@ -182,3 +185,149 @@ def test_one_epoch_curves_are_drawn_as_points(tmp_path):
     figure = report_figure(jobs, configurations(jobs))
     points = [line for line in figure.axes[-1].lines if len(line.get_xdata()) == 1]
     assert len(points) == 2 and all(line.get_marker() not in ("None", "", None) for line in points)
+
+
+# --- Is it really better? ---
+
+SEEDS = (1, 2, 3, 4, 5)
+# val/acc_best by seed as a real sweep gives them: each seed's data order moves every configuration alike.
+SEED_EFFECT = {1: 0.0021, 2: -0.0013, 3: 0.0004, 4: -0.0027, 5: 0.0015}
+
+
+def sweep_of(folder: Path, offsets: dict[str, list[float]], seeds=SEEDS) -> None:
+    """A sweep over optimizer.lr and seeds: each lr's results are 0.90 + its offset + the seed's effect."""
+    runs = [(seed, lr) for seed in seeds for lr in offsets]
+    for job, (seed, lr) in enumerate(runs):
+        value = 0.90 + offsets[lr][seeds.index(seed)] + SEED_EFFECT.get(seed, 0.0)
+        fake_run(folder / str(job), f"seed={seed}", f"optimizer.lr={lr}", metrics=finals(value, value - 0.01))
+
+
+def test_each_configuration_is_compared_with_the_best_with_its_interval(tmp_path, capsys):
+    jitter = [0.0004, -0.0003, 0.0001, -0.0002, 0.0003]  # what else differs between two configurations' runs
+    clearly_worse = [-0.03 + j for j in jitter]  # lr 10x too small: three points worse on every seed
+    near = [0.0001, -0.0004, 0.0003, -0.0002, -0.0008]  # lr 5% larger: no real difference
+    sweep_of(tmp_path, {"0.05": [0.0] * 5, "0.0525": near, "0.005": clearly_worse})
+    report.main([str(tmp_path)])
+    md = capsys.readouterr().out
+
+    table = {row["optimizer.lr"]: row for row in read_csv(tmp_path / "report_by_config.csv")}
+    best, worse, same = table["0.05"], table["0.005"], table["0.0525"]
+    assert best["delta_vs_best"] == best["ci95_low"] == best["seeds_needed"] == "", "the best is not compared"
+    assert float(worse["delta_vs_best"]) == pytest.approx(-3.0, abs=0.01), "in accuracy points"
+    assert float(worse["ci95_low"]) < -3.0 < float(worse["ci95_high"]) < 0, "resolved: the interval excludes 0"
+    assert float(same["ci95_low"]) < float(same["delta_vs_best"]) < float(same["ci95_high"])
+    assert float(same["ci95_low"]) < 0 < float(same["ci95_high"]), "noise: the interval holds 0"
+    assert int(same["seeds_needed"]) > 5 >= int(worse["seeds_needed"]) >= 2
+    assert worse["compared"] == "paired, 5 seeds", "the same seeds: paired"
+    assert float(worse["test_delta_vs_best"]) == pytest.approx(-3.0, abs=0.01), "test/acc compared too"
+    assert float(worse["test_ci95_high"]) < 0
+
+    assert "## Is it really better?" in md
+    assert "against the best (optimizer.lr=0.05)" in md
+    assert re.search(
+        r"- optimizer.lr=0.005: val/acc_best -\d\.\d\d \(-\d\.\d\d to -2\.\d\d\), resolved: worse; test", md
+    )
+    line = next(line for line in md.splitlines() if line.startswith("- optimizer.lr=0.0525:"))
+    assert "val/acc_best" in line and "not resolved: about" in line and "resolved: worse" not in line, line
+    figure = report_figure(*_jobs_and_configs(tmp_path))
+    panel = next(ax for ax in figure.axes if "vs best" in ax.get_xlabel())
+    assert [label.get_text() for label in panel.get_yticklabels()] == ["optimizer.lr=0.0525", "optimizer.lr=0.005"]
+
+
+def _jobs_and_configs(folder: Path):
+    _, jobs = read_runs([folder])
+    jobs = report.best_first(jobs)
+    return jobs, configurations(jobs)
+
+
+def test_different_seeds_are_compared_unpaired_and_pairs_narrow_the_interval(tmp_path):
+    offsets = {"0.05": [0.0] * 5, "0.02": [-0.002] * 5}
+    sweep_of(tmp_path / "paired", offsets)
+    paired = read_csv_after_report(tmp_path / "paired")[1]
+    fake_seeds = (6, 7, 8, 9, 10)  # the worse lr ran other seeds: its seed effects no longer cancel
+    sweep_of(tmp_path / "a", {"0.05": [0.0] * 5})
+    sweep_of(tmp_path / "b", {"0.02": [-0.002 + SEED_EFFECT[s] for s in SEEDS]}, seeds=fake_seeds)
+    report.main([str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path)])
+    unpaired = read_csv(tmp_path / "report_by_config.csv")[1]
+    assert paired["compared"] == "paired, 5 seeds" and unpaired["compared"] == "unpaired, 5 vs 5 seeds"
+    assert float(paired["delta_vs_best"]) == pytest.approx(float(unpaired["delta_vs_best"])) == pytest.approx(-0.2)
+    width = {name: float(row["ci95_high"]) - float(row["ci95_low"]) for name, row in (("p", paired), ("u", unpaired))}
+    assert width["p"] < width["u"] / 10, width
+    assert float(paired["ci95_high"]) < 0 < float(unpaired["ci95_high"]), "pairs resolve what unpaired seeds cannot"
+
+
+def read_csv_after_report(folder: Path) -> list[dict]:
+    report.report([folder], folder)
+    return read_csv(folder / "report_by_config.csv")
+
+
+def test_with_one_seed_per_configuration_nothing_is_ranked_as_resolved(tmp_path, capsys):
+    for job, lr in enumerate(("0.1", "0.05", "0.01")):
+        fake_run(
+            tmp_path / str(job), f"optimizer.lr={lr}", "trainer.max_epochs=2", metrics=finals(0.9 - job / 100, 0.9)
+        )
+    report.main([str(tmp_path)])
+    md = capsys.readouterr().out
+    assert "One seed per configuration: no difference here is resolved" in md
+    command = "python -m lenet.train -m optimizer.lr=0.1 trainer.max_epochs=2 seed=1,2,3,4,5"
+    assert f"```bash\n{command}\n```" in md
+    assert_multirun_composes(command)
+    table = read_csv(tmp_path / "report_by_config.csv")
+    assert [row["ci95_low"] for row in table] == ["", "", ""] and float(table[2]["delta_vs_best"]) == pytest.approx(-2)
+    assert "resolved: worse" not in md
+
+
+def test_folders_of_one_recipe_are_compared_folder_against_folder(tmp_path, capsys):
+    """Two code versions, same config and seeds: pooled as one recipe, unless the folders are what is compared."""
+    sweep_of(tmp_path / "before", {"0.05": [0.0] * 5})
+    sweep_of(tmp_path / "after", {"0.05": [0.004, 0.005, 0.003, 0.006, 0.004]})
+    folders = [str(tmp_path / "before"), str(tmp_path / "after")]
+    report.main(folders)
+    assert [row["n"] for row in read_csv(tmp_path / "report_by_config.csv")] == ["10"], "one recipe, pooled"
+    report.main([*folders, "--by-folder"])
+    md = capsys.readouterr().out
+    table = read_csv(tmp_path / "report_by_config.csv")
+    assert [(Path(row["folder"]).name, row["n"], row["compared"]) for row in table] == [
+        ("after", "5", ""),
+        ("before", "5", "paired, 5 seeds"),
+    ]
+    assert float(table[1]["ci95_high"]) < 0
+    assert f"- folder={tmp_path / 'before'}: val/acc_best -0.44" in md
+
+
+def test_a_and_a_comparisons_raise_about_five_false_alarms_in_a_hundred():
+    """Same configuration, different seeds: a 95% interval excludes 0 in about 5% of comparisons, no more. A
+    percentile bootstrap or a normal (z) interval on 5 seeds raises about twice as many."""
+    rng = np.random.default_rng(0)
+    draws = 1000
+    seeds = [str(seed) for seed in range(5)]
+    unpaired = [
+        difference(dict(zip(seeds, rng.normal(0.9, 0.003, 5), strict=True)), dict(enumerate(rng.normal(0.9, 0.003, 5))))
+        for _ in range(draws)
+    ]
+    effects = rng.normal(0, 0.003, (draws, 5))  # each seed's shared effect, cancelled by the pairs
+    paired = [
+        difference(dict(zip(seeds, 0.9 + e + rng.normal(0, 0.001, 5), strict=True)),
+                   dict(zip(seeds, 0.9 + e + rng.normal(0, 0.001, 5), strict=True)))
+        for e in effects
+    ]  # fmt: skip
+    assert not any(found.paired for found in unpaired) and all(found.paired for found in paired)
+    for found in (unpaired, paired):
+        rate = sum(f.resolved for f in found) / draws
+        assert 0.03 <= rate <= 0.07, rate
+
+
+@pytest.mark.parametrize(("paired", "seeds"), [(True, 10), (False, 17)])
+def test_seeds_needed_match_the_textbook_power_tables(paired, seeds):
+    """80% power at 5% two-sided for a difference of one standard deviation: 10 pairs, or 17 seeds a side (Cohen)."""
+    values = [0.0, 2.0] * 3  # mean 1, standard deviation ~1.095
+    spread = np.std(values, ddof=1)
+    if paired:
+        found = difference(
+            {str(i): 1 + (v - 1) / spread for i, v in enumerate(values)}, dict.fromkeys(map(str, range(6)), 0.0)
+        )
+    else:
+        other = {str(i): v / spread for i, v in enumerate(values)}
+        found = difference(other, {f"b{i}": v / spread - 1 for i, v in enumerate(values)})
+    assert found.paired is paired
+    assert found.seeds_needed == seeds

@@ -3,8 +3,11 @@
 One row per job (what tells it apart, accuracies, epochs, wall time, images/s), best first by `val/acc_best`,
 failed or unfinished jobs named as such; then the jobs pooled over their seeds: one row per configuration with the
 mean and standard deviation of its accuracies, and the best configuration (or job) as a ready command line.
-Written as report.csv, report_by_config.csv, report.md and report.png (the metric per configuration, and every
-job's validation curve). Several folders, or one above many runs (`outputs/`), are compared together.
+Each configuration is compared with the best one, with the 95% interval of the difference and about how many
+seeds would resolve it (lenet.comparison), for `val/acc_best` and `test/acc`; report.md says which differences are
+resolved and which are noise. Written as report.csv, report_by_config.csv, report.md and report.png (the metric per
+configuration, the differences with their intervals, and every job's validation curve). Several folders, or one
+above many runs (`outputs/`), are compared together: by their configs, or folder against folder (`--by-folder`).
 """
 
 import argparse
@@ -21,6 +24,7 @@ from matplotlib.figure import Figure  # no pyplot: no GUI backend, safe in any p
 from matplotlib.ticker import MaxNLocator
 
 from lenet.cli import METRIC, command_line
+from lenet.comparison import MOST_SEEDS, Difference, difference
 from lenet.runs import CURVE, SEED, Job, curve, read_runs
 from lenet.sweep import MULTIRUN, continue_command
 
@@ -34,6 +38,9 @@ COLUMNS = {  # metrics.json key -> how the markdown shows it
     "train_images_per_s": "{:.0f}",
 }
 POOLED = (METRIC, "test/acc")  # their mean and standard deviation over each configuration's seeds
+COMPARED = {METRIC: "", "test/acc": "test_"}  # compared with the best configuration: the CSV columns' prefixes
+POINTS = 100  # accuracy differences are said in points: 0.9123 - 0.9080 is +0.43
+SUGGESTED_SEEDS = 5  # what one seed per configuration is told to run: enough for an interval, and a first estimate
 
 
 def best_first(jobs: list[Job]) -> list[Job]:
@@ -77,6 +84,14 @@ class Configuration:
     def values(self, name: str) -> list[float]:
         return [job.metrics[name] for job in self.done if name in job.metrics]
 
+    def by_seed(self, name: str) -> dict[str, float]:
+        """The values by seed; jobs without a seed of their own, or repeating one, by their name (never paired)."""
+        values = {}
+        for job in self.done:
+            if name in job.metrics:
+                values[job.seed if job.seed and job.seed not in values else f"job {job.name}"] = job.metrics[name]
+        return values
+
     def mean(self, name: str) -> float | None:
         values = self.values(name)
         return statistics.fmean(values) if values else None
@@ -92,10 +107,7 @@ class Configuration:
     def command(self) -> str:
         """The best job's command line; with several seeds, a multirun over them all."""
         job = self.done[0]
-        if len(self.seeds) < 2:
-            return job.command()
-        kept = [o for o in job.overrides if o.split("=", 1)[0].lstrip("+~") != SEED]
-        return command_line(job.task, ["-m", *kept, f"{SEED}={','.join(self.seeds)}"])  # -m up front, as users type
+        return over_seeds(job, self.seeds) if len(self.seeds) > 1 else job.command()
 
 
 def configurations(jobs: list[Job]) -> list[Configuration]:
@@ -106,6 +118,17 @@ def configurations(jobs: list[Job]) -> list[Configuration]:
         groups.setdefault(tuple(job.setting.get(key, "") for key in keys), []).append(job)
     configs = [Configuration(dict(zip(keys, values, strict=True)), group) for values, group in groups.items()]
     return sorted(configs, key=lambda c: -_or(c.mean(METRIC), -math.inf))
+
+
+def differences(configs: list[Configuration], name: str) -> list[Difference | None]:
+    """Each configuration against the best (the first) on `name`, in accuracy points; None for the best itself and
+    for configurations without results."""
+    best = configs[0].by_seed(name) if configs else {}
+    return [None] + [_points(difference(config.by_seed(name), best)) for config in configs[1:]]
+
+
+def _points(found: Difference | None) -> Difference | None:
+    return found.scaled(POINTS) if found else None
 
 
 def _or(value, default):
@@ -124,13 +147,30 @@ def rows(jobs: list[Job]) -> list[dict]:
 
 
 def config_rows(configs: list[Configuration]) -> list[dict]:
+    compared = {name: differences(configs, name) for name in COMPARED}
     return [
         config.label
         | {"n": len(config.done), "seeds": " ".join(config.seeds)}
         | {f"{name}_{stat}": getattr(config, stat)(name) for name in POOLED for stat in ("mean", "std")}
-        | {"command": config.command() if config.done else ""}
-        for config in configs
+        | {key: value for name, prefix in COMPARED.items() for key, value in _compared(prefix, compared[name][i])}
+        | {"compared": _how(compared[METRIC][i]), "command": config.command() if config.done else ""}
+        for i, config in enumerate(configs)
     ]
+
+
+def _compared(prefix: str, found: Difference | None) -> list[tuple[str, float | int | None]]:
+    """The CSV's comparison columns: the difference in points, its 95% interval, the seeds that would resolve it."""
+    values = (found.delta, found.low, found.high, found.seeds_needed) if found else (None,) * 4
+    names = ("delta_vs_best", "ci95_low", "ci95_high", "seeds_needed")
+    return [(prefix + name, round(v, 4) if isinstance(v, float) else v) for name, v in zip(names, values, strict=True)]
+
+
+def _how(found: Difference | None) -> str:
+    if found is None:
+        return ""
+    if found.paired:
+        return f"paired, {found.seeds[0]} seeds"
+    return f"unpaired, {found.seeds[0]} vs {found.seeds[1]} seeds"
 
 
 def write_csv(table: list[dict], path: Path) -> None:
@@ -151,6 +191,7 @@ def markdown(title: str, jobs: list[Job], configs: list[Configuration], continue
             result = f"{METRIC} {_mean_std(best, METRIC)} over seeds {', '.join(best.seeds)}"
             lines += [f"{which}, {result}. Rerun it:", ""]
             lines += ["```bash", best.command(), "```", ""]
+    lines += _confidence(configs)
     lines += ["## Jobs", "", *_jobs_table(jobs)]
     best_job = next((job for job in jobs if METRIC in job.metrics), None)
     if best_job and not pooled:  # with seeds, the luckiest one is no recipe
@@ -163,6 +204,59 @@ def markdown(title: str, jobs: list[Job], configs: list[Configuration], continue
         if continued_by:  # a sweep: its finished jobs are kept, the interrupted resume, the failed run again
             lines += ["", "Continue the sweep:", "", "```bash", continued_by, "```"]
     return "\n".join(lines) + "\n"
+
+
+def _confidence(configs: list[Configuration]) -> list[str]:
+    """In words: which configurations are resolved as worse than the best, and which differences are noise."""
+    measured = [config for config in configs if config.mean(METRIC) is not None]
+    if len(measured) < 2:
+        return []
+    lines = ["## Is it really better?", ""]
+    if all(len(config.values(METRIC)) < 2 for config in measured):
+        best = measured[0]
+        lines += [
+            f"One seed per configuration: no difference here is resolved, for a seed alone moves {METRIC} by tenths"
+            f" of a point and more, so this ranking may be noise. Run {SUGGESTED_SEEDS} seeds of each configuration"
+            " to compare them with 95% intervals, e.g. the best:",
+            "",
+            "```bash",
+            over_seeds(best.done[0], [str(seed) for seed in range(1, SUGGESTED_SEEDS + 1)]),
+            "```",
+            "",
+        ]
+        return lines
+    compared = {name: differences(measured, name) for name in COMPARED}
+    lines += [
+        f"Each configuration against the best ({measured[0].describe()}), in accuracy points, with the 95% interval"
+        " of the difference (a t-interval: paired by seed where both ran the same seeds, Welch's otherwise). Resolved:"
+        " the interval excludes 0. Not resolved: noise at this many seeds.",
+        "",
+    ]
+    for i, config in enumerate(measured[1:], start=1):
+        said = [_said(name, compared[name][i]) for name in COMPARED if compared[name][i]]
+        lines.append(f"- {config.describe()}: " + "; ".join(said) + ".")
+    return [*lines, ""]
+
+
+def _said(name: str, found: Difference) -> str:
+    text = f"{name} {found.delta:+.2f}"
+    if found.low is None:
+        return f"{text} (one seed on a side: no interval), not resolved"
+    text += f" ({found.low:+.2f} to {found.high:+.2f})"
+    if found.resolved:
+        return f"{text}, resolved: {'worse' if found.delta < 0 else 'better'}"
+    if found.seeds_needed:
+        needed = f"about {found.seeds_needed} seeds per configuration would resolve a difference this size"
+        return f"{text}, not resolved: {needed}"
+    if found.delta == found.low == found.high:
+        return f"{text}, not resolved: the same results on every seed"
+    return f"{text}, not resolved: a difference this small needs more than {MOST_SEEDS} seeds per configuration"
+
+
+def over_seeds(job: Job, seeds: list[str]) -> str:
+    """The job's command as a multirun over `seeds`."""
+    kept = [o for o in job.overrides if o.split("=", 1)[0].lstrip("+~") != SEED]
+    return command_line(job.task, ["-m", *kept, f"{SEED}={','.join(seeds)}"])  # -m up front, as users type
 
 
 def _jobs_table(jobs: list[Job]) -> list[str]:
@@ -220,15 +314,18 @@ def report_figure(jobs: list[Job], configs: list[Configuration]):
     keys = list(configs[0].label) or [""] * (len(jobs) > 1)  # "": seeds only, one configuration
     keys = keys if measured else []
     curves = {job.name: curve(job.path) for job in jobs}
-    panels = len(keys) + any(curves.values())
+    compared = [(c, d) for c, d in zip(measured, differences(measured, METRIC), strict=True) if d and d.low is not None]
+    panels = len(keys) + bool(compared) + any(curves.values())
     if not panels:
         return None
     figure = Figure(figsize=(4 * panels, 3.2), layout="constrained")
-    axes = figure.subplots(1, panels, squeeze=False)[0]
-    for ax, key in zip(axes, keys, strict=False):
-        _metric_panel(ax, key, measured)
+    axes = list(figure.subplots(1, panels, squeeze=False)[0])
+    for key in keys:
+        _metric_panel(axes.pop(0), key, measured)
+    if compared:
+        _differences_panel(axes.pop(0), compared)
     if any(curves.values()):
-        _curves_panel(axes[-1], configs, curves)
+        _curves_panel(axes.pop(0), configs, curves)
     return figure
 
 
@@ -246,12 +343,30 @@ def _metric_panel(axes, key: str, configs: list[Configuration]) -> None:
     axes.set_ylabel(METRIC)
 
 
+def _differences_panel(axes, compared: list[tuple[Configuration, Difference]]) -> None:
+    """Each configuration's difference from the best, with its 95% interval: an interval across 0 is noise."""
+    for y, (_, found) in enumerate(compared):
+        error = [[found.delta - found.low], [found.high - found.delta]]
+        color = "C3" if found.resolved else "0.5"  # red: resolved; grey: noise
+        axes.errorbar([found.delta], [y], xerr=error, fmt="o", color=color, capsize=4)
+    axes.axvline(0, color="0.3", linewidth=0.8)
+    labels = [_short(config.describe()) for config, _ in compared]
+    axes.set_yticks(range(len(compared)), labels, fontsize="small")
+    axes.set_ylim(len(compared) - 0.5, -0.5)  # best first, as in the tables
+    axes.set_xlabel(f"{METRIC} vs best (points, 95% CI)")
+
+
+def _short(label: str, most: int = 32) -> str:
+    """A label that leaves the panel room: its end, where folders and values differ."""
+    return label if len(label) <= most else "…" + label[-(most - 1) :]
+
+
 def _positions(axes, values: list[str]) -> list[float]:
     """Where each value goes on the x axis: numbers as numbers (log scale across decades), else categories."""
     numbers = [_number(v) for v in values]
     if None in numbers:  # categories (optimizer=adam): one position each, in first-seen order
         categories = list(dict.fromkeys(values))
-        axes.set_xticks(range(len(categories)), categories)
+        axes.set_xticks(range(len(categories)), [_short(category, 24) for category in categories])
         return [categories.index(v) for v in values]
     if min(numbers) > 0 and max(numbers) / min(numbers) >= 100:  # learning rates, weight decays
         axes.set_xscale("log")
@@ -281,10 +396,10 @@ def _number(value: str) -> float | None:
         return None
 
 
-def report(folders: list[Path], out: Path) -> list[Job]:
+def report(folders: list[Path], out: Path, by_folder: bool = False) -> list[Job]:
     """Write report.csv, report_by_config.csv, report.md and report.png into `out`; return the jobs (none: nothing
     written)."""
-    title, jobs = read_runs(folders)
+    title, jobs = read_runs(folders, by_folder)
     jobs = best_first(jobs)
     if jobs:
         configs = configurations(jobs)
@@ -324,12 +439,17 @@ def main(argv: list[str] | None = None) -> None:
         help="a sweep dir (outputs/multirun/<date>/<time>), a run dir, or a folder above runs (outputs/)",
     )
     parser.add_argument("--out", type=Path, help="where to write it (default: the folder; for several, their parent)")
+    parser.add_argument(
+        "--by-folder",
+        action="store_true",
+        help="tell runs apart by the folder given that holds them too (two code versions or machines, same config)",
+    )
     args = parser.parse_args(argv)
     if missing := [folder for folder in args.folders if not folder.is_dir()]:
         sys.exit(f"error: no such folder: {missing[0]}")
     out = args.out or default_out(args.folders)
     try:
-        jobs = report(args.folders, out)
+        jobs = report(args.folders, out, args.by_folder)
     except OSError as error:
         sys.exit(f"error: cannot write the report into {out} ({error.strerror}): pass --out FOLDER")
     if not jobs:

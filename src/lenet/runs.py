@@ -93,15 +93,19 @@ def last_error(job_dir: Path) -> str:
     return errors[-1] if errors else ""
 
 
-def read_runs(folders: list[Path]) -> tuple[str, list[Job]]:
+def read_runs(folders: list[Path], by_folder: bool = False) -> tuple[str, list[Job]]:
     """A title, and the runs under `folders` (run dirs, sweep dirs or any folder above them), in order.
 
     One sweep (a folder's own job dirs) or a single run tells its jobs apart by their overrides, as typed. Runs
     gathered from further down or from several folders may have been made with other defaults: they are told apart
-    by their configs, every recipe key that differs. A report covers one task: train runs, when there are any.
+    by their configs, every recipe key that differs, and with `by_folder` also by the folder given that holds them
+    (two code versions, two machines: what no config records). A report covers one task: train runs, when there
+    are any.
     """
-    found = [p.parents[1] for folder in folders for p in folder.glob("**/.hydra/overrides.yaml")]
-    dirs = list({d.resolve(): d for d in found}.values())  # once each, however the folders overlap
+    found = {p.parents[1].resolve(): (p.parents[1], folder) for folder in folders[::-1]
+             for p in folder.glob("**/.hydra/overrides.yaml")}  # fmt: skip
+    given = {d: folder for d, folder in found.values()}  # the first folder named that holds it
+    dirs = [d for d, _ in found.values()]  # once each, however the folders overlap
     sweep = len(folders) == 1 and all(folders[0] in (d, d.parent) for d in dirs)
     if sweep:
         jobs = [read_job(d) for d in sorted(dirs, key=_job_order)]
@@ -117,6 +121,8 @@ def read_runs(folders: list[Path]) -> tuple[str, list[Job]]:
     jobs = [job for job in jobs if job.task == task]
     if not sweep and len(jobs) > 1:
         jobs = [replace(job, setting=job.recipe) if job.config else job for job in jobs]
+    if by_folder and len(folders) > 1:
+        jobs = [replace(job, setting={"folder": str(given[job.path])} | job.setting) for job in jobs]
     return title, jobs
 
 
