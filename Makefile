@@ -24,10 +24,10 @@ $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PYTHON) -m pip install --quiet --upgrade pip
 	$(PYTHON) -m pip install --quiet $(TORCH)
-	$(PYTHON) -m pip install --quiet -e ".[dev,sweep,export,serve]"
+	$(PYTHON) -m pip install --quiet -e ".[dev,sweep,export,serve,track]"
 	touch $@
 
-install: $(VENV)/.installed  ## build .venv: torch, the stack, lenet (editable), the sweep plugins, ONNX export, serving and the dev tools
+install: $(VENV)/.installed  ## build .venv: torch, the stack, lenet (editable), the sweep plugins, ONNX export, serving, MLflow and W&B, the dev tools
 
 train: install  ## train LeNet with the default config (ARGS=overrides)
 	$(PYTHON) -m lenet.train $(OVERRIDES)

@@ -20,8 +20,19 @@ LIGHTNING_NOISE = (
 )
 
 
+# logger=mlflow: MLflow making its tables in a new store, Lightning making the run's experiment. lenet asks for both.
+TRACKING_NOISE = {
+    "mlflow.store.db.utils": ("Creating initial MLflow database tables", "Updating database tables"),
+    "lightning.pytorch.loggers.mlflow": ("Experiment with name",),
+}
+
+
 def _not_noise(record: logging.LogRecord) -> bool:
     return not record.getMessage().startswith(LIGHTNING_NOISE)
+
+
+def _not_tracking_noise(record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith(TRACKING_NOISE.get(record.name, ()))
 
 
 # Lightning's warnings that do not apply to lenet: a deprecation Lightning raises against itself, a note on short
@@ -49,6 +60,8 @@ def quiet_lightning() -> None:
     handler, which its import adds: its lines reach Hydra's console and log file anyway, and would show twice.
     Called by what uses Lightning, once Lightning is imported."""
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_not_noise)  # once, however often called
+    for name in TRACKING_NOISE:
+        logging.getLogger(name).addFilter(_not_tracking_noise)
     lightning = logging.getLogger("lightning")
     for handler in list(lightning.handlers):
         lightning.removeHandler(handler)
