@@ -191,12 +191,14 @@ def markdown(title: str, jobs: list[Job], configs: list[Configuration], continue
             result = f"{METRIC} {_mean_std(best, METRIC)} over seeds {', '.join(best.seeds)}"
             lines += [f"{which}, {result}. Rerun it:", ""]
             lines += ["```bash", best.command(), "```", ""]
-    lines += _confidence(configs)
+        lines += _confidence(configs)
     lines += ["## Jobs", "", *_jobs_table(jobs)]
     best_job = next((job for job in jobs if METRIC in job.metrics), None)
     if best_job and not pooled:  # with seeds, the luckiest one is no recipe
         lines += ["", f"Best: job {best_job.name}, {METRIC} {best_job.metrics[METRIC]:.4f}. Rerun it:", ""]
         lines += ["```bash", best_job.command(), "```"]
+        if confidence := _confidence(configs):  # after the best job's command: what one seed cannot tell
+            lines += ["", *confidence[:-1]]  # its closing blank line: the end, or the next section's own
     problems = [job for job in jobs if job.status != "done"]
     if problems:
         lines += ["", "Not finished:", ""]
