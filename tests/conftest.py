@@ -9,6 +9,9 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import contextlib
 import hashlib
 import http.server
+import json
+import shutil
+import subprocess
 import sys
 import threading
 import time
@@ -235,20 +238,48 @@ def glyph_split(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return images, labels
 
 
+def shared(tmp_path_factory, name: str):
+    """A folder every xdist worker of the session shares (the session's, not a worker's), and the file lock under
+    which the first worker to ask makes what it holds: an expensive fixture made once, not once per worker."""
+    from filelock import FileLock  # torch's own dependency
+
+    base = tmp_path_factory.getbasetemp()
+    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    return root / name, FileLock(root / f"{name}.lock")
+
+
+def made_once(tmp_path_factory, name: str, make) -> tuple[Path, dict]:
+    """`make(folder)`'s JSON-able record, made once for the session in a shared folder (see `shared`)."""
+    folder, lock = shared(tmp_path_factory, name)
+    record = folder.with_suffix(".json")
+    with lock:
+        if not record.is_file():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir(parents=True)
+            record.write_text(json.dumps(make(folder)))
+    return folder, json.loads(record.read_text())
+
+
+def finished(done: subprocess.CompletedProcess) -> dict:
+    """A finished process as a record `made_once` keeps, and `as_process` gives back."""
+    return {"returncode": done.returncode, "stdout": done.stdout, "stderr": done.stderr}
+
+
+def as_process(record: dict) -> subprocess.CompletedProcess:
+    return subprocess.CompletedProcess([], **record)
+
+
 @pytest.fixture(scope="session")
 def glyph_checkpoint(tmp_path_factory) -> Path:
     """best.ckpt of a short lenet.train run on the glyphs; trained once for all xdist workers (a file lock)."""
-    from filelock import FileLock  # torch's own dependency
-
     from lenet.training import train
 
-    base = tmp_path_factory.getbasetemp()
-    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # the session's, not a worker's
-    run_dir, root = shared / "glyph-run", shared / "glyph-data"
+    shared_dir, lock = shared(tmp_path_factory, "glyph")
+    run_dir, root = shared_dir / "run", shared_dir / "data"
     checkpoint = run_dir / "checkpoints" / "best.ckpt"
-    with FileLock(shared / "glyph.lock"):
+    with lock:
         if not checkpoint.is_file():
-            root.mkdir(exist_ok=True)
+            root.mkdir(parents=True, exist_ok=True)
             for seed, (split, (images_name, labels_name)) in enumerate(SPLIT_FILES.items()):
                 images, labels = glyph_split(GLYPH_SIZES[split], seed)
                 write_idx(root / f"{images_name}.gz", images)

@@ -23,6 +23,7 @@ def lenet(cwd: Path, module: str, *overrides: str, env: dict | None = None) -> s
     return subprocess.run(command, cwd=cwd, capture_output=True, text=True, env=env, timeout=300)
 
 
+@pytest.mark.slow
 def test_a_multirun_leaves_one_run_dir_with_metrics_per_job(flat_root, tmp_path):
     result = lenet(tmp_path, "train", "-m", "optimizer.lr=0.1,0.01", f"data.root={flat_root}", *QUICK)
     assert result.returncode == 0, result.stderr
@@ -33,6 +34,7 @@ def test_a_multirun_leaves_one_run_dir_with_metrics_per_job(flat_root, tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["outputs"], "nothing is written outside outputs/"
 
 
+@pytest.mark.slow
 def test_two_runs_started_together_get_separate_run_dirs(flat_root, tmp_path):
     command = lenet_command("train", f"data.root={flat_root}", *QUICK)
     runs = [subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in "12"]
@@ -54,6 +56,7 @@ def test_the_console_scripts_work_from_any_directory(flat_root, tmp_path):
     assert len(list(tmp_path.glob("outputs/*/*/metrics.json"))) == 1
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not FASHION_MNIST.is_dir(), reason="needs Debian's dataset-fashion-mnist")
 def test_one_epoch_on_real_fashion_mnist_reaches_80_percent(tmp_path):
     overrides = [

@@ -236,6 +236,7 @@ instantiate(compose_config(f"data.root={sys.argv[3]}", "run_dir=x").data, num_cl
 """
 
 
+@pytest.mark.slow
 def test_parallel_jobs_download_once_and_share_the_files(tmp_path, monkeypatch):
     served = write_dataset(tmp_path / "served", gz=True)
     with Mirror(served) as mirror:

@@ -169,6 +169,7 @@ def test_a_diverging_run_stops_with_a_nonzero_exit_and_keeps_the_error_in_its_lo
     assert "error: the training loss is nan in epoch 0" in log
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("sent", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_an_interrupt_keeps_last_ckpt_says_how_to_resume_and_resume_finishes(sent, status, flat_root, tmp_path):
     overrides = [f"data.root={flat_root}", *FIXTURE, "trainer.max_epochs=30", "scheduler=none"]

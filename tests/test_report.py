@@ -159,6 +159,7 @@ def test_bad_folders_get_one_line(folders, message, tmp_path, monkeypatch):
         report.main(folders)
 
 
+@pytest.mark.slow
 def test_a_real_sweep_over_seeds_ends_with_the_pooled_report(flat_root, tmp_path):
     result = train(tmp_path, "-m", "seed=1,2", "optimizer.lr=0.1,0.05", f"data.root={flat_root}", *TINY)
     assert result.returncode == 0, result.stderr

@@ -8,10 +8,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from filelock import FileLock
 from omegaconf import OmegaConf
 
-from conftest import VAL_SIZE, lenet_command
+from conftest import VAL_SIZE, lenet_command, shared
 from lenet import reproduce
 
 # One short epoch of the default recipe on the fixture data.
@@ -25,13 +24,6 @@ def lenet(cwd: Path, command: str, *args: str, env: dict | None = None) -> subpr
                           env={**os.environ, **(env or {})})  # fmt: skip
     assert "Traceback" not in done.stderr, done.stderr
     return done
-
-
-def shared(tmp_path_factory, name: str) -> tuple[Path, FileLock]:
-    """A folder every xdist worker of the session shares, and the lock that makes it once (as conftest's glyphs)."""
-    base = tmp_path_factory.getbasetemp()
-    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
-    return shared / name, FileLock(shared / f"{name}.lock")
 
 
 @pytest.fixture(scope="session")

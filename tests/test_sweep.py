@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 
-from conftest import VAL_SIZE, compose_config, lenet_command
+from conftest import VAL_SIZE, as_process, compose_config, finished, lenet_command, made_once
 from lenet import CONFIG_DIR, report
 from lenet.validate import validate
 
@@ -145,6 +145,7 @@ def test_a_multirun_no_job_could_run_is_refused_once_before_any_job(overrides, m
     assert not list(tmp_path.glob("outputs/**/*.log")), "no job started"
 
 
+@pytest.mark.slow
 def test_a_swept_ddp_option_is_refused_by_its_own_job(flat_root, tmp_path):
     result = train(tmp_path, "-m", "trainer=cpu,ddp", "trainer.accelerator=cpu", f"data.root={flat_root}", *TINY)
     assert result.returncode != 0
@@ -211,7 +212,8 @@ def test_the_slurm_launcher_config_composes_with_its_placeholders():
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         launcher = compose("config", ["hydra/launcher=slurm", "run_dir=x"], return_hydra_config=True).hydra.launcher
     assert launcher._target_ == "hydra_plugins.lenet_launcher.SlurmLauncher"  # submitit's, with lenet's checks
-    assert (launcher.partition, launcher.timeout_min, launcher.gpus_per_node, launcher.tasks_per_node) == (None, 60, 1, 1)
+    asked = (launcher.partition, launcher.timeout_min, launcher.gpus_per_node, launcher.tasks_per_node)
+    assert asked == (None, 60, 1, 1)
     assert launcher.signal_delay_s > 0  # Slurm warns before the time limit, so the job saves and requeues
 
 
@@ -323,15 +325,18 @@ def stops(marks: Path, fail: int = 1, interrupt: int = 2) -> str:
 
 @pytest.fixture(scope="module")
 def continued_sweep(flat_root, tmp_path_factory):
-    """A sweep of four jobs, interrupted in job 2 after job 1 failed; then the same command continuing it."""
-    cwd = tmp_path_factory.mktemp("continued")
-    sweep = cwd / "sweep"
-    command = [*CONTINUED, f"data.root={flat_root}", stops(cwd / "stopped"), f"hydra.sweep.dir={sweep}"]
-    first = train(cwd, *command)
-    before = {"jobs": sorted(p.name for p in sweep.iterdir() if p.name.isdigit()),
-              "0": (sweep / "0" / "metrics.json").stat().st_mtime_ns}  # fmt: skip
-    second = train(cwd, *command)
-    return first, second, sweep, before
+    """A sweep of four jobs, interrupted in job 2 after job 1 failed; then the same command continuing it. Made once
+    for every worker: the tests only read it."""
+
+    def make(cwd: Path) -> dict:
+        command = [*CONTINUED, f"data.root={flat_root}", stops(cwd / "stopped"), f"hydra.sweep.dir={cwd / 'sweep'}"]
+        first = train(cwd, *command)
+        before = {"jobs": sorted(p.name for p in (cwd / "sweep").iterdir() if p.name.isdigit()),
+                  "0": (cwd / "sweep" / "0" / "metrics.json").stat().st_mtime_ns}  # fmt: skip
+        return {"first": finished(first), "second": finished(train(cwd, *command)), "before": before}
+
+    cwd, made = made_once(tmp_path_factory, "continued-sweep", make)
+    return as_process(made["first"]), as_process(made["second"]), cwd / "sweep", made["before"]
 
 
 def test_an_interrupted_sweep_says_how_to_continue_it(continued_sweep):
@@ -413,6 +418,7 @@ def test_a_continued_optuna_search_takes_up_its_interrupted_trial_and_runs_only_
     assert "3 jobs: 3 done, 0 failed, 0 unfinished." in (sweep / "report.md").read_text()
 
 
+@pytest.mark.slow
 def test_an_optuna_search_kept_in_memory_cannot_be_continued(flat_root, tmp_path):
     sweep, overrides = tmp_path / "sweep", ["hparams_search=optuna", f"data.root={flat_root}"]
     sweep.mkdir()

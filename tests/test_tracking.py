@@ -17,7 +17,7 @@ import pytest
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import VAL_SIZE, compose_config, fixture_overrides, lenet_command
+from conftest import VAL_SIZE, as_process, compose_config, finished, fixture_overrides, lenet_command, made_once
 from lenet.errors import UserError
 from lenet.tracking import wandb_logged_in
 from lenet.training import train
@@ -59,10 +59,14 @@ def mlflow_client(uri: str):
 @pytest.fixture(scope="module")
 def sweep(flat_root, tmp_path_factory, offline):
     """A sweep of two jobs (seed=1,2) that logs to TensorBoard, MLflow and W&B at once."""
-    cwd = tmp_path_factory.mktemp("tracked")
     loggers = "logger=[tensorboard,mlflow,wandb]"
     command = lenet_command("train", "-m", loggers, "seed=1,2", f"data.root={flat_root}", *TINY)
-    done = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=600)
+
+    def make(cwd: Path) -> dict:  # once for every worker: the tests only read it
+        return finished(subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=600))
+
+    cwd, made = made_once(tmp_path_factory, "tracked-sweep", make)
+    done = as_process(made)
     assert done.returncode == 0, done.stderr
     [sweep_dir] = cwd.glob("outputs/multirun/*/*")
     client = mlflow_client(f"sqlite:///{cwd}/outputs/mlflow.db")
