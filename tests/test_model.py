@@ -3,6 +3,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lenet.errors import UserError
+from lenet.lightning_module import check_one_cycle
 from lenet.model import LeNet
 
 
@@ -51,3 +53,19 @@ def test_every_knob_builds_a_trainable_model(activation, pooling, batch_norm):
 def test_dropout_is_off_by_default_and_classes_are_configurable():
     assert not any(isinstance(m, nn.Dropout) for m in LeNet())
     assert LeNet(num_classes=3)(torch.randn(2, 1, 28, 28)).shape == (2, 3)
+
+
+@pytest.mark.parametrize("steps", [4, 5, 6])
+def test_a_one_cycle_warm_up_of_exactly_one_step_is_refused_in_one_line(steps):
+    """torch's OneCycleLR divides by zero when pct_start x total_steps is 1 (0.2 of a 5-step run: a tiny data set
+    with a large batch); every other length works."""
+    scheduler = {"_target_": "torch.optim.lr_scheduler.OneCycleLR", "max_lr": 0.1, "pct_start": 0.2}
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    if steps != 5:
+        check_one_cycle(scheduler, steps)
+        torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=0.1, total_steps=steps, pct_start=0.2)
+        return
+    with pytest.raises(ZeroDivisionError):  # what the check spares the user
+        torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=0.1, total_steps=steps, pct_start=0.2)
+    with pytest.raises(UserError, match=r"warm-up is exactly 1 of the run's 5 steps \(scheduler.pct_start=0.2\)"):
+        check_one_cycle(scheduler, steps)

@@ -332,3 +332,14 @@ def test_seeds_needed_match_the_textbook_power_tables(paired, seeds):
         found = difference(other, {f"b{i}": v / spread - 1 for i, v in enumerate(values)})
     assert found.paired is paired
     assert found.seeds_needed == seeds
+
+
+def test_a_sweep_whose_every_job_failed_still_gets_its_report(tmp_path, capsys):
+    """Nothing to compare: the report lists the failures (it crashed on the comparison, and the sweep exited 0)."""
+    for job, lr in enumerate(("-1", "-2")):
+        fake_run(tmp_path / str(job), f"optimizer.lr={lr}")
+        (tmp_path / str(job) / "train.log").write_text(f"[t][lenet.cli][ERROR] - error: optimizer.lr={lr} is bad\n")
+    report.main([str(tmp_path)])
+    md = capsys.readouterr().out
+    assert "2 jobs: 0 done, 2 failed, 0 unfinished." in md
+    assert "- job 0 failed: error: optimizer.lr=-1 is bad" in md and "Is it really better?" not in md

@@ -195,6 +195,7 @@ def test_optuna_search_stores_its_trials_and_resumes(flat_root, tmp_path):
     assert first.returncode == 0, first.stderr
     resumed = train(tmp_path, *search, "hparams_search.n_trials=1")  # no -m: the search config sets MULTIRUN
     assert resumed.returncode == 0, resumed.stderr
+    assert "Warning" not in first.stderr + resumed.stderr, "a new study or sweep dir is no search to continue"
     study = optuna.load_study(study_name="lenet", storage=storage)
     assert [trial.state.name for trial in study.trials] == ["COMPLETE"] * 4
     assert set(study.best_params) == {"optimizer", "optimizer.lr", "optimizer.weight_decay", "data.batch_size"}
@@ -423,8 +424,10 @@ def test_a_continued_optuna_search_takes_up_its_interrupted_trial_and_runs_only_
 @pytest.mark.slow
 def test_an_optuna_search_kept_in_memory_cannot_be_continued(flat_root, tmp_path):
     sweep, overrides = tmp_path / "sweep", ["hparams_search=optuna", f"data.root={flat_root}"]
-    sweep.mkdir()
+    (sweep / "0" / ".hydra").mkdir(parents=True)  # a search that ran a job, interrupted
     (sweep / "multirun.yaml").write_text(OmegaConf.to_yaml({"hydra": {"overrides": {"task": overrides}}}))
+    (sweep / "0" / ".hydra" / "overrides.yaml").write_text(OmegaConf.to_yaml(["optimizer.lr=0.01"]))
+    (sweep / "0" / ".hydra" / "hydra.yaml").write_text(OmegaConf.to_yaml({"hydra": {"job": {"name": "train"}}}))
     result = train(tmp_path, *overrides, f"hydra.sweep.dir={sweep}")
     assert result.returncode == 1
     assert result.stderr.strip().startswith(f"error: hydra.sweep.dir={sweep} holds an Optuna search that kept its")

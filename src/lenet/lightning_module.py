@@ -156,6 +156,19 @@ class LeNetModule(L.LightningModule):
         target = self.hparams.scheduler["_target_"]
         length = RUN_LENGTH_ARGUMENT.get(target)
         extra = {length: self.trainer.estimated_stepping_batches} if length else {}
+        check_one_cycle(self.hparams.scheduler, extra.get("total_steps"))
         scheduler = instantiate(self.hparams.scheduler)(optimizer, **extra)
         interval = "step" if length else "epoch"
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": interval}}
+
+
+def check_one_cycle(scheduler: dict, total_steps: int | None) -> None:
+    """OneCycleLR divides by its warm-up's length less one step: a warm-up of exactly one step (pct_start x steps
+    = 1, e.g. 0.2 of a 5-step run) ends in torch's ZeroDivisionError."""
+    warm_up = scheduler.get("pct_start", 0.3) * (total_steps or 0)
+    if scheduler["_target_"].endswith("OneCycleLR") and abs(warm_up - 1) < 1e-9:
+        raise UserError(
+            f"scheduler=onecycle's warm-up is exactly 1 of the run's {total_steps} steps (scheduler.pct_start="
+            f"{scheduler.get('pct_start', 0.3)}), which OneCycleLR cannot take: change scheduler.pct_start, "
+            "trainer.max_epochs or data.batch_size"
+        )

@@ -123,7 +123,9 @@ def configurations(jobs: list[Job]) -> list[Configuration]:
 def differences(configs: list[Configuration], name: str) -> list[Difference | None]:
     """Each configuration against the best (the first) on `name`, in accuracy points; None for the best itself and
     for configurations without results."""
-    best = configs[0].by_seed(name) if configs else {}
+    if not configs:
+        return []
+    best = configs[0].by_seed(name)
     return [None] + [_points(difference(config.by_seed(name), best)) for config in configs[1:]]
 
 

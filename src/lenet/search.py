@@ -23,13 +23,13 @@ from hydra.experimental.callback import Callback
 from omegaconf import OmegaConf, read_write
 
 from lenet.runs import read_job
-from lenet.sweep import MULTIRUN
 
 
 class ContinuedSearch(Callback):
     def on_multirun_start(self, config, **kwargs) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
-        if not (sweep_dir / MULTIRUN).is_file():
+        jobs = {int(path.name): read_job(path) for path in _job_dirs(sweep_dir)}
+        if not jobs:  # a new sweep dir (its multirun.yaml may be there already: lenet.sweep writes it at start)
             return
         sweeper = config.hydra.sweeper
         if not sweeper.storage:
@@ -37,7 +37,6 @@ class ContinuedSearch(Callback):
                   "cannot be continued; start a new sweep dir (with hparams_search.storage=sqlite:///FILE.db a "
                   "search outlives its command)", file=sys.stderr)  # fmt: skip
             raise SystemExit(1)
-        jobs = {int(path.name): read_job(path) for path in sweep_dir.iterdir() if path.name.isdigit()}
         unfinished = sorted(n for n, job in jobs.items() if job.status == "unfinished")
         ended = len(jobs) - len(unfinished)
         study = optuna.load_study(study_name=sweeper.study_name, storage=sweeper.storage)
@@ -54,6 +53,13 @@ class ContinuedSearch(Callback):
             # An override, not a value: Hydra composes each job's config anew from the multirun's overrides.
             config.hydra.overrides.hydra.append(f"hydra.sweep.subdir='{subdir}'")
             sweeper.n_trials = max(0, int(sweeper.n_trials) - ended)
+
+
+def _job_dirs(sweep_dir: Path) -> list[Path]:
+    """The sweep's job dirs: Hydra's numbered folders that hold the job's record."""
+    if not sweep_dir.is_dir():
+        return []
+    return [path for path in sweep_dir.iterdir() if path.name.isdigit() and (path / ".hydra" / "hydra.yaml").is_file()]
 
 
 def _value(override: str):
