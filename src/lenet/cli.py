@@ -247,14 +247,14 @@ def this_command(task: str, extra: tuple[str, ...] = ()) -> str | None:
     """The command line that runs this Hydra job again (`extra` overrides replacing its own); None outside Hydra."""
     if not HydraConfig.initialized():
         return None
-    replaced = {override.split("=", 1)[0] for override in extra}
-    overrides = [o for o in HydraConfig.get().overrides.task if o.split("=", 1)[0] not in replaced]
+    replaced = {keys.overridden(override) for override in extra}
+    overrides = [o for o in HydraConfig.get().overrides.task if keys.overridden(o) not in replaced]
     return command_line(task, [*overrides, *extra])
 
 
 def command_line(task: str, overrides: list[str]) -> str:
     """The command that runs `lenet.<task>` with these overrides again; a search's own settings left out."""
-    kept = [o for o in overrides if not keys.role(o.split("=", 1)[0].lstrip("+~")).search]
+    kept = [o for o in overrides if not keys.role(keys.overridden(o)).search]
     return shlex.join(["python", "-m", f"lenet.{task}", *kept])
 
 

@@ -281,6 +281,11 @@ def flatten(tree, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: tree}
 
 
+def overridden(override: str) -> str:
+    """The key a command-line override sets: optimizer.lr from optimizer.lr=0.1, +optimizer.lr=0.1, ~optimizer.lr."""
+    return override.split("=", 1)[0].lstrip("+~")
+
+
 def hparam_name(key: str) -> str:
     """The name a key set on the command line shows under in HPARAMS: its hparam's, else its own."""
     return KEYS[key].hparam if key in KEYS and KEYS[key].hparam else key

@@ -23,6 +23,7 @@ from pathlib import Path
 from matplotlib.figure import Figure  # no pyplot: no GUI backend, safe in any process
 from matplotlib.ticker import MaxNLocator
 
+from lenet import keys
 from lenet.cli import METRIC, command_line
 from lenet.comparison import MOST_SEEDS, Difference, difference
 from lenet.runs import CURVE, SEED, Job, curve, read_runs
@@ -259,7 +260,7 @@ def _said(name: str, found: Difference) -> str:
 
 def over_seeds(job: Job, seeds: list[str]) -> str:
     """The job's command as a multirun over `seeds`."""
-    kept = [o for o in job.overrides if o.split("=", 1)[0].lstrip("+~") != SEED]
+    kept = [o for o in job.overrides if keys.overridden(o) != SEED]
     return command_line(job.task, ["-m", *kept, f"{SEED}={','.join(seeds)}"])  # -m up front, as users type
 
 

@@ -92,7 +92,7 @@ def environment(folder: Path) -> dict:
 
 def rerun_overrides(job: Job, env: dict, given: list[str]) -> tuple[list[str], list[str]]:
     """The rerun's overrides (the run's, those pinned, those `given`), and lines that say what was done to them."""
-    mine = {key_of(override) for override in given}
+    mine = {keys.overridden(override) for override in given}
     pins = {
         "threads": (env.get("threads"), f"env.json: {env.get('threads_chosen')}"),
         "seed": (job.config.get("seed"), "the saved config"),
@@ -103,7 +103,7 @@ def rerun_overrides(job: Job, env: dict, given: list[str]) -> tuple[list[str], l
     notes = [f"pinned as the run had them: {said}"] if pinned else []
     kept = []
     for override in job.overrides:
-        key = key_of(override)
+        key = keys.overridden(override)
         if key in {*mine, *pinned}:
             continue
         if why := LEFT_OUT.get(key) or (SEARCH if keys.role(key).search else ""):
@@ -115,13 +115,9 @@ def rerun_overrides(job: Job, env: dict, given: list[str]) -> tuple[list[str], l
     return [*kept, *(f"{key}={value}" for key, value in pinned.items()), *given], notes
 
 
-def key_of(override: str) -> str:
-    return override.split("=", 1)[0].lstrip("+~")
-
-
 def check_data(overrides: list[str]) -> None:
     """The data the rerun is to read is there: otherwise lenet.train would try to download it into that path."""
-    root = next((o.split("=", 1)[1] for o in reversed(overrides) if key_of(o) == "data.root"), None)
+    root = next((o.split("=", 1)[1] for o in reversed(overrides) if keys.overridden(o) == "data.root"), None)
     if root and not Path(root).expanduser().exists():
         raise UserError(f"no data at data.root={root} here: pass data.root=FOLDER after the run dir")
 
@@ -166,7 +162,7 @@ def environment_differences(original: dict, rerun: dict) -> list[tuple[str, str,
 
 def config_differences(original: Job, rerun: Job, given: list[str]) -> list[tuple[str, str, str]]:
     """The recipe keys whose saved values differ, but those given and the pinned data path."""
-    skip = {"data.root", *(key_of(override) for override in given)}
+    skip = {"data.root", *(keys.overridden(override) for override in given)}
     before, after = original.recipe, rerun.recipe
     names = [name for name in {**before, **after} if not any(name == s or name.startswith(f"{s}.") for s in skip)]
     return [(n, before.get(n, "-"), after.get(n, "-")) for n in names if before.get(n) != after.get(n)]

@@ -22,6 +22,7 @@ import optuna
 from hydra.experimental.callback import Callback
 from omegaconf import OmegaConf, read_write
 
+from lenet import keys
 from lenet.runs import read_job
 
 
@@ -40,7 +41,7 @@ class ContinuedSearch(Callback):
         unfinished = sorted(n for n, job in jobs.items() if job.status == "unfinished")
         ended = len(jobs) - len(unfinished)
         study = optuna.load_study(study_name=sweeper.study_name, storage=sweeper.storage)
-        fixed = {override.split("=", 1)[0] for override in config.hydra.overrides.task}  # the sweeper samples none
+        fixed = {keys.overridden(override) for override in config.hydra.overrides.task}  # the sweeper samples none
         searched = [name for name in sweeper.params if name not in fixed]
         for number in unfinished:
             params = {name: _value(jobs[number].params[name]) for name in searched}

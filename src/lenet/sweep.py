@@ -20,6 +20,7 @@ from hydra.experimental.callback import Callback
 from hydra.utils import get_class, get_method
 from omegaconf import OmegaConf
 
+from lenet import keys
 from lenet.console import quiet_lightning
 from lenet.errors import SweepError
 from lenet.validate import spawned_ddp
@@ -79,7 +80,7 @@ def register_job_dirs() -> None:
 def continue_command(sweep_dir: Path) -> str:
     """The command that continues the sweep in `sweep_dir`: the same overrides, launcher included, and its dir."""
     saved = OmegaConf.load(sweep_dir / MULTIRUN).hydra
-    hydra = [o for o in saved.overrides.hydra if o.split("=", 1)[0] not in ("hydra.sweep.dir", "hydra.mode")]
+    hydra = [o for o in saved.overrides.hydra if keys.overridden(o) not in ("hydra.sweep.dir", "hydra.mode")]
     return shlex.join(["python", "-m", f"lenet.{saved.job.name}", "-m", *hydra, *saved.overrides.task,
                        f"hydra.sweep.dir={sweep_dir}"])  # fmt: skip
 
