@@ -65,7 +65,7 @@ def finished_run(folder: Path) -> Job:
     if not folder.is_dir():
         raise UserError(f"no such folder: {folder}")
     if (folder / MULTIRUN).is_file():
-        jobs = sorted((d for d in folder.iterdir() if (d / ".hydra").is_dir()), key=lambda d: (len(d.name), d.name))
+        jobs = rundir.job_dirs(folder)
         named = f" ({', '.join(str(d) for d in jobs[:3])}{', ...' * (len(jobs) > 3)})" if jobs else ""
         raise UserError(f"{folder} is a sweep dir: pass one of its job dirs{named}")
     if not all((folder / ".hydra" / name).is_file() for name in ("overrides.yaml", "hydra.yaml")):

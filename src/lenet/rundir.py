@@ -17,6 +17,14 @@ LAST = "last.ckpt"  # saved after every epoch: what a resume starts from
 BEST = "best.ckpt"
 
 
+def job_dirs(sweep_dir: Path) -> list[Path]:
+    """A sweep's job dirs, by number: its numbered folders that hold Hydra's record of a job."""
+    if not sweep_dir.is_dir():
+        return []
+    jobs = [path for path in sweep_dir.iterdir() if path.name.isdigit() and (path / ".hydra" / "hydra.yaml").is_file()]
+    return sorted(jobs, key=lambda path: int(path.name))
+
+
 def record_failure(run_dir: Path, message: str) -> None:
     if run_dir.is_dir():
         (run_dir / ERROR).write_text(message.strip() + "\n")

@@ -22,14 +22,14 @@ import optuna
 from hydra.experimental.callback import Callback
 from omegaconf import OmegaConf, read_write
 
-from lenet import keys
+from lenet import keys, rundir
 from lenet.runs import read_job
 
 
 class ContinuedSearch(Callback):
     def on_multirun_start(self, config, **kwargs) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
-        jobs = {int(path.name): read_job(path) for path in _job_dirs(sweep_dir)}
+        jobs = {int(path.name): read_job(path) for path in rundir.job_dirs(sweep_dir)}
         if not jobs:  # a new sweep dir (its multirun.yaml may be there already: lenet.sweep writes it at start)
             return
         sweeper = config.hydra.sweeper
@@ -54,13 +54,6 @@ class ContinuedSearch(Callback):
             # An override, not a value: Hydra composes each job's config anew from the multirun's overrides.
             config.hydra.overrides.hydra.append(f"hydra.sweep.subdir='{subdir}'")
             sweeper.n_trials = max(0, int(sweeper.n_trials) - ended)
-
-
-def _job_dirs(sweep_dir: Path) -> list[Path]:
-    """The sweep's job dirs: Hydra's numbered folders that hold the job's record."""
-    if not sweep_dir.is_dir():
-        return []
-    return [path for path in sweep_dir.iterdir() if path.name.isdigit() and (path / ".hydra" / "hydra.yaml").is_file()]
 
 
 def _value(override: str):
