@@ -17,7 +17,7 @@ import math
 import os
 import statistics
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from matplotlib.figure import Figure  # no pyplot: no GUI backend, safe in any process
@@ -72,6 +72,8 @@ class Configuration:
 
     label: dict[str, str]  # the keys that tell configurations apart, and this one's values
     jobs: list[Job]
+    # Against the best configuration on each COMPARED metric, in accuracy points; empty for the best itself.
+    vs_best: dict[str, Difference | None] = field(default_factory=dict)
 
     @property
     def done(self) -> list[Job]:
@@ -112,22 +114,17 @@ class Configuration:
 
 
 def configurations(jobs: list[Job]) -> list[Configuration]:
-    """The jobs grouped by all that tells them apart but their seed, best mean first."""
+    """The jobs grouped by all that tells them apart but their seed, best mean first, each compared with the best."""
     keys = [key for key in swept(jobs) if key != SEED]
     groups: dict[tuple, list[Job]] = {}
     for job in jobs:
         groups.setdefault(tuple(job.setting.get(key, "") for key in keys), []).append(job)
     configs = [Configuration(dict(zip(keys, values, strict=True)), group) for values, group in groups.items()]
-    return sorted(configs, key=lambda c: -_or(c.mean(METRIC), -math.inf))
-
-
-def differences(configs: list[Configuration], name: str) -> list[Difference | None]:
-    """Each configuration against the best (the first) on `name`, in accuracy points; None for the best itself and
-    for configurations without results."""
-    if not configs:
-        return []
-    best = configs[0].by_seed(name)
-    return [None] + [_points(difference(config.by_seed(name), best)) for config in configs[1:]]
+    configs.sort(key=lambda c: -_or(c.mean(METRIC), -math.inf))
+    best = {name: configs[0].by_seed(name) for name in COMPARED} if configs else {}
+    for config in configs[1:]:
+        config.vs_best = {name: _points(difference(config.by_seed(name), best[name])) for name in COMPARED}
+    return configs
 
 
 def _points(found: Difference | None) -> Difference | None:
@@ -150,14 +147,13 @@ def rows(jobs: list[Job]) -> list[dict]:
 
 
 def config_rows(configs: list[Configuration]) -> list[dict]:
-    compared = {name: differences(configs, name) for name in COMPARED}
     return [
         config.label
         | {"n": len(config.done), "seeds": " ".join(config.seeds)}
         | {f"{name}_{stat}": getattr(config, stat)(name) for name in POOLED for stat in ("mean", "std")}
-        | {key: value for name, prefix in COMPARED.items() for key, value in _compared(prefix, compared[name][i])}
-        | {"compared": _how(compared[METRIC][i]), "command": config.command() if config.done else ""}
-        for i, config in enumerate(configs)
+        | dict(pair for name, prefix in COMPARED.items() for pair in _compared(prefix, config.vs_best.get(name)))
+        | {"compared": _how(config.vs_best.get(METRIC)), "command": config.command() if config.done else ""}
+        for config in configs
     ]
 
 
@@ -230,15 +226,14 @@ def _confidence(configs: list[Configuration]) -> list[str]:
             "",
         ]
         return lines
-    compared = {name: differences(measured, name) for name in COMPARED}
     lines += [
         f"Each configuration against the best ({measured[0].describe()}), in accuracy points, with the 95% interval"
         " of the difference (a t-interval: paired by seed where both ran the same seeds, Welch's otherwise). Resolved:"
         " the interval excludes 0. Not resolved: noise at this many seeds.",
         "",
     ]
-    for i, config in enumerate(measured[1:], start=1):
-        said = [_said(name, compared[name][i]) for name in COMPARED if compared[name][i]]
+    for config in measured[1:]:
+        said = [_said(name, found) for name in COMPARED if (found := config.vs_best.get(name))]
         lines.append(f"- {config.describe()}: " + "; ".join(said) + ".")
     return [*lines, ""]
 
@@ -319,7 +314,7 @@ def report_figure(jobs: list[Job], configs: list[Configuration]):
     keys = list(configs[0].label) or [""] * (len(jobs) > 1)  # "": seeds only, one configuration
     keys = keys if measured else []
     curves = {job.name: curve(job.path) for job in jobs}
-    compared = [(c, d) for c, d in zip(measured, differences(measured, METRIC), strict=True) if d and d.low is not None]
+    compared = [(c, d) for c in measured if (d := c.vs_best.get(METRIC)) and d.low is not None]
     panels = len(keys) + bool(compared) + any(curves.values())
     if not panels:
         return None
