@@ -151,6 +151,19 @@ class FirstAttemptStops(L.Callback):
         mark.touch()
 
 
+class StopsBeforeTheTest(L.Callback):
+    """Interrupts (Ctrl-C) a run between its last epoch and its test, the first time only (a file in `marks` says
+    it happened): as a preemption or a time limit may stop it. `+callbacks.stop=...` in both attempts."""
+
+    def __init__(self, marks: str):
+        self.mark = Path(marks) / "stopped"
+
+    def on_test_start(self, trainer, module):
+        if not self.mark.exists():
+            FirstAttemptStops._leave(self.mark)
+            raise KeyboardInterrupt
+
+
 class OptimizerSpy(L.Callback):
     """Records the first param group's settings at every training step: `+callbacks.spy=...`."""
 

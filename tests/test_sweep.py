@@ -376,6 +376,31 @@ def test_a_resumed_job_ends_as_it_would_have_uninterrupted(continued_sweep, tmp_
     }
 
 
+def test_a_run_stopped_between_its_last_epoch_and_its_test_is_tested_when_resumed(flat_root, tmp_path):
+    """As a preemption or a time limit may stop it. Resumed by the command it prints, or in its own run dir (a
+    requeued Slurm job, a continued sweep), it trains nothing more, tests, and reports what an unstopped run does."""
+    recipe = [o for o in CONTINUED if o != "-m" and not o.startswith("optimizer.lr")] + [f"data.root={flat_root}"]
+    stop = f"+callbacks.stop={{_target_:conftest.StopsBeforeTheTest,marks:{tmp_path / 'marks'}}}"
+    run_dir = tmp_path / "run"
+    stopped = train(tmp_path, *recipe, stop, f"hydra.run.dir={run_dir}")
+    assert stopped.returncode == 130, stopped.stderr
+    line = stopped.stderr.strip().splitlines()[-1]
+    assert line.startswith("error: interrupted; 3 epoch(s) saved. Resume: python -m lenet.train "), stopped.stderr
+    assert not (run_dir / "metrics.json").exists()
+
+    printed = shlex.split(line.split("Resume: ")[1])
+    by_command = train(tmp_path, *printed[3:], f"hydra.run.dir={tmp_path / 'resumed'}")
+    in_its_run_dir = train(tmp_path, *recipe, stop, f"hydra.run.dir={run_dir}")
+    alone = train(tmp_path, *recipe, f"hydra.run.dir={tmp_path / 'alone'}")
+    timings = ("wall_s", "train_images_per_s")
+    uninterrupted = {k: v for k, v in metrics(tmp_path / "alone").items() if k not in timings}
+    for resumed, folder in ((by_command, tmp_path / "resumed"), (in_its_run_dir, run_dir)):
+        assert resumed.returncode == 0, resumed.stderr
+        assert f"Resuming {run_dir / 'checkpoints' / 'last.ckpt'} after epoch 3." in (folder / "train.log").read_text()
+        assert {k: v for k, v in metrics(folder).items() if k not in timings} == uninterrupted
+    assert alone.returncode == 0, alone.stderr
+
+
 def test_continuing_a_sweep_with_other_overrides_is_refused_before_anything_runs(continued_sweep, flat_root, tmp_path):
     _, _, sweep, _ = continued_sweep
     result = train(tmp_path, "-m", "optimizer.lr=0.1,0.2", f"data.root={flat_root}", f"hydra.sweep.dir={sweep}")

@@ -12,7 +12,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from lenet import keys
+from lenet import keys, rundir
 from lenet.data import MNISTDataModule
 from lenet.datasets import class_names
 from lenet.errors import ConfigError, ModelError
@@ -76,6 +76,12 @@ class Checkpoint:
         return self.contents.get("data") or older or {}
 
     @property
+    def metrics(self) -> dict[str, float]:
+        """Its epoch's metrics (train, val, the learning rate), as lenet.summary reports a fit's; {} for older
+        checkpoints."""
+        return self.contents.get("metrics", {})
+
+    @property
     def threads(self) -> int | None:
         """torch's thread count in the run that wrote it (a resume reuses it); None for older checkpoints."""
         return self.contents.get("threads")
@@ -117,8 +123,9 @@ def read(path: Path, device: str = "auto") -> Predictor:
 class CheckpointContents(L.Callback):
     """What lenet adds to every checkpoint, and takes back on a resume: the run's whole config (what a resume is
     checked against), the data it was trained on (what lenet.eval compares), torch's random state (dropout
-    draws from it, so a resume continues it) and its thread count (results are identical only with the same count,
-    so a resume reuses it: lenet.cpus). Checkpoint reads them."""
+    draws from it, so a resume continues it), its thread count (results are identical only with the same count,
+    so a resume reuses it: lenet.cpus) and its epoch's metrics (what a run resumed after its last epoch reports).
+    Checkpoint reads them."""
 
     def __init__(self, config: dict):
         self.config = config
@@ -128,6 +135,7 @@ class CheckpointContents(L.Callback):
         checkpoint["data"] = trainer.datamodule.describe()
         checkpoint["torch_rng_state"] = torch.get_rng_state()
         checkpoint["threads"] = torch.get_num_threads()
+        checkpoint["metrics"] = {name: float(value) for name, value in trainer.callback_metrics.items()}
 
     def on_load_checkpoint(self, trainer, module, checkpoint):
         if "torch_rng_state" in checkpoint:
@@ -136,10 +144,11 @@ class CheckpointContents(L.Callback):
 
 
 def check_resume(checkpoint: Checkpoint, config: dict) -> int:
-    """Refuse a resume that would not continue the saved run; return the number of epochs it already trained."""
+    """Refuse a resume that would not continue the saved run; return the number of epochs it already trained.
+    A run stopped between its last epoch and its test resumes to be tested: all its epochs are no refusal."""
     run_length = check_same_run(checkpoint, config)
     done, max_epochs = checkpoint.epochs, keys.flatten(config)["trainer.max_epochs"]
-    if done >= max_epochs:
+    if done >= max_epochs and not rundir.untested(checkpoint.path):
         more = "start a new run to train longer" if run_length else "pass a larger trainer.max_epochs to train longer"
         raise ConfigError(
             f"ckpt_path={checkpoint.path} has trained all {done} epochs of trainer.max_epochs={max_epochs}: {more}"

@@ -40,6 +40,12 @@ def finished(run_dir: Path) -> bool:
     return (run_dir / METRICS).is_file()
 
 
+def untested(checkpoint: Path) -> bool:
+    """Whether `checkpoint` is a run dir's whose run stopped before its test wrote its results: a run preempted or
+    interrupted after its last epoch has trained, but has not finished."""
+    return checkpoint.parent.name == CHECKPOINTS and not finished(checkpoint.parents[1])
+
+
 def last_checkpoint(run_dir: Path) -> Path:
     return run_dir / CHECKPOINTS / LAST
 

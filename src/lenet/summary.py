@@ -11,6 +11,7 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from lenet import environment, rundir
+from lenet.checkpoint import Checkpoint
 from lenet.cpus import Threads
 from lenet.hparams import HPARAM_METRICS, log_hparams
 
@@ -30,7 +31,7 @@ class RunSummary(L.Callback):
         self,
         run_dir: Path,
         hparams: dict | None = None,
-        resumed: tuple[Path | None, int] = (None, 0),
+        resumed: Checkpoint | None = None,
         command: str | None = None,
         shown: set[str] = frozenset(),
         threads: Threads | None = None,
@@ -45,8 +46,7 @@ class RunSummary(L.Callback):
         return [logger for logger in trainer.loggers if isinstance(logger, TensorBoardLogger)]
 
     def on_fit_start(self, trainer, module):
-        checkpoint, done = self.resumed
-        resuming = f" Resuming {checkpoint} after epoch {done}." if checkpoint else ""
+        resuming = f" Resuming {self.resumed.path} after epoch {self.resumed.epochs}." if self.resumed else ""
         run, on = f" Run dir: {self.path.parent}.", where(trainer, self.threads)
         self._say(trainer, f"Training on {on}: {data_line(trainer.datamodule)}.{resuming}{run}")
         self._record_environment(trainer)
@@ -72,7 +72,8 @@ class RunSummary(L.Callback):
 
     def on_fit_end(self, trainer, module):
         self._stop_clock()
-        self.metrics.update(_floats(trainer.callback_metrics))
+        # A run resumed after its last epoch trains none: the metrics are its checkpoint's.
+        self.metrics.update((self.resumed.metrics if self.resumed else {}) | _floats(trainer.callback_metrics))
         self.metrics["epochs"] = trainer.current_epoch
 
     def on_test_start(self, trainer, module):
@@ -132,9 +133,10 @@ def result_line(metrics: dict) -> str:
     finals = "  ".join(f"{name} {metrics[name]:.4f}" for name in ("val/acc_best", "test/acc") if name in metrics)
     if "epochs" not in metrics:
         return finals
-    speed = metrics.get("train_images_per_s", 0)
     epochs = f"{metrics['epochs']} epoch{'s' * (metrics['epochs'] != 1)}"
-    return f"{finals}  ({epochs}, {metrics['wall_s']:.1f} s, {speed:,.0f} train images/s)"
+    # none when this process trained no epoch (resumed after the last one, to be tested)
+    speed = f", {metrics['train_images_per_s']:,.0f} train images/s" if "train_images_per_s" in metrics else ""
+    return f"{finals}  ({epochs}, {metrics['wall_s']:.1f} s{speed})"
 
 
 def to_json(metrics: dict) -> str:

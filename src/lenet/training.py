@@ -8,6 +8,7 @@ tests a checkpoint, rebuilt from the checkpoint alone. The configs reach them ch
 import json
 import logging
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import lightning as L
@@ -50,7 +51,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         return kept(run_dir, plain)
     resume = model_file(cfg.ckpt_path, Path(cfg.outputs_dir), prefer="last") or rundir.resume_point(run_dir)
     saved = Checkpoint.open(resume) if resume else None
-    done = check_resume(saved, plain) if saved else 0
+    if saved:
+        check_resume(saved, plain)
     threads = set_threads(cfg.threads, saved=saved.threads if saved else None)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
 
@@ -60,7 +62,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     module = LeNetModule(model=plain["model"], optimizer=plain["optimizer"], scheduler=plain["scheduler"])
     overrides, swept = overrides_and_swept()
     hparams, shown = hparams_of(cfg, overrides), shown_hparams(overrides, swept)
-    summary = RunSummary(run_dir, hparams, (resume, done), this_command("train"), shown=shown, threads=threads)
+    summary = RunSummary(run_dir, hparams, saved, this_command("train"), shown=shown, threads=threads)
     callbacks = {name: instantiate(callback) for name, callback in cfg.callbacks.items() if callback}
     # Piped or logged output gets no progress bar: it would be carriage returns, kilobytes of them per run.
     interactive = sys.stdout.isatty()
@@ -75,20 +77,28 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if in_multirun() and (refusal := spawned_ddp(trainer)):
         raise ConfigError(refusal)
 
-    try:
+    with interruptible(run_dir):
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume, weights_only=True)
-    except SystemExit as stop:  # how Lightning ends fit on Ctrl-C (status 1) and on SIGTERM (status 0)
-        interrupted = Interrupted(resume_hint(run_dir))
-        interrupted.exit_status = 143 if isinstance(stop, SIGTERMException) else 130
-        raise interrupted from None
     best = callbacks.get("checkpoint")
     # None: the final weights (experiment=original has no validation to pick a best epoch by)
     best_path = best.best_model_path if best else None
     # callbacks=ema: Lightning's WeightAveraging, meeting a checkpoint it wrote, loads the trained weights saved beside
     # the average; the test would measure those, not the average that was validated and saved. Test without it.
     trainer.callbacks = [callback for callback in trainer.callbacks if not isinstance(callback, WeightAveraging)]
-    trainer.test(module, datamodule=datamodule, ckpt_path=best_path or None, verbose=False, weights_only=True)
+    with interruptible(run_dir):  # after the last epoch, before metrics.json: a resume tests it
+        trainer.test(module, datamodule=datamodule, ckpt_path=best_path or None, verbose=False, weights_only=True)
     return summary.metrics
+
+
+@contextmanager
+def interruptible(run_dir: Path):
+    """Ctrl-C or SIGTERM, which Lightning turns into SystemExit, as lenet's one line that says how to resume."""
+    try:
+        yield
+    except SystemExit as stop:  # how Lightning ends on Ctrl-C (status 1) and on SIGTERM (status 0)
+        interrupted = Interrupted(resume_hint(run_dir))
+        interrupted.exit_status = 143 if isinstance(stop, SIGTERMException) else 130
+        raise interrupted from None
 
 
 def slurm_without_requeue() -> list | None:
