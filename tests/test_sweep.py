@@ -386,6 +386,7 @@ def test_a_run_stopped_between_its_last_epoch_and_its_test_is_tested_when_resume
     assert stopped.returncode == 130, stopped.stderr
     line = stopped.stderr.strip().splitlines()[-1]
     assert line.startswith("error: interrupted; 3 epoch(s) saved. Resume: python -m lenet.train "), stopped.stderr
+    assert "Detected KeyboardInterrupt" not in stopped.stdout + stopped.stderr, "Lightning's line: lenet's says it"
     assert not (run_dir / "metrics.json").exists()
 
     printed = shlex.split(line.split("Resume: ")[1])

@@ -17,6 +17,7 @@ LIGHTNING_NOISE = (
     "LOCAL_RANK:",
     "`Trainer.fit` stopped: `max_epochs=",
     "Found current_model_state in the checkpoint",  # callbacks=ema resuming its average
+    "\nDetected KeyboardInterrupt",  # lenet's own line says what was saved and how to resume
 )
 
 
