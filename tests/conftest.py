@@ -151,6 +151,23 @@ class FirstAttemptStops(L.Callback):
         mark.touch()
 
 
+class WaitsAfterTheFirstEpoch(L.Callback):
+    """In a run's first attempt, waits once its first epoch is saved until it is stopped (SIGTERM, or the signal
+    submitit requeues on), at most `seconds`: a requeue then meets a job still training, however fast its epochs.
+    `+callbacks.wait=...` in every attempt, as a requeued job's command is its first's."""
+
+    def __init__(self, marks: str, seconds: float = 120):
+        self.mark, self.seconds = Path(marks) / "waited", seconds
+
+    def on_train_epoch_start(self, trainer, module):
+        if trainer.current_epoch != 1 or self.mark.exists():
+            return
+        FirstAttemptStops._leave(self.mark)
+        deadline = time.monotonic() + self.seconds
+        while time.monotonic() < deadline and not trainer.received_sigterm:
+            time.sleep(0.05)  # short: a signal's handler runs between two
+
+
 class StopsBeforeTheTest(L.Callback):
     """Interrupts (Ctrl-C) a run between its last epoch and its test, the first time only (a file in `marks` says
     it happened): as a preemption or a time limit may stop it. `+callbacks.stop=...` in both attempts."""

@@ -14,7 +14,6 @@ import pytest
 
 import slurm as cluster
 from conftest import VAL_SIZE, lenet_command
-from lenet.checkpoint import Checkpoint
 
 TESTS = Path(__file__).parent
 # Jobs small enough for the one 2-core node: one CPU each, so two run at once.
@@ -100,14 +99,6 @@ def wait_for(condition, timeout: float, what: str):
     return found
 
 
-def epochs_saved(job_dir: Path) -> int:
-    last = job_dir / "checkpoints" / "last.ckpt"
-    try:
-        return Checkpoint.open(last).epochs if last.is_file() else 0
-    except Exception:  # written at this moment
-        return 0
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("how", ["requeue", "time limit"])
 def test_a_requeued_job_resumes_from_its_last_checkpoint_and_ends_as_if_never_stopped(how, slurm, flat_root, tmp_path):
@@ -115,10 +106,11 @@ def test_a_requeued_job_resumes_from_its_last_checkpoint_and_ends_as_if_never_st
     the job): the job starts again in its own dir and resumes from its last.ckpt."""
     recipe = ["trainer.max_epochs=6", "optimizer.lr=0.05", f"data.root={flat_root}", *TRAINING]
     sweep_dir = tmp_path / "sweep"
-    command = lenet_command("train", "-m", *ON_THE_NODE, *recipe, f"hydra.sweep.dir={sweep_dir}")
+    waits = f"+callbacks.wait={{_target_:conftest.WaitsAfterTheFirstEpoch,marks:{tmp_path / 'marks'}}}"
+    command = lenet_command("train", "-m", *ON_THE_NODE, *recipe, waits, f"hydra.sweep.dir={sweep_dir}")
     process = subprocess.Popen(command, cwd=tmp_path, env=slurm, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     job_dir = sweep_dir / "0"
-    wait_for(lambda: epochs_saved(job_dir) >= 1, 300, "first epoch saved")
+    wait_for(lambda: (tmp_path / "marks" / "waited").exists(), 300, "first epoch saved")  # the job waits there
     job_id = job_ids(sweep_dir)[0]
     if how == "requeue":
         cluster.requeue(job_id)
