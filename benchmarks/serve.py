@@ -12,11 +12,16 @@ paper, JPEG (`photo`). Reports requests/s and the p50/p99 latency, each the medi
 same server. The client threads share the machine's cores with the server: on 2 cores the figures are the whole
 loop's, load generator included.
 
-`--soak N`: the server's RSS before and after N more requests (16 clients). `--attacks`: the worst case of each
-attack of issue 15 on the same server, each waited for a bounded time: a 13000x13000 PNG (one, then four at once
-with a good request among them), 50 and 100 uploads that stop 1 byte short of 10 MB, 100 request heads that stop
-halfway, a foreign Host, a cross-origin POST, and what the docs pages load from elsewhere. RSS is read from
-/proc/PID/status, sampled every 5 ms for peaks.
+`--soak N`: the server's RSS before and after N more requests (16 clients). `--attacks`: the worst request each
+limit allows, each waited for a bounded time. Decoding (`max_megapixels`, `max_decoded_mb`): for each kind of image,
+the largest the limits let through (and two they refuse), each on a fresh server (glibc keeps much of a large
+request's memory for reuse, which would hide the next one's cost), then four of the worst at once with a good
+request among them. The rest on the server of the throughput runs. The body (`max_upload_mb`): a 10 MB image, a
+PNG whose text chunks decompress far beyond its size, a body over the limit. Time (`upload_timeout_s`,
+`header_timeout_s`): 50 and 100 uploads that stop 1 byte short of 10 MB, 100 request heads that stop halfway. Then
+a foreign Host, a cross-origin POST, and what the docs pages load from elsewhere. The peak RSS of a request is the
+server's VmHWM, reset before it through /proc/PID/clear_refs (Linux); the RSS of stalled uploads is sampled every
+5 ms.
 """
 
 import argparse
@@ -105,21 +110,55 @@ def load(port: int, body: bytes, content_type: str, clients: int, requests: int)
     return wall, latencies
 
 
-def bomb_png(side: int) -> bytes:
-    """A side x side RGBA PNG of transparent pixels: 657 KB at 13000, 676 MB once decoded (the issue's bomb)."""
-    row = bytes(1 + 4 * side)  # the filter byte, then the pixels
-    compressor = zlib.compressobj(9)
-    data = b"".join(compressor.compress(row) for _ in range(side)) + compressor.flush()
+PNG_TYPES = {"1": (0, 1, 1), "L": (0, 1, 8), "I;16": (0, 1, 16), "P": (3, 1, 8), "RGB": (2, 3, 8), "RGBA": (6, 4, 8),
+             "RGBA;16": (6, 4, 16)}  # Pillow's mode -> PNG colour type, channels, bits  # fmt: skip
+
+
+def bar_png(side: int, mode: str, level: int = 9) -> bytes:
+    """A side x side PNG, black but for a white bar (something to classify), written row by row with zlib: the
+    issue's 7071 x 7071 16-bit RGBA is 389 KB of file."""
+    colour_type, channels, bits = PNG_TYPES[mode]
+    row_bytes = -(-side * channels * bits // 8)
+    black, bar = bytes(1 + row_bytes), bytearray(1 + row_bytes)
+    first, last = 1 + row_bytes // 3, 1 + 2 * row_bytes // 3
+    bar[first:last] = b"\x01" * (last - first) if mode == "P" else b"\xff" * (last - first)
+    compressor = zlib.compressobj(level)
+    rows = (bytes(bar) if side // 6 <= y < 5 * side // 6 else black for y in range(side))
+    data = b"".join(map(compressor.compress, rows)) + compressor.flush()
 
     def chunk(kind: bytes, body: bytes) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 
-    header = struct.pack(">IIBBBBB", side, side, 8, 6, 0, 0, 0)  # 8 bits per channel, RGBA
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", data) + chunk(b"IEND", b"")
+    palette = chunk(b"PLTE", bytes(3) + b"\xff" * 3) if mode == "P" else b""
+    header = struct.pack(">IIBBBBB", side, side, bits, colour_type, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + palette + chunk(b"IDAT", data) + chunk(b"IEND", b"")
 
 
-def rss_mb(pid: int) -> float:
-    return int(re.search(r"VmRSS:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text())[1]) / 1024
+def bar_image(side: int, mode: str, fmt: str, **options) -> bytes:
+    """The same bar through Pillow's encoder: a JPEG, or a TIFF compressed with deflate."""
+    image = Image.new(mode, (side, side))
+    image.paste(255 if mode != "F" else 1.0, (side // 3, side // 6, 2 * side // 3, 5 * side // 6))
+    return encoded(image, fmt, **options)
+
+
+def with_text_chunks(png: bytes, megabytes: int) -> bytes:
+    """`png` with this many compressed text chunks (zTXt) of 1 MB each, 1 KB each in the file."""
+    text = zlib.compress(b"a" * (2**20 - 64), 9)
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    return png[:33] + b"".join(chunk(b"zTXt", b"note%d\x00\x00" % i + text) for i in range(megabytes)) + png[33:]
+
+
+def noise_png(width: int, height: int) -> bytes:
+    """Random RGB pixels: a PNG as large as its pixels (no compression helps)."""
+    pixels = np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    return encoded(Image.fromarray(pixels), "PNG", compress_level=1)
+
+
+def rss_mb(pid: int, field: str = "VmRSS") -> float:
+    return int(re.search(rf"{field}:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text())[1]) / 1024
 
 
 @contextlib.contextmanager
@@ -139,6 +178,15 @@ def peak_rss(pid: int):
     finally:
         done.set()
         sampler.join()
+
+
+@contextlib.contextmanager
+def high_water(pid: int):
+    """The growth (MB) of `pid`'s highest RSS while the block runs, exact: Linux's VmHWM, reset before it."""
+    Path(f"/proc/{pid}/clear_refs").write_text("5")  # 5: reset the peak RSS to the current RSS
+    start, peak = rss_mb(pid), [0.0]
+    yield peak
+    peak[0] = rss_mb(pid, "VmHWM") - start
 
 
 def post_once(port: int, body: bytes, content_type: str, headers: dict | None = None) -> tuple[int, float]:
@@ -183,24 +231,66 @@ def upload_head(port: int, length: int) -> bytes:
     ).encode()
 
 
-def attack_pixels(port: int, pid: int, good: bytes) -> None:
-    bomb = bomb_png(13000)
-    with peak_rss(pid) as grown:
-        status, seconds = post_once(port, bomb, "image/png")
-    print(f"  13000x13000 PNG ({len(bomb):,} bytes): {status} in {seconds:.2f} s, peak RSS +{grown[0]:.0f} MB")
-    with peak_rss(pid) as grown, ThreadPoolExecutor(5) as pool:
-        bombs = [pool.submit(post_once, port, bomb, "image/png") for _ in range(4)]
-        time.sleep(0.3)  # the bombs are being read or decoded
-        good_status, good_seconds = post_once(port, good, "image/png")
-        answers = [future.result() for future in bombs]
+def largest_allowed() -> list[tuple[str, bytes]]:
+    """Each kind of image at the most that the default limits (50 megapixels, 100 MB decoded) let through, then two
+    they refuse."""
+    return [
+        ("1-bit PNG, 7071x7071 (50 Mpx, 48 MB decoded)", bar_png(7071, "1")),
+        ("8-bit grey PNG, 7071x7071 (50 Mpx, 48 MB)", bar_png(7071, "L")),
+        ("palette PNG, 7071x7071 (50 Mpx, 48 MB)", bar_png(7071, "P")),
+        ("16-bit grey PNG, 7071x7071 (50 Mpx, 95 MB)", bar_png(7071, "I;16")),
+        ("RGB PNG, 5120x5120 (26 Mpx, 100 MB)", bar_png(5120, "RGB")),
+        ("16-bit RGBA PNG, 5120x5120 (26 Mpx, 100 MB)", bar_png(5120, "RGBA;16")),
+        (
+            "32-bit float TIFF (deflate), 5120x5120 (26 Mpx, 100 MB)",
+            bar_image(5120, "F", "TIFF", compression="tiff_adobe_deflate"),
+        ),  # fmt: skip
+        ("JPEG, 7071x7071 (50 Mpx, decoded at 1/4: 12 MB)", bar_image(7071, "RGB", "JPEG", quality=90)),
+        ("refused: 16-bit RGBA PNG, 7071x7071 (the issue's: 191 MB)", bar_png(7071, "RGBA;16")),
+        ("refused: RGBA PNG, 13000x13000 (169 Mpx)", bar_png(13000, "RGBA")),
+    ]
+
+
+def attack_decoding(command: list[str], good: bytes) -> None:
+    """Each image on a server of its own, warmed up by one good request: its peak is its own, not memory that an
+    earlier request left to be reused (glibc keeps most of it)."""
+    print("  max_megapixels, max_decoded_mb: the largest image of each kind, each on a fresh server")
+    worst = b""
+    for name, image in largest_allowed():
+        with serving(command) as (port, pid):
+            post_once(port, good, "image/png")
+            before = rss_mb(pid)
+            with high_water(pid) as grown:
+                status, seconds = post_once(port, image, "application/octet-stream")
+            kept = rss_mb(pid) - before
+        print(
+            f"    {name}, {len(image):,} bytes: {status} in {seconds:.2f} s, peak RSS +{grown[0]:.0f} MB, "
+            f"+{kept:.0f} MB kept after"
+        )
+        worst = image if "16-bit RGBA PNG, 5120" in name else worst
+    with serving(command) as (port, pid):
+        post_once(port, good, "image/png")
+        with high_water(pid) as grown, ThreadPoolExecutor(5) as pool:
+            bombs = [pool.submit(post_once, port, worst, "image/png") for _ in range(4)]
+            time.sleep(0.3)  # the bombs are being read or decoded
+            good_status, good_seconds = post_once(port, good, "image/png")
+            answers = [future.result() for future in bombs]
     print(
-        f"  4 at once: {', '.join(f'{s} in {t:.1f} s' for s, t in answers)}; peak RSS +{grown[0]:.0f} MB; "
-        f"a good request sent among them: {good_status} in {good_seconds:.2f} s"
+        f"    4 of the 16-bit RGBA 5120x5120 at once: {', '.join(f'{s} in {t:.1f} s' for s, t in answers)}; "
+        f"peak RSS +{grown[0]:.0f} MB; a good request sent among them: {good_status} in {good_seconds:.2f} s"
     )
-    at_cap = bomb_png(7071)  # 49.998 megapixels: just under max_megapixels' default, so decoded
-    with peak_rss(pid) as grown:
-        status, seconds = post_once(port, at_cap, "image/png")
-    print(f"  7071x7071 PNG ({len(at_cap):,} bytes), at the cap: {status} in {seconds:.2f} s, RSS +{grown[0]:.0f} MB")
+
+
+def attack_body(port: int, pid: int, good: bytes) -> None:
+    print("  max_upload_mb: the largest body")
+    for name, body in [
+        ("a 10 MB PNG of noise, 1850x1850 RGB", noise_png(1850, 1850)),
+        ("a PNG whose text chunks decompress to 64 MB, 68 KB", with_text_chunks(good, 64)),
+        ("a body of 10 MB + 1 byte", bytes(10 * 2**20 + 1)),
+    ]:
+        with high_water(pid) as grown:
+            status, seconds = post_once(port, body, "image/png")
+        print(f"    {name} ({len(body):,} bytes): {status} in {seconds:.2f} s, peak RSS +{grown[0]:.0f} MB")
 
 
 def attack_stalled_uploads(port: int, pid: int, count: int, wait_s: float) -> None:
@@ -275,6 +365,22 @@ def upload_timeout_s(overrides: list[str]) -> float:
     return given[-1] if given else 30.0  # conf/serve.yaml's
 
 
+@contextlib.contextmanager
+def serving(command: list[str]):
+    """(port, pid) of `python -m lenet.serve` started with `command`, stopped after the block."""
+    server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        line = server.stdout.readline()
+        found = re.search(r"http://127\.0\.0\.1:(\d+)/", line)
+        if not found:
+            sys.exit(f"lenet.serve did not start: {line}{server.stdout.read()}")
+        threading.Thread(target=server.stdout.read, daemon=True).start()  # the access log, when on: a full pipe blocks
+        yield int(found[1]), server.pid
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ckpt", required=True)
@@ -292,39 +398,32 @@ def main() -> None:
     body, content_type = multipart(data, f"digit.{'png' if args.image == 'pad' else 'jpg'}")
     command = [sys.executable, "-m", "lenet.serve", f"ckpt_path={args.ckpt}", "port=0",
                "hydra.run.dir=benchmarks/results/serve", *args.overrides]  # fmt: skip
-    server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        line = server.stdout.readline()
-        found = re.search(r"http://127\.0\.0\.1:(\d+)/", line)
-        if not found:
-            sys.exit(f"lenet.serve did not start: {line}{server.stdout.read()}")
-        port = int(found[1])
-        threading.Thread(target=server.stdout.read, daemon=True).start()  # the access log, when on: a full pipe blocks
+    with serving(command) as (port, pid):
         load(port, body, content_type, max(args.clients), args.warmup)
         print(
             f"{args.image} image ({len(data):,} bytes), {args.requests} requests x {args.repeats}, "
-            f"{' '.join(args.overrides) or 'defaults'}; server RSS {rss_mb(server.pid):.0f} MB after the warm-up"
+            f"{' '.join(args.overrides) or 'defaults'}; server RSS {rss_mb(pid):.0f} MB after the warm-up"
         )
         for clients in args.clients:
             print("  " + throughput(port, body, content_type, clients, args.requests, args.repeats))
         if args.soak:
-            before, start = rss_mb(server.pid), time.perf_counter()
+            before, start = rss_mb(pid), time.perf_counter()
             load(port, body, content_type, 16, args.soak)
             print(
                 f"  RSS after {args.soak:,} more requests (16 clients, {args.soak / (time.perf_counter() - start):.0f}"
-                f"/s): {rss_mb(server.pid):.0f} MB, was {before:.0f} MB"
+                f"/s): {rss_mb(pid):.0f} MB, was {before:.0f} MB"
             )
         if args.attacks:
             wait_s = upload_timeout_s(args.overrides) + 15
-            attack_pixels(port, server.pid, data)
-            attack_stalled_uploads(port, server.pid, 50, wait_s)
-            attack_stalled_uploads(port, server.pid, 100, wait_s)
+            attack_body(port, pid, data)
+            print("  upload_timeout_s, header_timeout_s: bodies and heads that stop")
+            attack_stalled_uploads(port, pid, 50, wait_s)
+            attack_stalled_uploads(port, pid, 100, wait_s)
             attack_slow_heads(port, 100, wait_s)
             attack_origins(port, data)
             attack_docs(port)
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+    if args.attacks:
+        attack_decoding(command, data)
 
 
 if __name__ == "__main__":

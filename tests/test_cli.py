@@ -13,6 +13,7 @@ import torch
 
 from conftest import FASHION_MNIST, VAL_SIZE, lenet_command
 from lenet import environment
+from lenet.cli import command_line_refusal
 
 ROOT = Path(__file__).parents[1]  # the checkout, with its Makefile
 QUICK = ["debug=fast_dev_run", "callbacks.progress_bar.refresh_rate=0", f"data.val_size={VAL_SIZE}"]
@@ -177,3 +178,34 @@ def test_a_missing_extra_is_one_line_naming_it(command, package, says, glyph_che
     assert result.returncode == 1
     extra = "serve" if command == "serve" else "export"
     assert result.stderr.strip() == f"error: {says}: pip install 'lenet[{extra}]'"
+
+
+@pytest.mark.parametrize(
+    ("args", "refusal"),
+    [
+        (["optimizer=adamm"], "optimizer=adamm is not an option of optimizer: did you mean optimizer=adam? "
+                              "(optimizer: adam, adamw, sgd)"),
+        (["experiment=orignal"], "experiment=orignal is not an option of experiment: did you mean "
+                                 "experiment=original?"),
+        (["-m", "optimizer=sgd,adamm"], "optimizer=adamm is not an option of optimizer: did you mean optimizer=adam?"),
+        (["hydra/launcher=joblibb"], "hydra/launcher=joblibb is not an option of hydra/launcher: did you mean "
+                                     "hydra/launcher=joblib?"),
+        (["scheduler=null"], "scheduler=null is not an option of scheduler: did you mean scheduler=none?"),
+        (["-m", "--cfg", "job"], "-m and --cfg cannot go together: pass one of them (--cfg job shows one job's config"),
+        (["--cfg", "job", "--info"], "--cfg and --info cannot go together: pass one of them"),
+    ],
+)  # fmt: skip
+def test_a_mistyped_group_option_or_two_modes_are_one_line_naming_what_was_meant(args, refusal):
+    assert command_line_refusal("config", args).startswith(refusal)
+
+
+def test_options_that_exist_pass_the_command_line_check():
+    chosen = ["-m", "optimizer=sgd,adam", "hydra/launcher=joblib", "~scheduler", "logger=[tensorboard,csv]"]
+    assert command_line_refusal("config", chosen) is None
+    assert "logger=cvs is not an option of logger" in command_line_refusal("config", ["logger=[tensorboard,cvs]"])
+
+
+def test_a_mistyped_group_option_exits_with_one_line(tmp_path):
+    result = lenet(tmp_path, "train", "optimizer=adamm")
+    said = "error: optimizer=adamm is not an option of optimizer: did you mean optimizer=adam?"
+    assert (result.returncode, result.stderr) == (1, f"{said} (optimizer: adam, adamw, sgd)\n")

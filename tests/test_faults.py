@@ -62,6 +62,7 @@ def broken(tmp_path: Path, file: str, damage) -> Path:
         (["model.num_classes=5", "data.root=fixture"], "has label 9, but model.num_classes=5 allows 0..4"),
         (["trainer.max_epochs=0"], "error: trainer.max_epochs=0 is not allowed: it must be an integer >= 1"),
         (["model.activation=gelu"], "error: model.activation='gelu' is not allowed: it must be one of relu, tanh"),
+        (["model.activation=[relu]"], "error: model.activation=['relu'] is not allowed: it must be one of relu, tanh"),
         (["ckpt_path=missing.ckpt"], "error: ckpt_path=missing.ckpt: no such checkpoint file"),
         (["ckpt_path=last"], "error: ckpt_path=last: no run under outputs/ has a last.ckpt"),
         (["data.root=afile"], "data.root=afile is a file; it must be a folder"),

@@ -150,10 +150,11 @@ UNSAFE_DEFAULT = {"TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"}
     "command",
     [
         ["eval", "ckpt_path={ckpt}"],
-        ["train", "ckpt_path={ckpt}", "data.root={root}", "trainer.max_epochs=9"],
         ["predict", "ckpt_path={ckpt}", "inputs={image}"],
-        ["export", "ckpt_path={ckpt}"],
-        ["serve", "ckpt_path={ckpt}", "port=0"],
+        # The same reader serves every command (Checkpoint.open): the others run with the slow tests.
+        pytest.param(["train", "ckpt_path={ckpt}", "data.root={root}", "trainer.max_epochs=9"], marks=pytest.mark.slow),
+        pytest.param(["export", "ckpt_path={ckpt}"], marks=pytest.mark.slow),
+        pytest.param(["serve", "ckpt_path={ckpt}", "port=0"], marks=pytest.mark.slow),
     ],
     ids=lambda command: command[0],
 )
@@ -183,3 +184,23 @@ def test_a_foreign_file_as_checkpoint_is_one_line(tmp_path):
     torch.save({"weights": torch.zeros(3)}, foreign)
     with pytest.raises(ModelError, match=f"^{foreign} is not a checkpoint of lenet.train$"):
         load(foreign)
+
+
+@pytest.mark.parametrize(
+    "edit, line",
+    [
+        ({"std": 0}, "holds std=0, which is not allowed: it must be a number > 0"),
+        ({"mean": "abc"}, "holds mean='abc', which is not allowed: it must be a number in [0, 1)"),
+        ({"dataset": "emnist"},
+         "holds dataset='emnist', which is not allowed: it must be one of mnist, fashion_mnist, kmnist"),
+        ({"classes": "0123456789"},
+         "holds classes='0123456789', which is not allowed: it must be a list of two or more class names"),
+    ],
+    ids=["std-0", "mean-abc", "unknown-dataset", "classes-a-string"],
+)  # fmt: skip
+def test_an_exported_file_with_odd_metadata_is_one_line(edit, line, pt2_file, tmp_path):
+    """Its metadata feeds the normalization and the class names: checked by the rules of the settings it came from."""
+    odd = rewrite(pt2_file, tmp_path / "odd.pt2", with_json("extra/lenet.json", lambda metadata: metadata.update(edit)))
+    with pytest.raises(ModelError) as refused:
+        load(odd, device="cpu")
+    assert str(refused.value) == f"{odd} {line}"

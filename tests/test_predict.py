@@ -31,10 +31,10 @@ from lenet.prediction import (
     Prediction,
     PreviewPicks,
     UnreadableImages,
-    as_text,
     predict,
 )
 from lenet.predictor import Predictor, load
+from lenet.quoting import spreadsheet_cell
 
 
 @pytest.fixture(scope="module")
@@ -341,23 +341,53 @@ print(json.dumps([str(path) for path in image_paths(sys.argv[1])]))
 
 
 @pytest.mark.parametrize("loops", [1, 2])
-def test_a_recursive_glob_ends_and_matches_each_file_once(tmp_path, loops):
+def test_a_recursive_glob_ends_matches_each_file_once_and_stays_in_its_tree(tmp_path, loops):
     tree = tmp_path / "tree"
     (tree / "sub" / "deep").mkdir(parents=True)
+    (tree / ".store").mkdir()
     (tmp_path / "other").mkdir()
-    for name in ("a.png", "sub/b.png", "sub/deep/c.png", "../other/d.png"):
+    for name in ("a.png", "sub/b.png", "sub/deep/c.png", ".store/e.png", "../other/d.png"):
         (tree / name).write_bytes(b"")
     (tree / "loop").symlink_to(".")  # back to itself
     if loops == 2:
         (tree / "sub" / "back").symlink_to("..")  # and back up from below
-    (tree / "linked").symlink_to("../other")  # a folder linked in from elsewhere is still searched
+    (tree / "shown").symlink_to(".store")  # a link inside the tree is searched (the hidden folder is not)
+    (tree / "linked").symlink_to("../other")  # a folder outside the tree is not
+    (tree / "root").symlink_to("/")  # nor the whole file system (31,506 PNGs on this machine), as /proc/self/root is
     # Python 3.11's glob ran these forever (two loops) or matched each file ~40 times (one): in a process of its own.
     found = subprocess.run(
         [sys.executable, "-c", LOOPING_GLOB, f"{tree}/**/*.png"], capture_output=True, text=True, timeout=60
     )
     assert found.returncode == 0, found.stderr
     names = [str(Path(path).relative_to(tree)) for path in json.loads(found.stdout)]
-    assert names == ["a.png", "linked/d.png", "sub/b.png", "sub/deep/c.png"]
+    assert names == ["a.png", "shown/e.png", "sub/b.png", "sub/deep/c.png"]
+    assert found.stderr == (
+        f"inputs='{tree}/**/*.png': 2 symlinked folders lead outside {tree} and were not searched "
+        f"({tree}/linked -> {tmp_path}/other, {tree}/root -> /); to search one, add it to inputs\n"
+    )
+
+
+@pytest.mark.parametrize("pattern", ["*/*.png", "*/**/*.png"], ids=["wildcard folder", "wildcard folder, then **"])
+def test_a_link_out_of_the_patterns_tree_is_named_and_not_searched(
+    glyph_checkpoint, originals, tmp_path, caplog, pattern
+):
+    photos = tmp_path / "photos"
+    (photos / "2024").mkdir(parents=True)
+    (tmp_path / "elsewhere").mkdir()
+    (photos / "2024" / "good.png").write_bytes(glyph_file(originals, 0))
+    (tmp_path / "elsewhere" / "secret.png").write_bytes(glyph_file(originals, 1))
+    (photos / "2025").symlink_to("../elsewhere")  # matched by the wildcard, and leads out of photos/
+    (photos / "2024" / "linked.png").symlink_to("../../elsewhere/secret.png")  # a linked file is read
+    with caplog.at_level(logging.WARNING, logger="lenet.inputs"):
+        rows = predicted(glyph_checkpoint, f"'{photos}/{pattern}'", tmp_path)
+    assert [(Path(row["path"]).name, bool(row["prediction"])) for row in rows] == [
+        ("good.png", True),
+        ("linked.png", True),
+    ]
+    assert caplog.messages == [
+        f"inputs='{photos}/{pattern}': 1 symlinked folder leads outside {photos} and was not searched "
+        f"({photos}/2025 -> {tmp_path}/elsewhere); to search one, add it to inputs"
+    ]
 
 
 def test_cells_that_a_spreadsheet_would_run_as_formulas_start_with_a_quote(
@@ -379,7 +409,7 @@ def test_cells_that_a_spreadsheet_would_run_as_formulas_start_with_a_quote(
     rows = predicted(glyph_checkpoint, "'*.png'", tmp_path)
     assert [row["path"] for row in rows] == [f"'{name}" for name in names]
     assert all(row["prediction"].startswith("'=c") and row["top3"].startswith("'=c") for row in rows)
-    assert [as_text(text) for text in ("\tx", "\rx", "x=1", "", "'")] == ["'\tx", "'\rx", "x=1", "", "'"]
+    assert [spreadsheet_cell(text) for text in ("\tx", "\rx", "x=1", "", "'")] == ["'\tx", "'\rx", "x=1", "", "'"]
 
 
 def test_file_names_that_are_not_utf8_or_hold_a_newline_get_readable_rows(glyph_checkpoint, originals, tmp_path):

@@ -9,12 +9,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf, open_dict
+from scipy import stats
 from torch.utils.tensorboard import SummaryWriter
 
 from lenet import CONFIG_DIR, report
-from lenet.comparison import difference
+from lenet.comparison import _power, _seeds_needed, difference
+from lenet.quoting import markdown_cell
 from lenet.report import configurations, report_figure
 from lenet.runs import curve, read_runs
 from test_sweep import TINY, assert_composes, sweep_dirs, train
@@ -293,7 +296,8 @@ def test_folders_of_one_recipe_are_compared_folder_against_folder(tmp_path, caps
         ("before", "5", "paired, 5 seeds"),
     ]
     assert float(table[1]["ci95_high"]) < 0
-    assert f"- folder={tmp_path / 'before'}: val/acc_best -0.44" in md
+    label = markdown_cell(f"folder={tmp_path / 'before'}")
+    assert f"- {label}: val/acc_best -0.44" in md, "the label as text in markdown"
 
 
 def test_a_and_a_comparisons_raise_about_five_false_alarms_in_a_hundred():
@@ -343,3 +347,183 @@ def test_a_sweep_whose_every_job_failed_still_gets_its_report(tmp_path, capsys):
     md = capsys.readouterr().out
     assert "2 jobs: 0 done, 2 failed, 0 unfinished." in md
     assert "- job 0 failed: error: optimizer.lr=-1 is bad" in md and "Is it really better?" not in md
+
+
+# --- What a run dir holds is data, never code or markup ---
+
+
+def raw_run(run_dir: Path, overrides: list, metrics=None, config=None, choices=None, task="train") -> Path:
+    """A run dir written as plain YAML, whatever it holds: what a stranger's folder may hold."""
+    (run_dir / ".hydra").mkdir(parents=True)
+    (run_dir / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    hydra = {"hydra": {"job": {"name": task}, "runtime": {"choices": choices or {}}}}
+    (run_dir / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump(hydra))
+    (run_dir / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config or {}))
+    if metrics is not None:
+        (run_dir / "metrics.json").write_text(metrics if isinstance(metrics, str) else json.dumps(metrics))
+    return run_dir
+
+
+def test_a_report_replaces_links_in_its_folder_and_never_writes_through_them(tmp_path, capsys):
+    sweep_of(tmp_path / "sweep", {"0.05": [0.0] * 5, "0.02": [-0.002] * 5})
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    names = ("report.md", "report.csv", "report_by_config.csv", "report.png")
+    for name in names:
+        (outside / name).write_text("precious")
+        (tmp_path / "sweep" / name).symlink_to(outside / name)
+    report.main([str(tmp_path / "sweep")])
+    assert [(outside / name).read_bytes() for name in names] == [b"precious"] * 4, "no file outside the folder written"
+    assert not any((tmp_path / "sweep" / name).is_symlink() for name in names), "each link replaced by the report"
+    assert read_csv(tmp_path / "sweep" / "report_by_config.csv")[0]["optimizer.lr"] == "0.05"
+    assert capsys.readouterr().out.startswith(f"# Sweep {tmp_path / 'sweep'}")
+
+
+def test_interpolations_in_a_run_dir_are_never_resolved(tmp_path, monkeypatch):
+    """A saved config keeps `${oc.env:...}` as written: read back, it stays that text, never the variable's value."""
+    monkeypatch.setenv("LENET_TEST_SECRET", "hunter2")
+    for job, lr in enumerate(("0.05", "0.02")):
+        raw_run(tmp_path / str(job), [f"optimizer.lr={lr}"], metrics=finals(0.9 - job / 100, 0.9),
+                config={"optimizer": {"lr": float(lr)}, "data": {"root": "${oc.env:LENET_TEST_SECRET}"}},
+                choices={"optimizer": "${oc.env:LENET_TEST_SECRET}"})  # fmt: skip
+    report.main([str(tmp_path), "--out", str(tmp_path / "out")])  # two folders' worth: told apart by their configs
+    report.main([str(tmp_path / "0"), str(tmp_path / "1"), "--out", str(tmp_path / "out")])
+    written = [(tmp_path / "out" / name).read_text() for name in ("report.md", "report.csv", "report_by_config.csv")]
+    assert not any("hunter2" in text for text in written)
+    _, jobs = read_runs([tmp_path / "0"])
+    assert jobs[0].config["optimizer"] == jobs[0].config["data.root"] == "${oc.env:LENET_TEST_SECRET}"
+
+
+def test_text_from_run_dirs_shows_as_text_in_every_output(tmp_path, capsys):
+    """Markup, a cell border, terminal escapes and a formula in a value: report.md escapes them, the console shows
+    escapes for the control characters, the CSV quotes the formula, and report.png draws `$\\cmd$` as written."""
+    values = ['=HYPERLINK("http://x")|<b>bold</b>', "$\\cmd$\x1b]0;t\x07\x1b[31m"]
+    for job, root in enumerate(values):
+        raw_run(tmp_path / str(job), [f"data.root={root}"], metrics=finals(0.9 - job / 100, 0.9))
+    report.main([str(tmp_path)])
+    out = capsys.readouterr().out
+    md = (tmp_path / "report.md").read_text()
+    assert "\x1b" not in out + md and "\x07" not in out + md
+    rows = [line for line in md.splitlines() if line.startswith("| 0 ") or line.startswith("| 1 ")]
+    assert len(rows) == 2 and all(row.count(" | ") == 7 for row in rows), "a `|` in a value is no cell border"
+    assert "<b>" not in md and "\\<b\\>bold\\</b\\>" in md and "\\$\\\\cmd\\$" in md
+    cells = {row["job"]: row["data.root"] for row in read_csv(tmp_path / "report.csv")}
+    assert cells["0"] == "'" + values[0], "a formula quoted for spreadsheets"
+    assert (tmp_path / "report.png").read_bytes()[:4] == b"\x89PNG"
+    figure = report_figure(*_jobs_and_configs(tmp_path))
+    ticks = [label.get_text() for label in figure.axes[0].get_xticklabels()]
+    assert "\\$\\cmd\\$\\x1b]0;t\\x07\\x1b[31m" in ticks, ticks  # an escaped dollar is drawn as a dollar
+
+
+def test_damaged_run_dirs_are_listed_one_line_each_and_the_rest_reported(tmp_path, capsys):
+    raw_run(tmp_path / "0", ["optimizer.lr=0.05"], metrics=finals(0.9, 0.9), config={"optimizer": {"lr": 0.05}})
+    raw_run(tmp_path / "1", ["optimizer.lr=0.02"], metrics='{"val/acc_best": 0.9,')
+    raw_run(tmp_path / "2", ["optimizer.lr=0.02"], metrics=finals(0.9, 0.9))
+    (tmp_path / "2" / ".hydra" / "config.yaml").write_text("optimizer: {lr: [\n")
+    raw_run(tmp_path / "3", ["optimizer.lr=0.02"], metrics=finals(0.9, 0.9))
+    (tmp_path / "3" / ".hydra" / "hydra.yaml").write_text("- a list\n- where a mapping belongs\n")
+    raw_run(tmp_path / "4", ["optimizer.lr=0.02"], metrics=finals(0.9, 0.9) | {"val/acc_best": "0.95"})
+    raw_run(tmp_path / "5", ["optimizer.lr=0.02"], metrics={**finals(0.9, 0.9), "data": "not a mapping"})
+    raw_run(tmp_path / "6", ["optimizer.lr=0.02"])
+    (tmp_path / "6" / "train.log").symlink_to("/dev/zero")  # read to the end, it never ends
+    raw_run(tmp_path / "7", ["optimizer.lr=0.02"], metrics=finals(0.9, 0.9))
+    (tmp_path / "7" / "metrics.json").unlink()
+    (tmp_path / "7" / "metrics.json").symlink_to("/dev/zero")
+    raw_run(tmp_path / "8", {"a": "mapping"}, metrics=finals(0.9, 0.9))
+    raw_run(tmp_path / "9", ["optimizer.lr=0.02"], metrics=finals(0.9, 0.9), task="train; rm -rf ~")
+    raw_run(tmp_path / "10", ["optimizer.lr=0.02"], metrics=finals(0.9, 0.9))
+    (tmp_path / "10" / ".hydra" / "overrides.yaml").unlink()
+    (tmp_path / "10" / ".hydra" / "overrides.yaml").mkdir()
+    report.main([str(tmp_path)])
+    md = capsys.readouterr().out
+    assert "11 jobs: 1 done, 0 failed, 1 unfinished, 9 unreadable." in md
+    problems = [line for line in md.splitlines() if line.startswith("- job ")]
+    assert problems == [
+        "- job 1 unreadable: metrics.json: not JSON (Expecting property name enclosed in double quotes at line 1)",
+        "- job 2 unreadable: .hydra/config.yaml: not YAML (did not find expected node content at line 2)",
+        "- job 3 unreadable: .hydra/hydra.yaml is \\['a list', 'where a mapping belongs'\\], not a mapping",
+        "- job 4 unreadable: metrics.json: val/acc\\_best is '0.95', not a number",
+        "- job 5 unreadable: metrics.json: data is 'not a mapping', not a mapping",
+        "- job 6 unfinished: no metrics.json",
+        "- job 7 unreadable: metrics.json: not a regular file",
+        "- job 8 unreadable: .hydra/overrides.yaml: not a list of overrides",
+        "- job 9 unreadable: .hydra/hydra.yaml: hydra.job.name is 'train; rm -rf \\~', no lenet command",
+        "- job 10 unreadable: .hydra/overrides.yaml: not a regular file",
+    ]
+    table = read_csv(tmp_path / "report.csv")
+    assert (table[0]["job"], table[0]["status"], table[0]["val/acc_best"]) == ("0", "done", "0.9"), "the rest reported"
+    assert table[1]["error"] == "metrics.json: not JSON (Expecting property name enclosed in double quotes at line 1)"
+
+
+def test_a_command_is_printed_only_when_lenet_would_run_every_override_in_it(tmp_path, capsys):
+    """What a stranger's sweep dir may ask a user to paste: a payload is named, never printed as a command."""
+    marker = tmp_path / "marker"
+    payload = f"+callbacks.evil={{_target_:os.mkdir,path:{marker}}}"
+    sweep = tmp_path / "sweep"
+    raw_run(sweep / "0", ["optimizer.lr=0.05", payload], metrics=finals(0.9, 0.9))
+    raw_run(sweep / "1", ["optimizer.lr=0.02", payload])  # unfinished: the report says how to continue the sweep
+    hydra = ["hydra.mode=MULTIRUN", f"hydra.callbacks.evil={{_target_:os.mkdir,path:{marker}}}"]
+    record = {"hydra": {"overrides": {"hydra": hydra, "task": ["optimizer.lr=0.05,0.02"]}, "job": {"name": "train"}}}
+    (sweep / "multirun.yaml").write_text(yaml.safe_dump(record))
+    report.main([str(sweep)])
+    md = capsys.readouterr().out
+    assert "os.mkdir" not in md and "```" not in md, "no command printed"
+    assert (
+        f"Rerun it: not printed, for {markdown_cell(str(sweep / '0' / '.hydra' / 'overrides.yaml'))} holds what "
+        "lenet does not run: +callbacks.evil adds a setting: only lenet's own may be set from a file." in md
+    )
+    assert f"Continue the sweep: not printed, for {markdown_cell(str(sweep / 'multirun.yaml'))} holds what lenet " \
+           "does not run: hydra.callbacks.evil names code to run (\\_target\\_)." in md  # fmt: skip
+    assert read_csv(sweep / "report_by_config.csv")[0]["command"].startswith("not printed: ")
+
+    # Lenet's own settings, a launcher and its resources: printed, and they compose.
+    hydra = ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2", f"hydra.sweep.dir={sweep}", "hydra.mode=MULTIRUN"]
+    record["hydra"]["overrides"]["hydra"] = hydra
+    (sweep / "multirun.yaml").write_text(yaml.safe_dump(record))
+    for job in ("0", "1"):
+        (sweep / job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump([f"optimizer.lr=0.0{5 - 3 * int(job)}"]))
+    report.main([str(sweep)])
+    md = capsys.readouterr().out
+    command = f"python -m lenet.train -m hydra/launcher=joblib hydra.launcher.n_jobs=2 optimizer.lr=0.05,0.02 " \
+              f"hydra.sweep.dir={sweep}"  # fmt: skip
+    assert f"Continue the sweep:\n\n```bash\n{command}\n```" in md
+    assert "```bash\npython -m lenet.train optimizer.lr=0.05\n```" in md
+    assert not marker.exists()
+
+
+def test_counts_say_one_job(tmp_path, capsys):
+    raw_run(tmp_path / "0", ["optimizer.lr=0.05"], metrics=finals(0.9, 0.9))
+    report.main([str(tmp_path)])
+    assert "\n1 job: 1 done, 0 failed, 0 unfinished.\n" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("paired", [True, False])
+def test_seeds_needed_is_the_fewest_seeds_a_simulated_sweep_resolves_in_four_of_five(paired):
+    """Normal results drawn at the seeds said and one fewer, compared by the same t-test: at least 80% of the
+    simulated sweeps resolve the difference with the seeds said, fewer than 80% with one seed less (within the
+    simulation's error). Large effects included: a bisection over scipy's power answered 18 seeds where 3 do."""
+    rng = np.random.default_rng(1)
+    draws = 20_000
+    error = 4 * np.sqrt(0.8 * 0.2 / draws)  # four standard errors of a simulated power near 80%
+    effects = [0.7, 1.0, 1.713, 2.5, 4.0, 10.449] if paired else [1.0, 1.5, 2.439, 4.0, 10.0]
+    for effect in effects:
+        seeds = _seeds_needed(effect, paired)
+        for n, enough in ((seeds, True), (seeds - 1, False)):
+            if n < 2:
+                continue
+            if paired:  # differences of pairs, `effect` of their standard deviations from 0
+                p = stats.ttest_1samp(rng.normal(effect, 1, (draws, n)), 0, axis=1).pvalue
+            else:
+                p = stats.ttest_ind(rng.normal(effect, 1, (draws, n)), rng.normal(0, 1, (draws, n)), axis=1).pvalue
+            power = np.mean(p < 0.05)
+            assert (power >= 0.8 - error) if enough else (power < 0.8 + error), (effect, n, power)
+            assert power == pytest.approx(_power(np.array(n), effect, paired), abs=error), (effect, n)
+
+
+def test_a_large_resolved_difference_needs_the_seeds_that_resolved_it():
+    """lr 0.01 against 0.05 over 3 paired seeds: -2.55 points (-3.17 to -1.94), resolved, so 3 seeds are enough."""
+    spread = 0.615 / stats.t.ppf(0.975, 2) * np.sqrt(3)  # the standard deviation that interval says
+    worse = {str(seed): 0.95 + (-2.555 + spread * (seed - 2)) / 100 for seed in (1, 2, 3)}
+    found = difference(worse, dict.fromkeys(worse, 0.95)).scaled(100)
+    assert (round(found.low, 2), round(found.high, 2)) == (-3.17, -1.94) and found.resolved
+    assert found.seeds_needed == 3

@@ -153,6 +153,21 @@ def data_gone(run: Path, folder: Path) -> Path:
     return folder
 
 
+def env_not_json(run: Path, folder: Path) -> Path:
+    (run_copy(run, folder) / "env.json").write_text("{'threads': 1}")
+    return folder
+
+
+def data_a_string(run: Path, folder: Path) -> Path:
+    edit_json(run_copy(run, folder) / "metrics.json", data="abc")
+    return folder
+
+
+def failed_with_escapes(run: Path, folder: Path) -> Path:
+    (unfinished(run, folder) / "error.txt").write_text("error: \x1b]0;title\x07\x1b[2Jno IDX files\n")
+    return folder
+
+
 def a_sweep(run: Path, folder: Path) -> Path:
     run_copy(run, folder / "0")
     (folder / "multirun.yaml").write_text("hydra: {}\n")
@@ -177,8 +192,16 @@ def not_a_run(run: Path, folder: Path) -> Path:
          "{folder} is not a lenet.train run (Hydra job 'eval'): only training runs are rerun"),
         (lambda run, folder: data_gone(run, folder),
          "no data at data.root=/nowhere/data here: pass data.root=FOLDER after the run dir"),
+        (lambda run, folder: env_not_json(run, folder),
+         "cannot read the run in {folder}: env.json: not JSON (Expecting property name enclosed in double quotes at "
+         "line 1)\n"),
+        (lambda run, folder: data_a_string(run, folder),
+         "cannot read the run in {folder}: metrics.json: data is 'abc', not a mapping\n"),
+        (lambda run, folder: failed_with_escapes(run, folder),
+         "{folder} did not finish, it failed: \\x1b]0;title\\x07\\x1b[2Jno IDX files\n"),
     ],
-    ids=["missing", "sweep-dir", "not-a-run", "unfinished", "failed", "eval-run", "data-gone"],
+    ids=["missing", "sweep-dir", "not-a-run", "unfinished", "failed", "eval-run", "data-gone", "env-not-json",
+         "data-a-string", "terminal-escapes"],
 )  # fmt: skip
 def test_what_is_not_a_finished_training_run_is_refused_in_one_line(make, message, run, tmp_path, capsys):
     folder = make(run, tmp_path / "folder")
@@ -202,3 +225,52 @@ def test_a_taken_out_folder_and_a_failed_rerun_are_one_line_each(run, tmp_path, 
     assert end.value.code == 2
     err = capfd.readouterr().err.splitlines()
     assert err == ["error: optimizer.lr='abc' is not allowed: it must be a number > 0", "error: the rerun failed"]
+
+
+MARKER = "MARKER"  # where each payload would make a folder
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [
+        (f"+hydra.callbacks.evil={{_target_:os.mkdir,path:{MARKER}}}",
+         "+hydra.callbacks.evil adds a setting: only lenet's own may be set from a file"),
+        ("hydra.job_logging.root.level=DEBUG", "hydra.job_logging.root.level is a setting of Hydra's, not of lenet's"),
+        (f"+callbacks.evil={{_target_:os.mkdir,path:{MARKER}}}",
+         "+callbacks.evil adds a setting: only lenet's own may be set from a file"),
+        (f"trainer.profiler={{_target_:os.mkdir,path:{MARKER}}}", "trainer.profiler names code to run (_target_)"),
+        ("optimizer._target_=os.mkdir", "optimizer._target_ names code to run (_target_)"),
+        ("data.batch_size=${oc.env:LENET_BATCH}",
+         "data.batch_size holds an interpolation (${...}): it would read what the machine running it holds"),
+        ("~callbacks.progress_bar",
+         "~callbacks.progress_bar deletes a setting: only lenet's own may be set from a file"),
+        ("optimizer=../../../tmp/evil", "optimizer=../../../tmp/evil is no option of lenet's: one of adam, adamw, sgd"),
+        ("trainer.max_epochs=abc", "trainer.max_epochs='abc' is not allowed: it must be an integer >= 1"),
+        ("nothing.of.lenets=1", "nothing.of.lenets is not a setting lenet declares"),
+    ],
+    ids=["hydra-callback", "hydra-setting", "added-callback", "profiler", "target", "interpolation", "deleted",
+         "option-path", "bad-value", "unknown-key"],
+)  # fmt: skip
+def test_a_run_dir_that_asks_for_what_lenet_does_not_run_is_refused_before_anything_runs(
+    payload, reason, run, tmp_path, capsys
+):
+    """A stranger's run dir is data: only overrides of lenet's own keys, with values their rules accept, are rerun."""
+    folder, marker = run_copy(run, tmp_path / "run"), tmp_path / "marker"
+    overrides = folder / ".hydra" / "overrides.yaml"
+    OmegaConf.save(OmegaConf.create([*OmegaConf.load(overrides), payload.replace(MARKER, str(marker))]), overrides)
+    with pytest.raises(SystemExit) as end:
+        reproduce.main([str(folder), "--out", str(tmp_path / "again")])
+    assert end.value.code == 2
+    assert capsys.readouterr().err == f"error: {overrides} holds what lenet does not run: {reason}\n"
+    assert not marker.exists() and not (tmp_path / "again").exists()
+
+
+def test_pinned_values_from_a_run_dir_are_checked_as_its_overrides(run, tmp_path, capsys):
+    folder, marker = run_copy(run, tmp_path / "run"), tmp_path / "marker"
+    edit_json(folder / "env.json", threads=f"{{_target_:os.mkdir,path:{marker}}}")
+    with pytest.raises(SystemExit) as end:
+        reproduce.main([str(folder), "--out", str(tmp_path / "again")])
+    assert end.value.code == 2
+    err = capsys.readouterr().err
+    assert err == f"error: {folder / 'env.json'} holds what lenet does not run: threads names code to run (_target_)\n"
+    assert not marker.exists() and not (tmp_path / "again").exists()

@@ -376,6 +376,7 @@ def test_a_resumed_job_ends_as_it_would_have_uninterrupted(continued_sweep, tmp_
     }
 
 
+@pytest.mark.slow  # ~27 s: a sweep stopped and continued
 def test_a_run_stopped_between_its_last_epoch_and_its_test_is_tested_when_resumed(flat_root, tmp_path):
     """As a preemption or a time limit may stop it. Resumed by the command it prints, or in its own run dir (a
     requeued Slurm job, a continued sweep), it trains nothing more, tests, and reports what an unstopped run does."""

@@ -15,11 +15,11 @@ import os
 import shlex
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import hydra
 from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
@@ -31,6 +31,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from lenet import CONFIG_DIR, keys, rundir
 from lenet.errors import SweepError, UserError
+from lenet.full_disk import NoSpace, make_with_room
 from lenet.sweep import register_job_dirs
 from lenet.validate import validate
 
@@ -49,6 +50,10 @@ HYDRA_FLAGS = {
 EXTRAS = {"fastapi": "serve", "fastapi_offline": "serve", "uvicorn": "serve", "multipart": "serve",
           "python_multipart": "serve", "onnx": "export", "onnxruntime": "export", "onnxscript": "export",
           "mlflow": "track", "wandb": "track"}  # fmt: skip
+# The flags that choose what Hydra does; it takes one at a time.
+MODES = {"-r": "--run", "--run": "--run", "-m": "--multirun", "--multirun": "--multirun", "-c": "--cfg",
+         "--cfg": "--cfg", "-i": "--info", "--info": "--info", "-sc": "--shell-completion",
+         "--shell-completion": "--shell-completion"}  # fmt: skip
 NOT_CHECKED = {"-h", "--help", "--hydra-help", "--version", "-sc", "--shell-completion", "-i", "--info", "-cn",
                "--config-name", "-cp", "--config-path", "-cd", "--config-dir", "--experimental-rerun"}  # fmt: skip
 
@@ -99,7 +104,10 @@ def check(cfg: DictConfig, saved: str | None = None) -> None:
 
 
 def command_line_refusal(config_name: str, args: list[str]) -> str | None:
-    """Why the command line names a setting that does not exist, in words that name the one meant; or None."""
+    """Why the command line cannot run: two modes at once, or a setting or group option that does not exist, in
+    words that name the one meant; or None."""
+    if modes := _modes(args):
+        return modes
     if NOT_CHECKED & set(args):
         return None
     flags = [(i, arg) for i, arg in enumerate(args) if arg.startswith("-") and "=" not in arg]
@@ -111,6 +119,8 @@ def command_line_refusal(config_name: str, args: list[str]) -> str | None:
     except HydraException:
         return None  # a syntax error: Hydra's own message shows where
     choices = [o for o in parsed if _is_group(o.key_or_group)]
+    if choices and (unknown := _unknown_option(config_name, choices)):
+        return unknown
     given = [o.key_or_group for o in parsed if o.type.name == "CHANGE" and not _is_group(o.key_or_group)]
     given = [key for key in given if key.split(".")[0] != "hydra"]
     if not given:
@@ -121,6 +131,35 @@ def command_line_refusal(config_name: str, args: list[str]) -> str | None:
     nodes = {key.rsplit(".", depth)[0] for key in settings for depth in range(1, key.count(".") + 1)}
     missing = next((key for key in given if key not in settings.keys() | nodes), None)
     return _unknown_key(missing, settings) if missing else None
+
+
+def _modes(args: list[str]) -> str | None:
+    """Hydra runs one mode a command (a run, a multirun, --cfg, --info, completion) and says so with a traceback."""
+    given = list(dict.fromkeys(arg for arg in args if arg in MODES))
+    if len(given) < 2:
+        return None
+    refusal = f"{given[0]} and {given[1]} cannot go together: pass one of them"
+    if {MODES[arg] for arg in given[:2]} == {"--multirun", "--cfg"}:
+        refusal += " (--cfg job shows one job's config: drop -m and give one value of each swept key)"
+    return refusal
+
+
+def _unknown_option(config_name: str, choices: list) -> str | None:
+    """`optimizer=adamm`: an option its config group does not have (Hydra's groups included), and the one meant."""
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        loader = GlobalHydra.instance().config_loader()
+        for choice in (c for c in choices if c.type.name != "DEL"):
+            group = choice.key_or_group
+            options = sorted(loader.get_group_options(group))
+            values = list(choice.sweep_string_iterator()) if choice.is_sweep_override() else [choice.value()]
+            values = [item for value in values for item in (value if isinstance(value, list) else [value])]
+            wrong = next(("null" if v is None else str(v) for v in values if v is None or str(v) not in options), None)
+            if wrong is not None and options:
+                close = difflib.get_close_matches(wrong, options, n=1, cutoff=0.6)
+                close = close or ["none"] * (wrong == "null" and "none" in options)  # the option that means no group
+                meant = f"did you mean {group}={close[0]}? " if close else ""
+                return f"{group}={wrong} is not an option of {group}: {meant}({group}: {', '.join(options)})"
+    return None
 
 
 def _is_value_of_a_flag(arg: str, args: list[str]) -> bool:
@@ -269,10 +308,12 @@ class CheckOutputDir(Callback):
 
     @staticmethod
     def _make(path: str) -> None:
+        """The dir made, with room for Hydra's first files (a full disk: one line, where Hydra left empty ones)."""
         try:
-            Path(path).mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryFile(dir=path):
-                pass
+            make_with_room(path)
+        except NoSpace as error:
+            print(f"error: {error}", file=sys.stderr)
+            raise SystemExit(error.exit_status) from None
         except OSError as error:
             print(
                 f"error: cannot write the run dir {path} ({error.strerror}); pass outputs_dir=FOLDER", file=sys.stderr

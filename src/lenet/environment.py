@@ -1,6 +1,5 @@
 """What a run ran on and how to run it again: `env.json` in every run dir."""
 
-import json
 import platform
 import subprocess
 from importlib import metadata
@@ -24,10 +23,6 @@ def environment(command: str | None, device: torch.device, threads_chosen: str |
         "threads_chosen": threads_chosen or "torch's default",
         "platform": platform.platform(),
     }
-
-
-def write(path: Path, command: str | None, device: torch.device, threads_chosen: str | None = None) -> None:
-    path.write_text(json.dumps(environment(command, device, threads_chosen), indent=2) + "\n")
 
 
 def git_state() -> dict:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from io import BytesIO
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, PngImagePlugin, UnidentifiedImageError
 from scipy import ndimage
 
 from lenet.errors import UserError
@@ -14,6 +14,19 @@ from lenet.errors import UserError
 SIZE = 28
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 MAX_SIDE = 1024  # larger photos are shrunk first: the object ends up 20 or 28 pixels tall whatever the start
+STRIP = 2**20  # pixels: a large image is reduced this many at a time (4 MB in most modes)
+MB = 2**20
+I16 = ("I;16", "I;16B", "I;16L", "I;16N")  # 16-bit greyscale, as Pillow names it
+# EXIF orientation -> the transposition that sets the image upright (as ImageOps.exif_transpose does)
+UPRIGHT = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
 MIN_CONTRAST = 24  # grey levels between background and ink below which an image counts as blank (JPEG noise: ~5)
 PAPER_SIDE = 128  # the paper's level is estimated on the image shrunk to this many pixels: light varies slowly
 PAPER_WINDOW = 1 / 4  # of the shorter side: wider than a stroke, narrower than a shadow or a flash's bright middle
@@ -31,7 +44,8 @@ class ImageError(UserError):
 
 
 class ImageTooLarge(ImageError):
-    """An image with more pixels than allowed (max_megapixels), refused from its header before it is decoded."""
+    """An image with more pixels (max_megapixels) or decoded bytes (max_decoded_mb) than allowed, refused from its
+    header before it is decoded."""
 
 
 @dataclass(frozen=True)
@@ -55,16 +69,18 @@ LAYOUTS = {
 }
 
 
-def prepare(image, layout: Layout = LAYOUTS["mnist"], max_pixels: int | None = None) -> np.ndarray:
+def prepare(
+    image, layout: Layout = LAYOUTS["mnist"], max_pixels: int | None = None, max_bytes: int | None = None
+) -> np.ndarray:
     """One image as its dataset's images were made: 28x28 uint8, the object light on black.
 
     `image` is a path, the file's bytes, a binary file object or a PIL image; one of more than `max_pixels` pixels
-    (None: Pillow's own limit) is refused from its header, before it is decoded. Greyscale (transparent pixels are
-    background); light on dark, the background's level removed (`light_on_dark`); cropped to the object; scaled to
-    fit `layout.box` keeping its aspect ratio; placed by centre of mass or bounding box; the brightest pixel
-    stretched to 255, as in MNIST and Fashion-MNIST.
+    (None: Pillow's own limit) or more than `max_bytes` once decoded is refused from its header, before it is
+    decoded. Greyscale (transparent pixels are background); light on dark, the background's level removed
+    (`light_on_dark`); cropped to the object; scaled to fit `layout.box` keeping its aspect ratio; placed by centre
+    of mass or bounding box; the brightest pixel stretched to 255, as in MNIST and Fashion-MNIST.
     """
-    ink = light_on_dark(greyscale(open_image(image, max_pixels)), layout)
+    ink = light_on_dark(greyscale(open_image(image, max_pixels, max_bytes)), layout)
     return place(fit(crop(ink, layout), layout.box), layout)
 
 
@@ -74,10 +90,17 @@ def resize(image) -> np.ndarray:
     return np.asarray(grey, dtype=np.uint8)
 
 
-def open_image(image, max_pixels: int | None = None) -> Image.Image:
-    """Decoded in full, so a damaged file fails here; the first frame; upright as the camera was held."""
+def open_image(image, max_pixels: int | None = None, max_bytes: int | None = None) -> Image.Image:
+    """Decoded in full, so a damaged file fails here; the first frame; at most MAX_SIDE pixels a side; upright as the
+    camera was held.
+
+    Refused from its header, before it is decoded: more than `max_pixels` pixels, or more than `max_bytes` of memory
+    once decoded (`decoded_bytes`, after a JPEG's reduced scale). Shrinking costs little more than the decoded image.
+    """
     try:
-        if not isinstance(image, Image.Image):
+        if isinstance(image, Image.Image):
+            image = image.copy()  # shrunk in place below: the caller's image stays as it was
+        else:
             with warnings.catch_warnings():  # Pillow's decompression-bomb warning: the limit below says it better
                 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
                 image = Image.open(BytesIO(image) if isinstance(image, bytes | bytearray) else image)
@@ -87,9 +110,14 @@ def open_image(image, max_pixels: int | None = None) -> Image.Image:
                 "(max_megapixels): scale the image down"
             )
         image.draft(None, (MAX_SIDE, MAX_SIDE))  # JPEG only: decode at a reduced scale, much faster
+        if max_bytes and decoded_bytes(image) > max_bytes:
+            raise ImageTooLarge(
+                f"{image.width}x{image.height} pixels of mode {image.mode} take {decoded_bytes(image) / MB:.0f} MB "
+                f"decoded, more than the limit, {max_bytes / MB:g} MB (max_decoded_mb): scale the image down"
+            )
         image.load()
-        image = ImageOps.exif_transpose(image)
-        image.thumbnail((MAX_SIDE, MAX_SIDE))
+        orientation = image.getexif().get(ExifTags.Base.Orientation)  # read now: a shrunk copy has no EXIF
+        image = shrunk(image)
     except ImageError:
         raise
     except Image.DecompressionBombError as error:  # beyond twice Pillow's own limit, whatever max_pixels says
@@ -98,12 +126,65 @@ def open_image(image, max_pixels: int | None = None) -> Image.Image:
         raise ImageError("not an image (or a format Pillow cannot read)") from None
     except Exception as error:  # Pillow's decoders fail on damaged files with OSError, SyntaxError, ValueError, ...
         raise ImageError(f"cannot read it ({error})") from None
+    return image.transpose(UPRIGHT[orientation]) if orientation in UPRIGHT else image
+
+
+def limit_png_text(most_bytes: int) -> None:
+    """Pillow keeps a PNG's text chunks (its metadata) decompressed, up to 64 MB of them: a 68 KB file costs that
+    much before a pixel is decoded. lenet reads none of them. This is a setting of Pillow's: for the whole process."""
+    PngImagePlugin.MAX_TEXT_MEMORY = most_bytes
+
+
+def decoded_bytes(image: Image.Image) -> int:
+    """The memory `image` takes once decoded: Pillow keeps a pixel in 1 byte (modes 1, L, P), 2 (16-bit greyscale)
+    or 4 (every other mode, 3-band RGB included)."""
+    return image.width * image.height * (1 if image.mode in ("1", "L", "P") else 2 if image.mode in I16 else 4)
+
+
+def shrunk(image: Image.Image) -> Image.Image:
+    """At most MAX_SIDE pixels a side, keeping the aspect ratio.
+
+    An image of twice that or more is first reduced by a whole factor (a box filter), a strip of rows at a time: at
+    once, Pillow's reduce copies an RGBA or LA image whole (to premultiply its alpha) and cannot reduce 16-bit
+    greyscale at all (so thumbnail() refused those from 4096 pixels a side up). What is left, under 2*MAX_SIDE, is
+    resized in one piece, in a mode whose pixels average (thumbnail() averages palette indices of mode PA).
+    """
+    if max(image.size) <= MAX_SIDE:
+        return image
+    factor = max(image.size) // MAX_SIDE
+    image = reduced(image, factor) if factor >= 2 else reducible(image)
+    image.thumbnail((MAX_SIDE, MAX_SIDE))
     return image
+
+
+def reduced(image: Image.Image, factor: int) -> Image.Image:
+    """`image` reduced `factor` times, a strip of about STRIP pixels at a time, so no full-size copy is ever made."""
+    width, height = image.size
+    rows = factor * max(1, STRIP // (width * factor))  # whole blocks of factor x factor pixels in each strip
+    whole = None
+    for top in range(0, height, rows):
+        strip = reducible(image.crop((0, top, width, min(top + rows, height)))).reduce(factor)
+        if whole is None:
+            whole = Image.new(strip.mode, (-(-width // factor), -(-height // factor)))
+        whole.paste(strip, (0, top // factor))
+    return whole
+
+
+def reducible(strip: Image.Image) -> Image.Image:
+    """`strip` in a mode whose pixels Pillow's reduce averages: grey levels (and alpha), not bits, palette indices or
+    a colour keyed as transparent. Grey is all `greyscale` keeps; bilevel and palette images shrink faster as grey."""
+    if strip.mode in I16:
+        return strip.convert("I")
+    if strip.mode == "PA" or "transparency" in strip.info:
+        return strip.convert("LA")
+    if strip.mode in ("1", "P"):
+        return strip.convert("L")
+    return strip
 
 
 def greyscale(image: Image.Image) -> np.ndarray:
     """Float grey levels 0..255; transparent pixels become background, whatever colour they hide."""
-    if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):  # 16-bit and float scans: rescale to 0..255
+    if image.mode in ("I", "F", *I16):  # 16-bit and float scans: rescale to 0..255
         return _rescaled(np.asarray(image, dtype=np.float32))
     try:
         if image.mode in GREY_CHANNEL:

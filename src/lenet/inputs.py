@@ -1,11 +1,13 @@
 """The image files a user names (a file, a folder, a glob pattern, a list of these), each checked before it is
 opened: what is not a regular file (a folder named x.png, a FIFO, a device, a broken or looping symlink) is named,
-never read, and `**` enters each folder once."""
+never read; a pattern stays inside the folder it names, and `**` enters each folder once."""
 
 import contextlib
 import errno
 import functools
 import glob
+import itertools
+import logging
 import os
 import stat
 from collections.abc import Callable, Iterator
@@ -27,6 +29,9 @@ NOT_FILES = {
 }
 
 Reader = Callable[[BinaryIO], np.ndarray]  # an open image file -> the 28x28 image the model sees
+SHOWN = 3  # symlinks that lead outside a pattern's tree named in its warning; the rest counted
+
+log = logging.getLogger(__name__)
 
 
 class InputError(UserError):
@@ -114,24 +119,65 @@ def folder_images(folder: Path, text: str) -> list[Path]:
 
 
 def glob_matches(pattern: str) -> list[Path]:
-    """The files `pattern` matches, and the entries named like images that are not files; sorted, each once.
+    """The files `pattern` matches inside its tree, and the entries named like images that are not files; sorted,
+    each once.
+
+    The tree is the folder the pattern names before its first wildcard (`photos` of `photos/**/*.png`, the current
+    folder of `**/*.png`). A symlinked folder that leads outside it is not searched: `/proc/self/root` or a link to
+    `/` would have `**` search the whole file system, and a folder of images from elsewhere (a download) could name
+    any folder of this machine. One warning names them; a folder meant to be searched can be named in `inputs`.
+    Linked files are read wherever they lead, as in a folder's listing: one file is one row, and sets of links to
+    images are common.
 
     Once: an entry reached through two linked folders is one entry (its folder's real path and its name), and the
     first path found is kept. Two names of one file (link.png -> a.png) stay two rows, as in a folder's listing.
     """
+    tree, outside = Tree(pattern), {}
     firsts, real_folder = {}, functools.cache(os.path.realpath)
-    for path in map(Path, sorted(expand_glob(pattern))):
-        if is_image_name(path) or not_a_file(path) is None:
-            firsts.setdefault((real_folder(path.parent), path.name), path)
+    for path in map(Path, sorted(expand_glob(pattern, tree, outside))):
+        folder = real_folder(path.parent)
+        if not tree.holds(folder):  # through a linked folder that a wildcard of the pattern's end matched
+            outside.setdefault(str(path.parent), folder)
+        elif is_image_name(path) or not_a_file(path) is None:
+            firsts.setdefault((folder, path.name), path)
+    if outside:
+        log.warning("inputs='%s': %s", path_text(pattern), left_out(outside, tree))
     return list(firsts.values())
 
 
-def expand_glob(pattern: str) -> list[str]:
-    """`glob.glob(pattern, recursive=True)`, except that each `**` enters each folder once.
+class Tree:
+    """The folder a glob pattern searches: the part of the pattern before its first wildcard, and its real path."""
+
+    def __init__(self, pattern: str):
+        parts = pattern.split(os.sep)
+        literal = list(itertools.takewhile(lambda part: not glob.has_magic(part), parts[:-1]))
+        self.name = os.sep.join(literal) or (os.sep if pattern.startswith(os.sep) else os.curdir)
+        self.real = os.path.realpath(self.name)
+
+    def holds(self, real_path: str) -> bool:
+        return real_path == self.real or real_path.startswith(self.real.rstrip(os.sep) + os.sep)
+
+
+def left_out(outside: dict[str, str], tree: Tree) -> str:
+    """The warning's words: how many symlinked folders lead outside the tree, the first few, and what to do."""
+    count, links = len(outside), sorted((os.path.normpath(link), real) for link, real in outside.items())
+    named = ", ".join(f"{path_text(link)} -> {path_text(real)}" for link, real in links[:SHOWN])
+    more = f" and {count - SHOWN} more" if count > SHOWN else ""
+    where = "the current folder" if tree.name == os.curdir else path_text(tree.name)
+    return (
+        f"{count} symlinked folder{'s lead' if count > 1 else ' leads'} outside {where} and "
+        f"{'were' if count > 1 else 'was'} not searched ({named}{more}); to search one, add it to inputs"
+    )
+
+
+def expand_glob(pattern: str, tree: Tree, outside: dict[str, str]) -> list[str]:
+    """`glob.glob(pattern, recursive=True)`, except that each `**` enters each folder once, and no folder outside
+    `tree`: a symlinked folder that leads out of it is added to `outside` (its path -> where it leads).
 
     Python 3.11's `**` follows symlinked folders, loops included: a link back up matches every file ~40 times (until
     the path grows too long), two such links never end. Not following symlinks at all (bash, pathlib in 3.13) would
-    lose the folders people link in from another disk. So `**` follows them but enters a folder (device, inode) once.
+    lose the folders people link in from elsewhere in the tree. So `**` follows the links that stay inside the tree,
+    and enters a folder (device, inode) once.
     """
     parts = pattern.split(os.sep)
     if "**" not in parts:
@@ -139,18 +185,22 @@ def expand_glob(pattern: str) -> list[str]:
     at = parts.index("**")
     if at == 0:  # `**/*.png`: from here, and the paths stay relative as glob's are
         here = os.curdir + os.sep
-        return [match.removeprefix(here) for match in expand_glob(here + pattern)]
+        return [match.removeprefix(here) for match in expand_glob(here + pattern, tree, outside)]
     top, rest = os.sep.join(parts[:at]) or os.sep, os.sep.join(parts[at + 1 :]) or "*"
     return [
         match
         for start in glob.glob(top)
-        for folder in folders_below(start)
-        for match in expand_glob(os.path.join(glob.escape(folder), rest))
+        for folder in folders_below(start, tree, outside)
+        for match in expand_glob(os.path.join(glob.escape(folder), rest), tree, outside)
     ]
 
 
-def folders_below(top: str) -> Iterator[str]:
-    """`top` and the folders under it, symlinked ones included, each entered once; hidden ones left out, as in glob."""
+def folders_below(top: str, tree: Tree, outside: dict[str, str]) -> Iterator[str]:
+    """`top` and the folders under it, symlinked ones included if they stay inside `tree` (those that do not are
+    added to `outside`), each entered once; hidden ones left out, as in glob."""
+    if not tree.holds(real := os.path.realpath(top)):  # a wildcard before `**` matched a link that leads out
+        outside[top] = real
+        return
     entered = set()
     for folder, subfolders, _ in os.walk(top, followlinks=True):
         try:
@@ -161,5 +211,17 @@ def folders_below(top: str) -> Iterator[str]:
             subfolders.clear()
             continue
         entered.add((info.st_dev, info.st_ino))
-        subfolders[:] = sorted(name for name in subfolders if not name.startswith("."))
+        subfolders[:] = sorted(
+            name for name in subfolders if not name.startswith(".") and stays(folder, name, tree, outside)
+        )
         yield folder
+
+
+def stays(folder: str, name: str, tree: Tree, outside: dict[str, str]) -> bool:
+    """Whether the subfolder `name` of `folder` (inside the tree) is inside it too; if not, it is added to `outside`.
+    Only a symlink can lead out (a real subfolder of a folder inside is inside), so only links are resolved."""
+    path = os.path.join(folder, name)
+    if not os.path.islink(path) or tree.holds(real := os.path.realpath(path)):
+        return True
+    outside[path] = real
+    return False

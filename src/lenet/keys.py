@@ -19,6 +19,7 @@ and what is allowed in one line. Rules go by key, not by option: a new option fi
 gets the checks of the keys it shares with the others without a change here.
 """
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from fnmatch import fnmatchcase
@@ -85,7 +86,12 @@ def one_of(*choices) -> Rule:
 
 def key_of(mapping: str) -> Rule:
     """One of the keys of the dict at `mapping` (a dotted path, e.g. lenet.model.ACTIVATIONS): defined there."""
-    return Rule(lambda v: v in get_object(mapping), lambda: "one of " + ", ".join(get_object(mapping)), deferred=True)
+    # A name, never a list or a dict: those are unhashable, and `in` a dict would raise on them.
+    return Rule(
+        lambda v: isinstance(v, str) and v in get_object(mapping),
+        lambda: "one of " + ", ".join(get_object(mapping)),
+        deferred=True,
+    )
 
 
 def strings(test: Callable[[str], bool], text: str) -> Rule:
@@ -228,6 +234,7 @@ KEYS: dict[str, Key] = {
     "preview_order": Key(one_of("input", "confidence")),
     "prepare": Key(BOOLEAN),
     "max_megapixels": Key(POSITIVE),
+    "max_decoded_mb": Key(POSITIVE),
     "host": Key(TEXT),
     "port": Key(integer(0, 65535)),
     "workers": Key(integer(1)),
@@ -269,6 +276,11 @@ def role(key: str) -> Key:
     return Key(**found)
 
 
+def declares(key: str) -> bool:
+    """Whether `key` is declared here, or lies under a key that is (trainer.strategy, under trainer)."""
+    return any(_covers(pattern, key) for pattern in KEYS)
+
+
 def _covers(pattern: str, key: str) -> bool:
     """`trainer` covers trainer.max_epochs; `callbacks.*.dirpath` covers callbacks.checkpoint.dirpath."""
     return fnmatchcase(key, pattern) or fnmatchcase(key, f"{pattern}.*")
@@ -301,3 +313,22 @@ def hparams_of(cfg: DictConfig) -> dict:
             hparams[declared.hparam] = HPARAM_VALUES.get(key, lambda v: v)(value)
     names = dict.fromkeys(key.hparam for key in KEYS.values() if key.hparam)
     return {name: hparams.get(name, HPARAM_DEFAULTS.get(name)) for name in names}
+
+
+# Hydra's own settings that a sweep's command may carry when lenet prints it again from a file (lenet.records.distrust):
+# the launcher and its resources, as docs/sweeps.md gives them. The rest of Hydra's (its callbacks, a launcher's
+# `setup` lines or `python`) run code: a command from a file that sets them is not printed.
+NAME = Rule(lambda v: isinstance(v, str) and re.fullmatch(r"[\w.-]+", v) is not None, "a name (letters, digits, ._-)")
+HYDRA_LAUNCHERS = ("basic", "joblib", "submitit_local")  # Hydra's plugins; lenet's own are in conf/hydra/launcher/
+HYDRA_KEYS: dict[str, Rule] = {
+    "hydra.launcher.n_jobs": integer(),
+    "hydra.launcher.partition": NAME,
+    "hydra.launcher.timeout_min": integer(1),
+    "hydra.launcher.nodes": integer(1),
+    "hydra.launcher.tasks_per_node": integer(1),
+    "hydra.launcher.cpus_per_task": integer(1),
+    "hydra.launcher.gpus_per_node": integer(0),
+    "hydra.launcher.mem_gb": POSITIVE,
+    "hydra.sweeper.n_jobs": integer(1),
+    "hydra.sweeper.n_trials": integer(1),
+}

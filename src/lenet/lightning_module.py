@@ -10,9 +10,13 @@ from torchmetrics.classification import MulticlassConfusionMatrix
 
 from lenet import misclassified
 from lenet.datasets import class_names
-from lenet.errors import UserError
+from lenet.errors import ConfigError, UserError
+from lenet.model import LeNet
 
 STAGES = ("train", "val", "test")
+# The one network lenet builds, conf/model/lenet.yaml's `_target_`: a model's settings choose its options, never its
+# class (a checkpoint's settings are a stranger's text).
+LENET = f"{LeNet.__module__}.{LeNet.__qualname__}"
 
 
 class Diverged(UserError):
@@ -56,18 +60,22 @@ class EpochTotals:
 
 
 class LeNetModule(L.LightningModule):
-    """Takes plain dicts (Hydra configs with `_target_`), so checkpoints reload without the config files.
+    """Takes plain dicts, so checkpoints reload without the config files.
 
-    `model` builds the network; `optimizer` and `scheduler` are `_partial_` configs completed with the
-    parameters and the optimizer. An empty `scheduler` means a constant learning rate.
+    `model` holds LeNet's settings (conf/model/lenet.yaml; a `_target_` there may only name LeNet); `optimizer` and
+    `scheduler` are `_partial_` configs completed with the parameters and the optimizer, from the run's own config:
+    a module rebuilt from a checkpoint gets none (lenet.checkpoint), so nothing a file names is ever instantiated.
+    An empty `scheduler` means a constant learning rate.
     """
 
-    def __init__(self, model: dict, optimizer: dict, scheduler: dict | None = None):
+    def __init__(self, model: dict, optimizer: dict | None = None, scheduler: dict | None = None):
         super().__init__()
         self.save_hyperparameters(logger=False)  # the run logs its own, comparable hparams
         model = dict(model)
+        if (target := model.pop("_target_", LENET)) != LENET:
+            raise ConfigError(f"model._target_={target} is not allowed: lenet builds its own network, {LENET}")
         compile_model, self.channels_last = model.pop("compile", False), model.pop("channels_last", False)
-        self.net = instantiate(model)
+        self.net = LeNet(**model)
         if self.channels_last:
             self.net.to(memory_format=torch.channels_last)
         if compile_model:
@@ -150,6 +158,8 @@ class LeNetModule(L.LightningModule):
             torch.manual_seed(torch.initial_seed() + self.global_rank)
 
     def configure_optimizers(self):
+        if not self.hparams.optimizer:  # rebuilt from a checkpoint: it tests and predicts, it does not train
+            raise RuntimeError("a LeNetModule without an optimizer's config cannot train")
         optimizer = instantiate(self.hparams.optimizer)(self.parameters())
         if not self.hparams.scheduler:
             return optimizer

@@ -30,13 +30,12 @@ from lenet.errors import UserError
 from lenet.images import ImageError, open_image, resize
 from lenet.inputs import InputError, Reader, image_paths, path_text, read_image
 from lenet.predictor import Predictor, load, model_file
+from lenet.quoting import spreadsheet_cell
 
 log = logging.getLogger(__name__)
 
 TABLE_ROWS = 20  # printed; the CSV has them all
 PREVIEW_MAX = 100
-# A spreadsheet runs a cell that starts with one of these as a formula (CSV injection): the six OWASP lists.
-FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
 class UnreadableImages(UserError):
@@ -171,8 +170,9 @@ class PredictionsCsv:
         self.rows += len(predictions)
 
     def _row(self, p: Prediction) -> list[str]:
-        top = [value for name, probability in p.top for value in (as_text(name), f"{probability:.4f}")]
-        return [as_text(p.path), *(top[:2] or ["", ""]), *(top or [""] * 2 * self.top_k), as_text(p.error)]
+        top = [value for name, probability in p.top for value in (spreadsheet_cell(name), f"{probability:.4f}")]
+        cells = [*(top[:2] or ["", ""]), *(top or [""] * 2 * self.top_k)]
+        return [spreadsheet_cell(p.path), *cells, spreadsheet_cell(p.error)]
 
     def _write(self, rows: list[list[str]]) -> None:
         text = io.StringIO()  # one write of whole rows: the file's own buffer would flush at any byte, mid-row
@@ -185,11 +185,6 @@ class PredictionsCsv:
 
     def __exit__(self, *exc):
         self.file.close()
-
-
-def as_text(cell: str) -> str:
-    """A cell a spreadsheet shows as text: one that starts like a formula gets a leading single quote (OWASP)."""
-    return f"'{cell}" if cell.startswith(FORMULA_STARTS) else cell
 
 
 @contextlib.contextmanager

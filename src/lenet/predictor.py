@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from hydra.utils import get_method
 
-from lenet import rundir
+from lenet import keys, rundir
 from lenet.errors import ConfigError, ModelError
 from lenet.images import LAYOUTS, Layout, prepare
 
@@ -101,6 +101,8 @@ def from_metadata(path: Path, metadata: dict, model, forward) -> Predictor:
         raise ModelError(f"{path} lacks lenet.export's metadata (class names, mean, std): export it with lenet.export")
     if metadata.get("output", OUTPUT) != OUTPUT:
         raise ModelError(f"{path} returns {metadata['output']}, not {OUTPUT}")
+    if refusal := _metadata_refusal(metadata):
+        raise ModelError(f"{path} {refusal}")
     return Predictor(
         list(metadata["classes"]),
         float(metadata["mean"]),
@@ -113,13 +115,37 @@ def from_metadata(path: Path, metadata: dict, model, forward) -> Predictor:
     )
 
 
+def _metadata_refusal(metadata: dict) -> str | None:
+    """Why the metadata an exported file carries is not what lenet.export writes, naming the key; None if it is.
+    Its numbers are checked by the rules of the data settings they come from (lenet.keys)."""
+    for key in ("mean", "std"):
+        value, rule = metadata[key], keys.KEYS[f"data.{key}"].rule
+        if not rule.test(value):
+            return f"holds {key}={value!r:.60}, which is not allowed: it must be {rule.text}"
+    if not isinstance(metadata["dataset"], str) or metadata["dataset"] not in LAYOUTS:  # those lenet prepares for
+        return (
+            f"holds dataset={metadata['dataset']!r:.60}, which is not allowed: it must be one of {', '.join(LAYOUTS)}"
+        )
+    classes = metadata["classes"]
+    if not (isinstance(classes, list) and len(classes) >= 2 and all(isinstance(name, str) for name in classes)):
+        return f"holds classes={classes!r:.60}, which is not allowed: it must be a list of two or more class names"
+    return None
+
+
 def properties(metadata: dict) -> dict[str, str]:
     """Metadata as ONNX metadata_props, which are strings: lists and numbers as JSON, strings as they are."""
     return {key: value if isinstance(value, str) else json.dumps(value) for key, value in metadata.items()}
 
 
 def from_properties(props: dict[str, str]) -> dict:
-    return {key: json.loads(value) if key in NUMBERS_AND_LISTS else value for key, value in props.items()}
+    return {key: _json(value) if key in NUMBERS_AND_LISTS else value for key, value in props.items()}
+
+
+def _json(text: str):
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text  # not what lenet.export writes: from_metadata refuses it, naming its key
 
 
 def model_file(ckpt_path: str | None, outputs_dir: Path, prefer: str = "best") -> Path | None:

@@ -8,6 +8,10 @@ seeds would resolve it (lenet.comparison), for `val/acc_best` and `test/acc`; re
 resolved and which are noise. Written as report.csv, report_by_config.csv, report.md and report.png (the metric per
 configuration, the differences with their intervals, and every job's validation curve). Several folders, or one
 above many runs (`outputs/`), are compared together: by their configs, or folder against folder (`--by-folder`).
+
+What the run dirs hold is data from whoever made them (lenet.runs): shown as text in every output (markdown escaped,
+spreadsheet formulas quoted, terminal sequences and TeX shown as written), a command printed only when lenet would
+run every override in it, and each report file replaced whole (a link in its place is replaced, never followed).
 """
 
 import argparse
@@ -15,6 +19,7 @@ import csv
 import logging
 import math
 import os
+import re
 import statistics
 import sys
 from dataclasses import dataclass, field
@@ -23,9 +28,12 @@ from pathlib import Path
 from matplotlib.figure import Figure  # no pyplot: no GUI backend, safe in any process
 from matplotlib.ticker import MaxNLocator
 
-from lenet import keys
+from lenet import atomic, keys
 from lenet.cli import METRIC, command_line
 from lenet.comparison import MOST_SEEDS, Difference, difference
+from lenet.errors import UserError
+from lenet.quoting import markdown_cell, spreadsheet_cell, terminal
+from lenet.records import trusted
 from lenet.runs import CURVE, SEED, Job, curve, read_runs
 from lenet.sweep import MULTIRUN, continue_command
 
@@ -108,7 +116,8 @@ class Configuration:
         return " ".join(f"{key}={value}" for key, value in self.label.items()) or "all jobs"
 
     def command(self) -> str:
-        """The best job's command line; with several seeds, a multirun over them all."""
+        """The best job's command line; with several seeds, a multirun over them all. A UserError when its overrides
+        hold what lenet would not run (lenet.records.trusted)."""
         job = self.done[0]
         return over_seeds(job, self.seeds) if len(self.seeds) > 1 else job.command()
 
@@ -152,9 +161,17 @@ def config_rows(configs: list[Configuration]) -> list[dict]:
         | {"n": len(config.done), "seeds": " ".join(config.seeds)}
         | {f"{name}_{stat}": getattr(config, stat)(name) for name in POOLED for stat in ("mean", "std")}
         | dict(pair for name, prefix in COMPARED.items() for pair in _compared(prefix, config.vs_best.get(name)))
-        | {"compared": _how(config.vs_best.get(METRIC)), "command": config.command() if config.done else ""}
+        | {"compared": _how(config.vs_best.get(METRIC)), "command": _or_why(config.command) if config.done else ""}
         for config in configs
     ]
+
+
+def _or_why(command) -> str:
+    """`command()`, or why it is not printed."""
+    try:
+        return command()
+    except UserError as error:
+        return f"not printed: {error}"
 
 
 def _compared(prefix: str, found: Difference | None) -> list[tuple[str, float | int | None]]:
@@ -173,38 +190,62 @@ def _how(found: Difference | None) -> str:
 
 
 def write_csv(table: list[dict], path: Path) -> None:
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(table[0]))
+    with atomic.replacing(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=[_csv_cell(name) for name in table[0]])
         writer.writeheader()
-        writer.writerows(table)  # None is written as an empty cell
+        writer.writerows({_csv_cell(k): _csv_cell(v) for k, v in row.items()} for row in table)  # None: an empty cell
 
 
-def markdown(title: str, jobs: list[Job], configs: list[Configuration], continued_by: str | None = None) -> str:
-    lines = [f"# {title}", "", _counts(jobs), ""]
+NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
+def _csv_cell(value):
+    """Text from the run dirs as a spreadsheet shows it, never a formula; a number written as text (a setting's
+    value, `-0.5`) stays a number."""
+    return spreadsheet_cell(value) if isinstance(value, str) and not NUMBER.fullmatch(value) else value
+
+
+def markdown(title: str, jobs: list[Job], configs: list[Configuration], continued_by=None) -> str:
+    """report.md. `continued_by`: for a sweep, what returns the command that continues it (a UserError: why not)."""
+    lines = [f"# {title}", "", _counts(jobs), ""]  # the folders as the user named them
     pooled = any(len(config.done) > 1 for config in configs)
     if pooled:
         lines += ["## Pooled over seeds", "", *_pooled_table(configs), ""]
         best = configs[0]
         if best.mean(METRIC) is not None:
-            which = f"Best: {best.describe()}" if len(configs) > 1 else "All jobs"
-            result = f"{METRIC} {_mean_std(best, METRIC)} over seeds {', '.join(best.seeds)}"
-            lines += [f"{which}, {result}. Rerun it:", ""]
-            lines += ["```bash", best.command(), "```", ""]
+            which = f"Best: {_md(best.describe())}" if len(configs) > 1 else "All jobs"
+            result = f"{METRIC} {_mean_std(best, METRIC)} over seeds {_md(', '.join(best.seeds))}"
+            lines += [*_command(f"{which}, {result}. Rerun it", best.command), ""]
         lines += _confidence(configs)
     lines += ["## Jobs", "", *_jobs_table(jobs)]
     best_job = next((job for job in jobs if METRIC in job.metrics), None)
     if best_job and not pooled:  # with seeds, the luckiest one is no recipe
-        lines += ["", f"Best: job {best_job.name}, {METRIC} {best_job.metrics[METRIC]:.4f}. Rerun it:", ""]
-        lines += ["```bash", best_job.command(), "```"]
+        best = f"Best: job {_md(best_job.name)}, {METRIC} {best_job.metrics[METRIC]:.4f}. Rerun it"
+        lines += ["", *_command(best, best_job.command)]
         if confidence := _confidence(configs):  # after the best job's command: what one seed cannot tell
             lines += ["", *confidence[:-1]]  # its closing blank line: the end, or the next section's own
     problems = [job for job in jobs if job.status != "done"]
     if problems:
         lines += ["", "Not finished:", ""]
-        lines += [f"- job {job.name} {job.status}: {job.error or 'no metrics.json'}" for job in problems]
+        lines += [f"- job {_md(job.name)} {job.status}: {_md(job.error or 'no metrics.json')}" for job in problems]
         if continued_by:  # a sweep: its finished jobs are kept, the interrupted resume, the failed run again
-            lines += ["", "Continue the sweep:", "", "```bash", continued_by, "```"]
-    return "\n".join(lines) + "\n"
+            lines += ["", *_command("Continue the sweep", continued_by)]
+    return terminal("\n".join(lines) + "\n")  # control characters shown as escapes, in the commands too
+
+
+def _command(saying: str, command) -> list[str]:
+    """`saying`, then the command `command()` returns in a code block; or, when it is not printed, why."""
+    try:
+        text = command()
+    except UserError as error:
+        return [f"{saying}: not printed, for {_md(str(error))}."]
+    fence = "`" * max([3, *(len(run) + 1 for run in re.findall("`+", text))])  # a run of ` as long would close it
+    return [f"{saying}:", "", f"{fence}bash", text, fence]
+
+
+def _md(text: str) -> str:
+    """Text from the run dirs, as itself in markdown."""
+    return markdown_cell(text)
 
 
 def _confidence(configs: list[Configuration]) -> list[str]:
@@ -214,27 +255,23 @@ def _confidence(configs: list[Configuration]) -> list[str]:
         return []
     lines = ["## Is it really better?", ""]
     if all(len(config.values(METRIC)) < 2 for config in measured):
-        best = measured[0]
-        lines += [
+        saying = (
             f"One seed per configuration: no difference here is resolved, for a seed alone moves {METRIC} by tenths"
             f" of a point and more, so this ranking may be noise. Run {SUGGESTED_SEEDS} seeds of each configuration"
-            " to compare them with 95% intervals, e.g. the best:",
-            "",
-            "```bash",
-            over_seeds(best.done[0], [str(seed) for seed in range(1, SUGGESTED_SEEDS + 1)]),
-            "```",
-            "",
-        ]
-        return lines
+            " to compare them with 95% intervals, e.g. the best"
+        )
+        seeds = [str(seed) for seed in range(1, SUGGESTED_SEEDS + 1)]
+        return [*lines, *_command(saying, lambda: over_seeds(measured[0].done[0], seeds)), ""]
+    best = _md(measured[0].describe())
     lines += [
-        f"Each configuration against the best ({measured[0].describe()}), in accuracy points, with the 95% interval"
+        f"Each configuration against the best ({best}), in accuracy points, with the 95% interval"
         " of the difference (a t-interval: paired by seed where both ran the same seeds, Welch's otherwise). Resolved:"
         " the interval excludes 0. Not resolved: noise at this many seeds.",
         "",
     ]
     for config in measured[1:]:
         said = [_said(name, found) for name in COMPARED if (found := config.vs_best.get(name))]
-        lines.append(f"- {config.describe()}: " + "; ".join(said) + ".")
+        lines.append(f"- {_md(config.describe())}: " + "; ".join(said) + ".")
     return [*lines, ""]
 
 
@@ -254,26 +291,30 @@ def _said(name: str, found: Difference) -> str:
 
 
 def over_seeds(job: Job, seeds: list[str]) -> str:
-    """The job's command as a multirun over `seeds`."""
+    """The job's command as a multirun over `seeds`; a UserError when lenet would not run it (the seeds too are
+    read from the run dirs)."""
     kept = [o for o in job.overrides if keys.overridden(o) != SEED]
-    return command_line(job.task, ["-m", *kept, f"{SEED}={','.join(seeds)}"])  # -m up front, as users type
+    overrides = trusted([*kept, f"{SEED}={','.join(seeds)}"], job.path)
+    return command_line(job.task, ["-m", *overrides])  # -m up front, as users type
 
 
 def _jobs_table(jobs: list[Job]) -> list[str]:
     params = swept(jobs)
-    lines = [_row(["job", "status", *params, *COLUMNS]), "|" + "---|" * (2 + len(params) + len(COLUMNS))]
+    lines = [_row(["job", "status", *map(_md, params), *COLUMNS]), "|" + "---|" * (2 + len(params) + len(COLUMNS))]
     for job in jobs:
         values = [_cell(job.metrics.get(name), spec) for name, spec in COLUMNS.items()]
-        lines.append(_row([job.name, job.status, *(job.setting.get(key, "") for key in params), *values]))
+        settings = [_md(job.setting.get(key, "")) for key in params]
+        lines.append(_row([_md(job.name), job.status, *settings, *values]))
     return lines
 
 
 def _pooled_table(configs: list[Configuration]) -> list[str]:
-    header = [*configs[0].label, "n", "seeds", *POOLED]
+    header = [*map(_md, configs[0].label), "n", "seeds", *POOLED]
     lines = [_row(header), "|" + "---|" * len(header)]
     for config in configs:
         pooled = [_mean_std(config, name) for name in POOLED]
-        lines.append(_row([*config.label.values(), str(len(config.done)), " ".join(config.seeds), *pooled]))
+        label = [_md(value) for value in config.label.values()]
+        lines.append(_row([*label, str(len(config.done)), _md(" ".join(config.seeds)), *pooled]))
     return lines
 
 
@@ -289,9 +330,16 @@ def _mean_std(config: Configuration, name: str) -> str:
 
 
 def _counts(jobs: list[Job]) -> str:
-    done = sum(job.status == "done" for job in jobs)
-    failed = sum(job.status == "failed" for job in jobs)
-    return f"{len(jobs)} jobs: {done} done, {failed} failed, {len(jobs) - done - failed} unfinished."
+    """`3 jobs: 2 done, 1 failed, 0 unfinished.`, and how many are unreadable when any are."""
+    counts = {status: sum(job.status == status for job in jobs) for status in ("done", "failed", "unfinished")}
+    if unreadable := sum(job.status == "unreadable" for job in jobs):
+        counts["unreadable"] = unreadable
+    return f"{_counted(len(jobs), 'job')}: {', '.join(f'{n} {status}' for status, n in counts.items())}."
+
+
+def _counted(number: int, noun: str) -> str:
+    """`1 job`, `2 jobs`."""
+    return f"{number} {noun}{'s' * (number != 1)}"
 
 
 def _cell(value, spec: str) -> str:
@@ -304,7 +352,8 @@ def plot(jobs: list[Job], configs: list[Configuration], path: Path) -> bool:
     figure = report_figure(jobs, configs)
     if figure is None:
         return False
-    figure.savefig(path, dpi=100)
+    with atomic.replacing(path, "wb") as file:
+        figure.savefig(file, format="png", dpi=100)
     return True
 
 
@@ -339,7 +388,7 @@ def _metric_panel(axes, key: str, configs: list[Configuration]) -> None:
         axes.scatter(xs[len(configs) :], [value for _, value in seeds], s=10, color="0.6", zorder=1)
     means = [config.mean(METRIC) for config in configs]
     axes.errorbar(xs[: len(configs)], means, yerr=stds if any(stds) else None, fmt="o", capsize=4, zorder=2)
-    axes.set_xlabel(key or "configuration")
+    axes.set_xlabel(_tex_free(key) or "configuration")
     axes.set_ylabel(METRIC)
 
 
@@ -350,7 +399,7 @@ def _differences_panel(axes, compared: list[tuple[Configuration, Difference]]) -
         color = "C3" if found.resolved else "0.5"  # red: resolved; grey: noise
         axes.errorbar([found.delta], [y], xerr=error, fmt="o", color=color, capsize=4)
     axes.axvline(0, color="0.3", linewidth=0.8)
-    labels = [_short(config.describe()) for config, _ in compared]
+    labels = [_tex_free(_short(config.describe())) for config, _ in compared]
     axes.set_yticks(range(len(compared)), labels, fontsize="small")
     axes.set_ylim(len(compared) - 0.5, -0.5)  # best first, as in the tables
     axes.set_xlabel(f"{METRIC} vs best (points, 95% CI)")
@@ -361,12 +410,18 @@ def _short(label: str, most: int = 32) -> str:
     return label if len(label) <= most else "…" + label[-(most - 1) :]
 
 
+def _tex_free(label: str) -> str:
+    """Text from the run dirs as a matplotlib label shows it as written: `$...$` would be read as TeX (and `$\\x$`
+    fail to draw; an escaped dollar is drawn as a dollar), a control character has no glyph (shown escaped)."""
+    return terminal(label).replace("$", r"\$")
+
+
 def _positions(axes, values: list[str]) -> list[float]:
     """Where each value goes on the x axis: numbers as numbers (log scale across decades), else categories."""
     numbers = [_number(v) for v in values]
     if None in numbers:  # categories (optimizer=adam): one position each, in first-seen order
         categories = list(dict.fromkeys(values))
-        axes.set_xticks(range(len(categories)), [_short(category, 24) for category in categories])
+        axes.set_xticks(range(len(categories)), [_tex_free(_short(category, 24)) for category in categories])
         return [categories.index(v) for v in values]
     if min(numbers) > 0 and max(numbers) / min(numbers) >= 100:  # learning rates, weight decays
         axes.set_xscale("log")
@@ -375,7 +430,7 @@ def _positions(axes, values: list[str]) -> list[float]:
 
 def _curves_panel(axes, configs: list[Configuration], curves: dict[str, list[tuple[int, float]]]) -> None:
     for index, config in enumerate(configs):
-        label = config.describe()
+        label = _tex_free(config.describe())
         for job in config.jobs:
             if points := curves[job.name]:
                 epochs, values = zip(*points, strict=True)
@@ -406,8 +461,9 @@ def report(folders: list[Path], out: Path, by_folder: bool = False) -> list[Job]
         out.mkdir(parents=True, exist_ok=True)
         write_csv(rows(jobs), out / "report.csv")
         write_csv(config_rows(configs), out / "report_by_config.csv")
-        sweep = folders[0] if len(folders) == 1 and (folders[0] / MULTIRUN).is_file() else None
-        (out / "report.md").write_text(markdown(title, jobs, configs, continue_command(sweep) if sweep else None))
+        sweep = folders[0] if len(folders) == 1 and os.path.lexists(folders[0] / MULTIRUN) else None
+        continued_by = (lambda: continue_command(sweep)) if sweep else None
+        atomic.write_text(out / "report.md", markdown(title, jobs, configs, continued_by))
         plot(jobs, configs, out / "report.png")
     return jobs
 
@@ -456,8 +512,8 @@ def main(argv: list[str] | None = None) -> None:
         folders = ", ".join(map(str, args.folders))
         holds = "holds" if len(args.folders) == 1 else "hold"
         sys.exit(f"error: {folders} {holds} no job dirs (<job>/.hydra/overrides.yaml): pass a sweep or run dir")
-    print((out / "report.md").read_text(), end="")
-    print(f"Written: {', '.join(str(p) for p in sorted(out.glob('report*.*')))}")
+    print((out / "report.md").read_text(encoding="utf-8"), end="")  # as written: its text shown as itself
+    print(terminal(f"Written: {', '.join(str(p) for p in sorted(out.glob('report*.*')))}"))
 
 
 if __name__ == "__main__":

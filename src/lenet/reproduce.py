@@ -22,10 +22,16 @@ defaults), said in both cases; when the metrics differ, the differences found ar
 Exit status as `cmp` and `diff` give it, so a script can tell a difference from a refusal: 0 identical, 1 different,
 2 nothing compared (not a finished lenet.train run, or the rerun failed), each refusal in one line. The run's own
 folder is only read.
+
+A run dir is data from whoever made it, never code. The rerun takes from it only overrides lenet would run
+(lenet.records.distrust): keys lenet declares, with values their rules accept, and options that conf/ holds; a folder
+whose overrides (or pinned values) hold anything else (a `_target_`, an interpolation, a `+`/`~` override, a setting
+of Hydra's) is refused in one line naming it, before anything runs. What it prints from the folder's files is shown
+as text (no terminal sequences).
 """
 
 import argparse
-import json
+import os
 import subprocess
 import sys
 from datetime import datetime
@@ -34,7 +40,9 @@ from pathlib import Path
 from lenet import keys, rundir
 from lenet.cli import command_line
 from lenet.errors import UserError
-from lenet.runs import Job, read_job
+from lenet.quoting import terminal
+from lenet.records import mapping, read_json, trusted
+from lenet.runs import CONFIG, OVERRIDES, Job, read_job
 from lenet.sweep import MULTIRUN
 
 IDENTICAL, DIFFERENT, NOT_COMPARED = 0, 1, 2
@@ -70,10 +78,9 @@ def finished_run(folder: Path) -> Job:
         raise UserError(f"{folder} is a sweep dir: pass one of its job dirs{named}")
     if not all((folder / ".hydra" / name).is_file() for name in ("overrides.yaml", "hydra.yaml")):
         raise UserError(f"{folder} is not a lenet run dir (no .hydra/overrides.yaml): pass outputs/<date>/<time>")
-    try:
-        job = read_job(folder)
-    except Exception as error:  # a damaged record: nothing to rerun from, whichever way it is damaged
-        raise UserError(f"cannot read the run in {folder}: {type(error).__name__}: {error}") from None
+    job = read_job(folder)
+    if job.damaged:  # nothing to rerun from, whichever way it is damaged
+        raise UserError(f"cannot read the run in {folder}: {job.error}")
     if job.task != "train":
         raise UserError(f"{folder} is not a lenet.train run (Hydra job {job.task!r}): only training runs are rerun")
     if job.status == "failed":
@@ -87,18 +94,26 @@ def finished_run(folder: Path) -> Job:
 def environment(folder: Path) -> dict:
     """env.json as dotted keys (`versions.torch`); empty for a run from before lenet wrote it."""
     path = folder / rundir.ENVIRONMENT
-    return keys.flatten(json.loads(path.read_text())) if path.is_file() else {}
+    if not os.path.lexists(path):
+        return {}
+    try:
+        return keys.flatten(mapping(read_json(path, rundir.ENVIRONMENT), rundir.ENVIRONMENT))
+    except UserError as error:
+        raise UserError(f"cannot read the run in {folder}: {error}") from None
 
 
 def rerun_overrides(job: Job, env: dict, given: list[str]) -> tuple[list[str], list[str]]:
-    """The rerun's overrides (the run's, those pinned, those `given`), and lines that say what was done to them."""
+    """The rerun's overrides (the run's, those pinned, those `given`), and lines that say what was done to them.
+    A UserError when what comes from the run's files is not what lenet runs (lenet.records.trusted)."""
     mine = {keys.overridden(override) for override in given}
-    pins = {
-        "threads": (env.get("threads"), f"env.json: {env.get('threads_chosen')}"),
-        "seed": (job.config.get("seed"), "the saved config"),
-        "data.root": (job.metrics.get("data", {}).get("root"), f"what it read, {rundir.METRICS}"),
+    pins = {  # key: (value, where it comes from, the file that says it)
+        "threads": (env.get("threads"), f"env.json: {env.get('threads_chosen')}", rundir.ENVIRONMENT),
+        "seed": (job.config.get("seed"), "the saved config", CONFIG),
+        "data.root": (job.metrics.get("data", {}).get("root"), f"what it read, {rundir.METRICS}", rundir.METRICS),
     }
-    pinned = {key: value for key, (value, _) in pins.items() if value is not None and key not in mine}
+    pinned = {key: value for key, (value, *_) in pins.items() if value is not None and key not in mine}
+    for key, value in pinned.items():
+        trusted([f"{key}={value}"], job.path / pins[key][2])
     said = ", ".join(f"{key}={value} ({pins[key][1]})" for key, value in pinned.items())
     notes = [f"pinned as the run had them: {said}"] if pinned else []
     kept = []
@@ -112,6 +127,7 @@ def rerun_overrides(job: Job, env: dict, given: list[str]) -> tuple[list[str], l
             kept.append(override)
     if given:
         notes.append(f"given by you, replacing the run's: {' '.join(given)}")
+    trusted(kept, job.path / OVERRIDES)
     return [*kept, *(f"{key}={value}" for key, value in pinned.items()), *given], notes
 
 
@@ -196,26 +212,32 @@ def compare(original: Job, again: Job, given: list[str]) -> int:
     config = config_differences(original, again, given)
     compared = len(set(keys.flatten(original.metrics)) - {*TIMINGS, "data.root"})
     if metrics:
-        print(f"Metrics: {len(metrics)} of {compared} {_differ(metrics)}")
-        print(table(metrics, ("metric", "original", "rerun", "difference")))
+        say(f"Metrics: {len(metrics)} of {compared} {_differ(metrics)}")
+        say(table(metrics, ("metric", "original", "rerun", "difference")))
     else:
-        print(f"Metrics: identical ({compared} values of {rundir.METRICS}, all but the timings {', '.join(TIMINGS)})")
+        values = f"{compared} value{'s' * (compared != 1)} of {rundir.METRICS}"
+        say(f"Metrics: identical ({values}, all but the timings {', '.join(TIMINGS)})")
     if env:
-        print(f"Environment: {len(env)} difference{'s' * (len(env) > 1)}")
-        print(table(env, ("env.json", "original", "rerun")))
+        say(f"Environment: {len(env)} difference{'s' * (len(env) > 1)}")
+        say(table(env, ("env.json", "original", "rerun")))
     elif before.get("git_dirty"):
-        print("Environment: the same (but uncommitted changes both times, which env.json does not record)")
+        say("Environment: the same (but uncommitted changes both times, which env.json does not record)")
     else:
-        print("Environment: the same")
+        say("Environment: the same")
     if config:
-        print(f"Config: {len(config)} recipe value{'s' * (len(config) > 1)} {_differ(config)}")
-        print(table(config, (".hydra/config.yaml", "original", "rerun")))
+        say(f"Config: {len(config)} recipe value{'s' * (len(config) > 1)} {_differ(config)}")
+        say(table(config, (".hydra/config.yaml", "original", "rerun")))
     else:
-        print("Config: the same recipe")
+        say("Config: the same recipe")
     if metrics:
         causes = likely_causes(metrics, env, config) or [UNRECORDED]
-        print(f"Likely cause: {'; '.join(causes)}")
+        say(f"Likely cause: {'; '.join(causes)}")
     return DIFFERENT if metrics else IDENTICAL
+
+
+def say(*lines: str) -> None:
+    """Lines that hold text from the run's files (values, paths), their terminal sequences shown, not run."""
+    print(*map(terminal, lines), sep="\n")
 
 
 def _differ(rows: list) -> str:
@@ -230,7 +252,7 @@ def reproduce(folder: Path, given: list[str], out: Path | None) -> int:
     if out.exists() and any(out.iterdir()):
         raise UserError(f"{out} already holds files: pass a new folder as --out")
     overrides.append(f"hydra.run.dir={out}")
-    print(f"Rerunning {folder} in {out}:\n  {command_line('train', overrides)}", *(f"  {n}" for n in notes), sep="\n")
+    say(f"Rerunning {folder} in {out}:", f"  {command_line('train', overrides)}", *(f"  {n}" for n in notes))
     sys.stdout.flush()  # before the rerun's own output
     status = rerun(overrides)
     if status < 0 or status >= 128:  # interrupted (Ctrl-C: 130) or killed: the user knows why
@@ -250,7 +272,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         status = reproduce(args.run_dir, args.overrides, args.out)
     except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {terminal(str(error))}", file=sys.stderr)
         status = NOT_COMPARED
     sys.exit(status)
 

@@ -6,8 +6,11 @@ So a run starting in a run dir that holds an earlier attempt goes on from it: a 
 interrupted one resumes from its last.ckpt, a failed one runs again from the start.
 """
 
+import contextlib
 import shutil
 from pathlib import Path
+
+from lenet import atomic
 
 METRICS = "metrics.json"  # a finished run's results (lenet.summary writes it, lenet.report reads it)
 ERROR = "error.txt"  # a failed run's one-line error (lenet.cli writes it, lenet.report reads it)
@@ -26,8 +29,10 @@ def job_dirs(sweep_dir: Path) -> list[Path]:
 
 
 def record_failure(run_dir: Path, message: str) -> None:
+    """Best effort: the message is also on stderr, and a run dir on a full disk cannot take it."""
     if run_dir.is_dir():
-        (run_dir / ERROR).write_text(message.strip() + "\n")
+        with contextlib.suppress(OSError):
+            atomic.write_text(run_dir / ERROR, message.strip() + "\n")
 
 
 def failure(run_dir: Path) -> str:
@@ -44,6 +49,14 @@ def untested(checkpoint: Path) -> bool:
     """Whether `checkpoint` is a run dir's whose run stopped before its test wrote its results: a run preempted or
     interrupted after its last epoch has trained, but has not finished."""
     return checkpoint.parent.name == CHECKPOINTS and not finished(checkpoint.parents[1])
+
+
+def remove_partial_writes(run_dir: Path) -> None:
+    """What a write cut short by a kill left beside its file (lenet.atomic): a checkpoint's or metrics.json's
+    temporary file, which no one else removes."""
+    for folder in (run_dir, run_dir / CHECKPOINTS):
+        for leftover in folder.glob(f".*{atomic.TEMP_SUFFIX}"):
+            leftover.unlink(missing_ok=True)
 
 
 def last_checkpoint(run_dir: Path) -> Path:

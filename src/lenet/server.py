@@ -12,9 +12,10 @@ lenet.predict loads it; each upload is prepared as predict prepares a file. The 
 
 What one request may cost is bounded (conf/serve.yaml): its line and headers must arrive within `header_timeout_s`
 (lenet.guards.HeaderDeadline) and its body within `upload_timeout_s` (408), at most `max_upload_mb` of it (413); the
-body waits in a file spooled to disk past 1 MB, not in memory; an image of more than `max_megapixels` is refused from
-its header, before it is decoded (413). Only the Host names of the bound address (`allowed_hosts`) and web pages of
-its own origin or of `cors_origins` are answered (lenet.guards.HostAndOrigin), before any body is read.
+body waits in a file spooled to disk past 1 MB, not in memory; an image of more than `max_megapixels`, or that would
+take more than `max_decoded_mb` of memory decoded, is refused from its header, before it is decoded (413), and a PNG's
+text chunks may hold 1 MB (422). Only the Host names of the bound address (`allowed_hosts`) and web pages of its own
+origin or of `cors_origins` are answered (lenet.guards.HostAndOrigin), before any body is read.
 
 Threads: decoding, preparing and classifying an upload take about a millisecond of CPU each, so they run in a pool
 of `workers` threads and the event loop stays free to accept and read other requests. The classifier is read-only
@@ -50,7 +51,7 @@ from starlette.requests import Request as StarletteRequest
 
 from lenet.errors import UserError
 from lenet.guards import HostAndOrigin, allowed_hosts, with_header_timeout
-from lenet.images import ImageError, ImageTooLarge
+from lenet.images import ImageError, ImageTooLarge, limit_png_text, prepare
 from lenet.predictor import Predictor, load, model_file
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,7 @@ MB = 2**20
 ENVELOPE = 64 * 1024  # what a multipart body may hold besides the file: boundaries, part headers, small fields
 DRAIN = 64 * MB  # the most of a refused upload read (and dropped) so that its sender gets the 413
 SPOOL = MB  # a raw upload beyond this waits on disk, not in memory (Starlette spools multipart files the same way)
+PNG_TEXT = MB  # the most of a PNG's text chunks (metadata) kept, decompressed; more: 422 (Pillow's default: 64 MB)
 CLOSE = {"connection": "close"}  # a response header: uvicorn closes the connection once it is sent
 SHUTDOWN_S = 5  # requests still running when the server is told to stop get this long to finish
 
@@ -141,9 +143,9 @@ def listen(host: str, port: int) -> socket.socket:
     return sock
 
 
-def answer(classifier: Predictor, file: BinaryIO, max_pixels: int) -> dict:
+def answer(classifier: Predictor, file: BinaryIO, max_pixels: int, max_decoded: int) -> dict:
     """The JSON of /predict for one uploaded image (runs in a worker thread)."""
-    image = classifier.prepare(file, max_pixels)
+    image = prepare(file, classifier.layout, max_pixels, max_decoded)
     probabilities = classifier.probabilities(image[None])[0]
     best = int(probabilities.argmax())
     png = BytesIO()
@@ -158,7 +160,7 @@ def answer(classifier: Predictor, file: BinaryIO, max_pixels: int) -> dict:
     }
 
 
-def health(classifier: Predictor, max_upload: int, max_megapixels: float) -> dict:
+def health(classifier: Predictor, max_upload: int, max_megapixels: float, max_decoded: int) -> dict:
     return {
         "status": "ok",
         "model": classifier.source.name,
@@ -166,6 +168,7 @@ def health(classifier: Predictor, max_upload: int, max_megapixels: float) -> dic
         "classes": classifier.classes,
         "max_upload_bytes": max_upload,
         "max_megapixels": max_megapixels,
+        "max_decoded_bytes": max_decoded,
     }
 
 
@@ -198,8 +201,10 @@ def create_app(classifier: Predictor, cfg: DictConfig, hosts):
     `hosts` (lenet.guards.allowed_hosts) it answers."""
     # Plain values, read once: each read of a DictConfig attribute costs microseconds.
     max_upload, max_pixels = round(cfg.max_upload_mb * MB), round(cfg.max_megapixels * 1e6)
+    max_decoded = round(cfg.max_decoded_mb * MB)
     upload_timeout, origins = float(cfg.upload_timeout_s), list(cfg.cors_origins)
     pool = ThreadPoolExecutor(cfg.workers, thread_name_prefix="lenet-serve")
+    limit_png_text(PNG_TEXT)
     page = (files("lenet") / "page" / "index.html").read_text(encoding="utf-8")
     # FastAPI's own /docs and /redoc load their scripts from a CDN (and ReDoc Google's fonts); fastapi-offline serves
     # its copies from /docs-assets. ReDoc is left off: its page still shows a logo from Redocly's CDN.
@@ -224,7 +229,7 @@ def create_app(classifier: Predictor, cfg: DictConfig, hosts):
 
     @app.get("/health", summary="the loaded model (file name, dataset, classes) and the upload limits")
     async def get_health() -> dict:
-        return health(classifier, max_upload, cfg.max_megapixels)
+        return health(classifier, max_upload, cfg.max_megapixels, max_decoded)
 
     @app.post(
         "/predict",
@@ -239,8 +244,15 @@ def create_app(classifier: Predictor, cfg: DictConfig, hosts):
             400: {"description": "no file, or an empty one", "content": JSON},
             403: {"description": "sent by a web page of an origin not in cors_origins", "content": JSON},
             408: {"description": "the body took longer than upload_timeout_s to arrive", "content": JSON},
-            413: {"description": "larger than max_upload_mb, or more pixels than max_megapixels", "content": JSON},
-            422: {"description": "not an image, a damaged one or a blank one", "content": JSON},
+            413: {
+                "description": "larger than max_upload_mb, more pixels than max_megapixels, or more memory decoded "
+                "than max_decoded_mb",
+                "content": JSON,
+            },
+            422: {
+                "description": "not an image, a damaged one or a blank one, or a PNG with over 1 MB of text",
+                "content": JSON,
+            },
         },
     )
     async def predict(request: Request) -> dict:
@@ -252,7 +264,8 @@ def create_app(classifier: Predictor, cfg: DictConfig, hosts):
                 message = f"the upload did not arrive within {upload_timeout:g} s (upload_timeout_s)"
                 raise HTTPException(408, message, headers=CLOSE) from None
             try:
-                return await asyncio.get_running_loop().run_in_executor(pool, answer, classifier, file, max_pixels)
+                work = (answer, classifier, file, max_pixels, max_decoded)
+                return await asyncio.get_running_loop().run_in_executor(pool, *work)
             except ImageTooLarge as error:
                 raise HTTPException(413, str(error)) from None
             except ImageError as error:

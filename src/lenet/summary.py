@@ -10,7 +10,7 @@ import lightning as L
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from lenet import environment, rundir
+from lenet import atomic, environment, rundir
 from lenet.checkpoint import Checkpoint
 from lenet.cpus import Threads
 from lenet.hparams import HPARAM_METRICS, log_hparams
@@ -94,14 +94,14 @@ class RunSummary(L.Callback):
             if self.session_end:  # HPARAMS' status: success; a run that never gets here stays "unknown"
                 logger.experiment._get_file_writer().add_summary(self.session_end)
         if trainer.is_global_zero:
-            self.path.write_text(to_json(self.metrics))
+            atomic.write_text(self.path, to_json(self.metrics))  # whole or none: it marks the run finished (rundir)
             self._say(trainer, f"{result_line(self.metrics)}\nRun outputs: {self.path.parent.resolve()}")
 
     def _record_environment(self, trainer) -> None:
         if trainer.is_global_zero:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            device, how = trainer.strategy.root_device, threads_chosen(self.threads)
-            environment.write(self.path.parent / rundir.ENVIRONMENT, self.command, device, how)
+            record = environment.environment(self.command, trainer.strategy.root_device, threads_chosen(self.threads))
+            atomic.write_text(self.path.parent / rundir.ENVIRONMENT, json.dumps(record, indent=2) + "\n")
 
     @staticmethod
     def _say(trainer, line: str) -> None:

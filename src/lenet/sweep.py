@@ -10,6 +10,7 @@ of the report (matplotlib, TensorBoard's reader) is looked up by name, when a mu
 """
 
 import atexit
+import contextlib
 import logging
 import shlex
 import sys
@@ -20,10 +21,13 @@ from hydra.experimental.callback import Callback
 from hydra.utils import get_class, get_method
 from omegaconf import OmegaConf
 
-from lenet import keys
+from lenet import atomic, keys
 from lenet.console import quiet_lightning
 from lenet.errors import SweepError
+from lenet.full_disk import NoSpace, make_with_room
+from lenet.records import Unreadable, job_name, mapping, read_yaml, trusted
 from lenet.validate import spawned_ddp
+from lenet.watchdog import name_sweep_process
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +56,13 @@ class MultirunCheck(Callback):
         if error:
             print(f"error: {error}", file=sys.stderr)
             raise SystemExit(1)
-        earlier.parent.mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(config, earlier)  # the sweep's record, whatever the sweeper (Optuna's writes none)
+        # The sweep's record, whatever the sweeper (Optuna's writes none). A sweep dir that cannot take it (a full
+        # disk) is left as it was, and refused next, in one line, by lenet.cli.CheckOutputDir.
+        with contextlib.suppress(OSError, NoSpace):
+            make_with_room(earlier.parent)
+            atomic.write_text(earlier, OmegaConf.to_yaml(config))
+        if "joblib" in config.hydra.launcher._target_:  # its workers would outlive a SIGKILL of this process
+            name_sweep_process()
 
 
 def _other_overrides(earlier: Path, config) -> str | None:
@@ -77,12 +86,23 @@ def register_job_dirs() -> None:
     OmegaConf.register_new_resolver("lenet_job_dir", job_dir, replace=True)
 
 
-def continue_command(sweep_dir: Path) -> str:
-    """The command that continues the sweep in `sweep_dir`: the same overrides, launcher included, and its dir."""
-    saved = OmegaConf.load(sweep_dir / MULTIRUN).hydra
-    hydra = [o for o in saved.overrides.hydra if keys.overridden(o) not in ("hydra.sweep.dir", "hydra.mode")]
-    return shlex.join(["python", "-m", f"lenet.{saved.job.name}", "-m", *hydra, *saved.overrides.task,
-                       f"hydra.sweep.dir={sweep_dir}"])  # fmt: skip
+def continue_command(sweep_dir: Path, own: bool = False) -> str:
+    """The command that continues the sweep in `sweep_dir`: the same overrides, launcher included, and its dir.
+
+    Its multirun.yaml is read as data (lenet.records). Unless `own` (the sweep's own process says what it was given),
+    a UserError names the first override that lenet would not run from a file (lenet.records.trusted): a command
+    printed is one a user may paste."""
+    saved = mapping(read_yaml(sweep_dir / MULTIRUN, MULTIRUN), MULTIRUN).get("hydra")
+    saved = mapping(saved, f"{MULTIRUN}: hydra")
+    overrides = mapping(saved.get("overrides"), f"{MULTIRUN}: hydra.overrides")
+    hydra, task = (overrides.get(name) or [] for name in ("hydra", "task"))
+    if not all(isinstance(o, list) and all(isinstance(item, str) for item in o) for o in (hydra, task)):
+        raise Unreadable(f"{MULTIRUN}: hydra.overrides is not lists of overrides")
+    hydra = [o for o in hydra if keys.overridden(o) not in ("hydra.sweep.dir", "hydra.mode")]
+    if not own:
+        trusted(task, sweep_dir / MULTIRUN, hydra)
+    task_name = job_name(saved, MULTIRUN)
+    return shlex.join(["python", "-m", f"lenet.{task_name}", "-m", *hydra, *task, f"hydra.sweep.dir={sweep_dir}"])
 
 
 def _process_layout(trainer_config):

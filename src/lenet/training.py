@@ -1,14 +1,15 @@
 """Training and testing with Lightning: what `python -m lenet.train` and `python -m lenet.eval` run.
 
-`train(cfg)` builds everything from the config (data, model, callbacks, loggers, trainer: each by Hydra's
-instantiate), fits, tests the best checkpoint on the official test set and writes `metrics.json`. `evaluate(cfg)`
-tests a checkpoint, rebuilt from the checkpoint alone. The configs reach them checked (lenet.validate).
+`train(cfg)` builds everything from the config (data, callbacks, loggers, trainer: each by Hydra's instantiate; the
+model by LeNetModule, from LeNet's settings), fits, tests the best checkpoint on the official test set and writes
+`metrics.json`. `evaluate(cfg)` tests a checkpoint, rebuilt from the checkpoint's checked settings alone (nothing in
+it names what is built). The configs reach them checked (lenet.validate).
 """
 
 import json
 import logging
 import sys
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import lightning as L
@@ -21,17 +22,21 @@ from omegaconf import DictConfig, OmegaConf
 
 from lenet import rundir
 from lenet.checkpoint import Checkpoint, CheckpointContents, check_resume, check_same_run
+from lenet.checkpoint_io import WholeCheckpointIO
 from lenet.cli import in_multirun, this_command
 from lenet.console import quiet_lightning
 from lenet.cpus import set_threads
 from lenet.errors import ConfigError, UserError
+from lenet.full_disk import NoSpace, disk_of, full_disk_error, quiet_threads
 from lenet.hparams import hparams_of, overrides_and_swept, shown_hparams
 from lenet.lightning_module import LeNetModule
 from lenet.predictor import model_file
+from lenet.quoting import terminal
 from lenet.summary import RunSummary
 from lenet.sweep import continue_command
 from lenet.tracking import Tracking, loggers
 from lenet.validate import spawned_ddp
+from lenet.watchdog import stop_when_sweep_ends
 
 log = logging.getLogger(__name__)
 
@@ -47,12 +52,15 @@ def train(cfg: DictConfig) -> dict[str, float]:
     quiet_lightning()
     plain = OmegaConf.to_container(cfg, resolve=True)  # checkpoints must hold plain containers
     run_dir = Path(cfg.run_dir)
+    rundir.remove_partial_writes(run_dir)  # an earlier attempt's, killed while it saved
     if rundir.finished(run_dir):  # an earlier attempt of this run finished it (a sweep continued)
         return kept(run_dir, plain)
     resume = model_file(cfg.ckpt_path, Path(cfg.outputs_dir), prefer="last") or rundir.resume_point(run_dir)
     saved = Checkpoint.open(resume) if resume else None
     if saved:
         check_resume(saved, plain)
+    stop_when_sweep_ends()  # in a joblib sweep's worker: killing the sweep ends its jobs too (lenet.watchdog)
+    quiet_threads()  # a full disk in TensorBoard's writer thread: lenet's one line (full_disk_reported), no traceback
     threads = set_threads(cfg.threads, saved=saved.threads if saved else None)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
 
@@ -72,12 +80,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
         logger=loggers(cfg) or False,
         callbacks=[*callbacks.values(), summary, CheckpointContents(plain), Tracking(run_dir, hparams)],
         enable_progress_bar=interactive,
-        plugins=slurm_without_requeue(),
+        plugins=plugins(),
     )
     if in_multirun() and (refusal := spawned_ddp(trainer)):
         raise ConfigError(refusal)
 
-    with interruptible(run_dir):
+    with interruptible(run_dir), full_disk_reported(run_dir, resume):
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume, weights_only=True)
     best = callbacks.get("checkpoint")
     # None: the final weights (experiment=original has no validation to pick a best epoch by)
@@ -85,7 +93,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     # callbacks=ema: Lightning's WeightAveraging, meeting a checkpoint it wrote, loads the trained weights saved beside
     # the average; the test would measure those, not the average that was validated and saved. Test without it.
     trainer.callbacks = [callback for callback in trainer.callbacks if not isinstance(callback, WeightAveraging)]
-    with interruptible(run_dir):  # after the last epoch, before metrics.json: a resume tests it
+    # after the last epoch, before metrics.json: a resume tests it
+    with interruptible(run_dir), full_disk_reported(run_dir, resume):
         trainer.test(module, datamodule=datamodule, ckpt_path=best_path or None, verbose=False, weights_only=True)
     return summary.metrics
 
@@ -101,10 +110,39 @@ def interruptible(run_dir: Path):
         raise interrupted from None
 
 
-def slurm_without_requeue() -> list | None:
-    """Inside a Slurm job, Slurm's environment as Lightning reads it, but that Lightning does not requeue the job:
-    submitit does (lenet's Slurm launcher), and the requeued job resumes from its run dir (lenet.rundir)."""
-    return [SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else None
+@contextmanager
+def full_disk_reported(run_dir: Path, resumed: Path | None):
+    """A full disk, wherever a write met it (a checkpoint, metrics.json, TensorBoard's events), as lenet's one line
+    naming the checkpoint that survived it: checkpoints are written whole (lenet.checkpoint_io), so the last one
+    saved is good."""
+    try:
+        yield
+    except Exception as error:
+        if (full := full_disk_error(error)) is None:
+            raise
+        disk = disk_of(full.filename or run_dir)
+        last = last_good_checkpoint(run_dir, resumed)
+        if last is None:
+            raise NoSpace(f"no space left on {disk}: no checkpoint was saved yet; free some space, run again") from None
+        saved = f"the last good checkpoint is {last.path} ({last.epochs} epoch(s))"
+        raise NoSpace(f"no space left on {disk}: {saved}; free some space. {how_to_go_on(last.path)}") from None
+
+
+def last_good_checkpoint(run_dir: Path, resumed: Path | None) -> Checkpoint | None:
+    """The run dir's last.ckpt, else the checkpoint the run resumed from, if it reads as a whole checkpoint."""
+    for path in (rundir.last_checkpoint(run_dir), resumed):
+        if path and Path(path).is_file():
+            with suppress(UserError):
+                return Checkpoint.open(Path(path))
+    return None
+
+
+def plugins() -> list:
+    """Checkpoints written whole (lenet.checkpoint_io). Inside a Slurm job, Slurm's environment as Lightning reads
+    it, but that Lightning does not requeue the job: submitit does (lenet's Slurm launcher), and the requeued job
+    resumes from its run dir (lenet.rundir)."""
+    slurm = [SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else []
+    return [WholeCheckpointIO(), *slurm]
 
 
 def kept(run_dir: Path, config: dict) -> dict:
@@ -121,13 +159,15 @@ def resume_hint(run_dir: Path) -> str:
     if not last.is_file():
         return "interrupted before the first epoch ended: nothing was saved to resume from"
     epochs = Checkpoint.open(last).epochs
+    return f"interrupted; {epochs} epoch(s){' of this job' if in_multirun() else ''} saved. {how_to_go_on(last)}"
+
+
+def how_to_go_on(last: Path) -> str:
+    """The command that resumes this run from `last`; in a sweep, the one that continues the sweep."""
     if in_multirun():
-        sweep_dir = Path(HydraConfig.get().sweep.dir)
-        return f"interrupted; {epochs} epoch(s) of this job saved. Continue the sweep: {continue_command(sweep_dir)}"
+        return f"Continue the sweep: {continue_command(Path(HydraConfig.get().sweep.dir), own=True)}"
     command = this_command("train", extra=(f"ckpt_path={last}",))
-    if not command:
-        return f"interrupted; {epochs} epoch(s) saved. Resume with the same overrides plus ckpt_path={last}"
-    return f"interrupted; {epochs} epoch(s) saved. Resume: {command}"
+    return f"Resume: {command}" if command else f"Resume with the same overrides plus ckpt_path={last}"
 
 
 def evaluate(cfg: DictConfig) -> dict:
@@ -151,7 +191,8 @@ def evaluate(cfg: DictConfig) -> dict:
 def warn_if_other_data(ckpt: Path, trained_on: dict, data: dict) -> None:
     """A checkpoint tested on another data set (Fashion-MNIST's on MNIST's files) gets a number that means nothing."""
     if trained_on and trained_on["test_labels_sha256"] != data["test_labels_sha256"]:
+        made_with = f"{terminal(trained_on['dataset'])} from {terminal(trained_on['root'])}"  # the file's text
         log.warning(
-            "The test images in %s are not those %s was made with (%s from %s): its test/acc here measures other data",
-            data["root"], ckpt, trained_on["dataset"], trained_on["root"],
+            "The test images in %s are not those %s was made with (%s): its test/acc here measures other data",
+            data["root"], ckpt, made_with,
         )  # fmt: skip
