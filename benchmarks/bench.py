@@ -44,9 +44,9 @@ from torchvision import datasets, transforms
 from torchvision.datasets.vision import VisionDataset
 
 from lenet import CONFIG_DIR
-from lenet.datasets import DATASETS, idx_files
-from lenet.idx import read_idx
-from lenet.model import LeNet
+from lenet.training.datasets import DATASETS, idx_files
+from lenet.training.idx import read_idx
+from lenet.training.network import LeNet
 
 REPO = Path(__file__).resolve().parents[1]
 SEED_BATCH, SEED_LR, SEED_MOMENTUM, SEED_WORKERS = 64, 0.001, 0.9, 2

@@ -13,9 +13,9 @@ import random
 import statistics
 from pathlib import Path
 
-from lenet.comparison import difference
-from lenet.report import POINTS
-from lenet.runs import read_runs
+from lenet.runs.comparison import difference
+from lenet.runs.jobs import read_runs
+from lenet.runs.sweep_report import POINTS
 
 METRICS = ("val/acc_best", "test/acc")
 

@@ -32,11 +32,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from lenet import images as lc
-from lenet.checkpoint import Checkpoint
-from lenet.datasets import idx_files
-from lenet.idx import read_idx, write_idx
-from lenet.predictor import Predictor, load
+from lenet.inference import preparation as lc
+from lenet.inference.trained_model import Predictor, load
+from lenet.training.checkpoints import Checkpoint
+from lenet.training.datasets import idx_files
+from lenet.training.idx import read_idx, write_idx
 
 REPEATS = 3
 
@@ -152,7 +152,7 @@ def measure(args) -> None:
 
 
 def _in_process_rate(model_path, folder: Path) -> float:
-    from lenet.prediction import classify
+    from lenet.inference.classify import classify
 
     model = load(model_path, device="cpu")
     paths = sorted(folder.iterdir())

@@ -25,9 +25,9 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from lenet import CONFIG_DIR
-from lenet.console import lightning_warnings
-from lenet.errors import UserError
-from lenet.idx import SPLIT_FILES, write_idx
+from lenet.frame.console import lightning_warnings
+from lenet.frame.errors import UserError
+from lenet.training.idx import SPLIT_FILES, write_idx
 
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 SIZES = {"train": 1200, "test": 400}
@@ -253,7 +253,7 @@ def glyph_split(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Digits drawn with Pillow's own font at random sizes, weights, positions and slants, laid out as MNIST's."""
     from PIL import Image, ImageDraw, ImageFont
 
-    from lenet.images import prepare
+    from lenet.inference.preparation import prepare
 
     rng = np.random.default_rng(seed)
     labels = rng.integers(0, 10, n)
@@ -302,7 +302,7 @@ def as_process(record: dict) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="session")
 def glyph_checkpoint(tmp_path_factory) -> Path:
     """best.ckpt of a short lenet.train run on the glyphs; trained once for all xdist workers (a file lock)."""
-    from lenet.training import train
+    from lenet.training.fit import train
 
     shared_dir, lock = shared(tmp_path_factory, "glyph")
     run_dir, root = shared_dir / "run", shared_dir / "data"

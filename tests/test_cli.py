@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from conftest import FASHION_MNIST, VAL_SIZE, lenet_command
-from lenet import environment
 from lenet.cli import command_line_refusal
+from lenet.training import environment
 
 ROOT = Path(__file__).parents[1]  # the checkout, with its Makefile
 QUICK = ["debug=fast_dev_run", "callbacks.progress_bar.refresh_rate=0", f"data.val_size={VAL_SIZE}"]

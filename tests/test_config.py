@@ -8,10 +8,10 @@ from omegaconf import OmegaConf
 
 from conftest import compose_config, fixture_overrides
 from lenet import CONFIG_DIR
-from lenet.errors import ConfigError
-from lenet.hparams import hparams_of, shown_hparams
-from lenet.training import train
-from lenet.validate import validate
+from lenet.frame.errors import ConfigError
+from lenet.frame.validate import validate
+from lenet.training.fit import train
+from lenet.training.hparams import hparams_of, shown_hparams
 
 GROUPS = ["model", "data", "optimizer", "scheduler", "trainer", "logger", "callbacks", "experiment", "debug"]
 
@@ -105,8 +105,11 @@ def test_data_root_defaults_to_data_and_follows_LENET_DATA(monkeypatch):
         ("trainer.precision=16-mixed", "trainer.precision=16-mixed needs a GPU; on the CPU use bf16-mixed"),
         ("optimizer.momentum=0", "optimizer.nesterov=true needs optimizer.momentum > 0 and no dampening"),
         ("+optimizer.lrr=1", "optimizer.lrr is not a setting of torch.optim.SGD; its settings: dampening,"),
-        ("++data.bach_size=1", "data.bach_size is not a setting of lenet.data.MNISTDataModule"),
-        ("+callbacks.checkpoint.monitr=x", "callbacks.checkpoint.monitr is not a setting of lenet.checkpoint"),
+        ("++data.bach_size=1", "data.bach_size is not a setting of lenet.training.datamodule.MNISTDataModule"),
+        (
+            "+callbacks.checkpoint.monitr=x",
+            "callbacks.checkpoint.monitr is not a setting of lenet.training.checkpoints",
+        ),
         ("data.augment=maybe", "data.augment='maybe' is not allowed: it must be true or false"),
         ("data.augment_shift=1.5", "data.augment_shift=1.5 is not allowed: it must be a number in [0, 1)"),
         ("trainer.profiler=fancy", "trainer.profiler='fancy' is not allowed: it must be null, or one of simple,"),

@@ -7,12 +7,13 @@ import time
 import pytest
 import torch
 
-from lenet import cpus
+from lenet.training import cpus
 
 
 @pytest.fixture
 def machine(monkeypatch):
-    """A machine as lenet.cpus sees it: `allowed` CPUs in the affinity mask of `cores`, a 1-minute load average,
+    """A machine as lenet.training.cpus sees it: `allowed` CPUs in the affinity mask of `cores`, a 1-minute load
+    average,
     the tasks running besides this one (None: not Linux) and environment variables; this process ran nothing yet."""
     for name in ("OMP_NUM_THREADS", *cpus.SLURM):
         monkeypatch.delenv(name, raising=False)

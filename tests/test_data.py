@@ -25,12 +25,12 @@ from conftest import (
     synthetic_split,
     write_dataset,
 )
-from lenet.data import MNISTDataModule
-from lenet.datasets import DATASETS, known_test_set
-from lenet.errors import DataError
-from lenet.idx import ALL_FILES, write_idx
-from lenet.loader import InMemoryLoader
-from lenet.training import train
+from lenet.frame.errors import DataError
+from lenet.training.batches import InMemoryLoader
+from lenet.training.datamodule import MNISTDataModule
+from lenet.training.datasets import DATASETS, known_test_set
+from lenet.training.fit import train
+from lenet.training.idx import ALL_FILES, write_idx
 
 
 def ready(root, **settings) -> MNISTDataModule:

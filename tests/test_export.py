@@ -10,9 +10,9 @@ import pytest
 
 from conftest import compose_config, glyph_split, lenet_command
 from lenet.cli import check
-from lenet.errors import ConfigError
-from lenet.exporter import ParityError, export, parity
-from lenet.predictor import load
+from lenet.frame.errors import ConfigError
+from lenet.inference.portable import ParityError, export, parity
+from lenet.inference.trained_model import load
 
 
 def export_config(checkpoint, run_dir, *overrides):
@@ -66,7 +66,7 @@ def test_predict_works_on_the_exported_file_alone(exported, glyph_checkpoint, tm
     """Copied away from its checkpoint and its JSON, the file predicts what the checkpoint predicts."""
     from PIL import Image
 
-    from lenet.prediction import predict
+    from lenet.inference.classify import predict
 
     fmt, path, _ = exported
     alone = tmp_path / "alone" / f"model.{fmt}"
@@ -95,7 +95,7 @@ def test_a_parity_failure_fails_the_export_and_is_written_down(glyph_checkpoint,
     def drifting(reference, exported, images):
         return parity(reference, Drift(exported), images)
 
-    monkeypatch.setattr("lenet.exporter.parity", drifting)
+    monkeypatch.setattr("lenet.inference.portable.parity", drifting)
     with pytest.raises(ParityError, match="differs from the checkpoint"):
         export(export_config(glyph_checkpoint, tmp_path, "format=pt2"))
     record = json.loads((tmp_path / "lenet.pt2.json").read_text())

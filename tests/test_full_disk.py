@@ -17,13 +17,15 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from conftest import VAL_SIZE, compose_config, fixture_overrides, lenet_command
-from lenet import CONFIG_DIR, atomic, rundir
-from lenet.checkpoint import Checkpoint
-from lenet.checkpoint_io import WholeCheckpointIO
-from lenet.full_disk import LogFile
-from lenet.sweep import MultirunCheck
-from lenet.training import train
-from lenet.watchdog import SWEEP_PROCESS
+from lenet import CONFIG_DIR
+from lenet.frame import atomic
+from lenet.frame.full_disk import LogFile
+from lenet.runs import rundir
+from lenet.runs.multirun import MultirunCheck
+from lenet.runs.watchdog import SWEEP_PROCESS
+from lenet.training.checkpoints import Checkpoint
+from lenet.training.fit import train
+from lenet.training.saving import WholeCheckpointIO
 
 TRAINING = [f"data.val_size={VAL_SIZE}", "data.batch_size=32", "callbacks.progress_bar.refresh_rate=0", "threads=1"]
 
@@ -97,8 +99,8 @@ def test_a_checkpoint_that_does_not_fit_leaves_the_one_before_whole_and_nothing_
 
 KILLED_SAVE = """
 import sys, torch
-from lenet.checkpoint_io import WholeCheckpointIO
-from lenet.full_disk import LogFile, quiet_threads
+from lenet.training.saving import WholeCheckpointIO
+from lenet.frame.full_disk import LogFile, quiet_threads
 WholeCheckpointIO().save_checkpoint({"epoch": 1}, sys.argv[1])
 print("saved", flush=True)
 WholeCheckpointIO().save_checkpoint({"epoch": 2, "w": torch.ones(32 * 2**20)}, sys.argv[1])  # 128 MB: killed in it
@@ -143,7 +145,7 @@ def test_the_next_attempt_in_a_run_dir_removes_what_a_killed_save_left(flat_root
 def test_checkpoints_are_written_whole_beside_slurms_environment_and_ddp(monkeypatch):
     import lightning as L
 
-    from lenet.training import plugins
+    from lenet.training.fit import plugins
 
     slurm = {"SLURM_NTASKS": "2", "SLURM_NTASKS_PER_NODE": "2", "SLURM_JOB_NAME": "job", "SLURM_NODELIST": "node",
              "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NODEID": "0", "SLURM_JOB_ID": "1"}  # fmt: skip
@@ -160,8 +162,8 @@ def test_checkpoints_are_written_whole_beside_slurms_environment_and_ddp(monkeyp
 TENSORBOARD_ON_A_FULL_DISK = """
 import sys, torch
 from torch.utils.tensorboard import SummaryWriter
-from lenet.full_disk import quiet_threads
-quiet_threads()  # as lenet.training.train does
+from lenet.frame.full_disk import quiet_threads
+quiet_threads()  # as lenet.training.fit.train does
 writer = SummaryWriter(sys.argv[1])
 writer.flush()
 input()  # the disk fills

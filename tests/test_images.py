@@ -1,4 +1,5 @@
-"""Preparing a user's image (lenet.images.prepare): an odd file is one ImageError, and uneven light is not ink."""
+"""Preparing a user's image (lenet.inference.preparation.prepare): an odd file is one ImageError, and uneven light is
+not ink."""
 
 import io
 import struct
@@ -11,8 +12,8 @@ import pytest
 from PIL import ExifTags, Image
 
 from conftest import glyph_split
-from lenet.images import ImageError, ImageTooLarge, open_image, prepare
-from lenet.predictor import load
+from lenet.inference.preparation import ImageError, ImageTooLarge, open_image, prepare
+from lenet.inference.trained_model import load
 
 MB = 2**20
 
@@ -128,7 +129,7 @@ def test_an_image_that_would_take_more_memory_than_max_bytes_is_refused_from_its
 MEASURE_PEAK = """
 import re, sys
 from pathlib import Path
-from lenet.images import prepare
+from lenet.inference.preparation import prepare
 def peak():  # this process's highest RSS; ru_maxrss would count the parent's, from before exec
     return int(re.search(r"VmHWM:\\s+(\\d+) kB", Path("/proc/self/status").read_text())[1]) * 1024
 png = Path(sys.argv[1]).read_bytes()

@@ -12,26 +12,36 @@ import pytest
 from PIL import Image
 
 from conftest import compose_config, glyph_split
-from lenet import CONFIG_DIR, keys
-from lenet.exporter import export
+from lenet import CONFIG_DIR
+from lenet.frame import keys
+from lenet.inference.portable import export
 
 PACKAGE = Path(__file__).parents[1] / "src" / "lenet"
 COMMANDS = {"train", "eval", "export", "predict", "serve", "report", "reproduce"}  # python -m lenet.<command>
 
 
+def module_name(path: Path) -> str:
+    """src/lenet/training/fit.py -> training.fit"""
+    return ".".join(path.relative_to(PACKAGE).with_suffix("").parts)
+
+
+def is_module(name: str) -> bool:
+    return (PACKAGE / name.replace(".", "/")).with_suffix(".py").is_file()
+
+
 def lenet_imports(module: Path) -> set[str]:
-    """The lenet modules `module` imports, wherever in it (top level or inside a function)."""
+    """The lenet modules `module` imports, wherever in it (top level or inside a function), as `training.fit`."""
     found = set()
     for node in ast.walk(ast.parse(module.read_text())):
-        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("lenet"):
-            names = [node.module] if node.module != "lenet" else [f"lenet.{alias.name}" for alias in node.names]
-            found |= {name for name in names if (PACKAGE / f"{name.removeprefix('lenet.')}.py").is_file()}
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "lenet":
+            name = node.module.removeprefix("lenet").removeprefix(".")
+            found |= {n for n in (f"{name}.{a.name}".lstrip(".") for a in node.names) if is_module(n)} or {name}
         elif isinstance(node, ast.Import):
-            found |= {alias.name for alias in node.names if alias.name.startswith("lenet.")}
-    return {name.removeprefix("lenet.") for name in found}
+            found |= {a.name.removeprefix("lenet.") for a in node.names if a.name.startswith("lenet.")}
+    return {name for name in found if is_module(name)}
 
 
-GRAPH = {path.stem: lenet_imports(path) for path in PACKAGE.glob("*.py") if path.stem != "__init__"}
+GRAPH = {module_name(path): lenet_imports(path) for path in PACKAGE.rglob("*.py") if path.stem != "__init__"}
 
 
 def test_no_module_imports_a_command():
@@ -48,9 +58,12 @@ def test_imports_have_no_cycle():
     assert [cycle for module in GRAPH if (cycle := visit(module, []))] == []
 
 
-def test_the_ground_floor_imports_no_lenet_module_but_errors():
-    ground = {"errors", "keys", "model", "misclassified", "environment"}
-    assert {module: GRAPH[module] - {"errors"} for module in ground} == dict.fromkeys(ground, set())
+def test_the_ground_floor_imports_nothing_of_lenet_above_it():
+    """lenet.frame is what every command and piece of work may use: it stands on nothing of lenet's but itself."""
+    frame = {module: imported for module, imported in GRAPH.items() if module.startswith("frame.")}
+    assert {
+        module: sorted(i for i in imported if not i.startswith("frame.")) for module, imported in frame.items()
+    } == (dict.fromkeys(frame, []))
 
 
 @pytest.mark.parametrize("config", ["config", "eval", "export", "predict", "serve"])
@@ -128,11 +141,13 @@ def test_predicting_with_an_onnx_file_imports_neither_torch_nor_lightning(onnx_f
 
 def test_serving_an_onnx_file_imports_neither_torch_nor_lightning(onnx_file):
     code = (
-        "import sys; from hydra import compose, initialize_config_dir; from lenet import CONFIG_DIR, server\n"
-        "from lenet.predictor import load\n"
+        "import sys; from hydra import compose, initialize_config_dir; from lenet import CONFIG_DIR\n"
+        "from lenet.inference import http_api, request_limits\n"
+        "from lenet.inference.trained_model import load\n"
         "with initialize_config_dir(config_dir=CONFIG_DIR, version_base='1.3'):\n"
         "    cfg = compose('serve', overrides=['run_dir=x'])\n"
-        f"server.create_app(load({str(onnx_file)!r}), cfg, server.allowed_hosts(None, '127.0.0.1', '127.0.0.1'))\n"
+        f"hosts = request_limits.allowed_hosts(None, '127.0.0.1', '127.0.0.1')\n"
+        f"http_api.create_app(load({str(onnx_file)!r}), cfg, hosts)\n"
         "print('torch' in sys.modules, 'lightning' in sys.modules)"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
@@ -140,7 +155,7 @@ def test_serving_an_onnx_file_imports_neither_torch_nor_lightning(onnx_file):
 
 
 def test_a_predictor_gives_the_same_answers_from_either_file(onnx_file, glyph_checkpoint):
-    from lenet.predictor import load
+    from lenet.inference.trained_model import load
 
     images = np.stack(glyph_split(16, seed=2)[0])
     np.testing.assert_allclose(load(onnx_file).logits(images), load(glyph_checkpoint).logits(images), atol=1e-4)

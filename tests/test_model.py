@@ -3,9 +3,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lenet.errors import UserError
-from lenet.lightning_module import check_one_cycle
-from lenet.model import LeNet
+from lenet.frame.errors import UserError
+from lenet.training.module import check_one_cycle
+from lenet.training.network import LeNet
 
 
 class OriginalLeNet(nn.Module):

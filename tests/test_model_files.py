@@ -12,10 +12,10 @@ import torch
 from PIL import Image
 
 from conftest import compose_config, glyph_split, lenet_command
-from lenet.errors import ModelError
-from lenet.exporter import export
-from lenet.predictor import load
-from lenet.pt2_model import UnsafeModel
+from lenet.frame.errors import ModelError
+from lenet.inference.portable import export
+from lenet.inference.pt2_reader import UnsafeModel
+from lenet.inference.trained_model import load
 
 
 class Payload:

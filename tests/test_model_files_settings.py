@@ -10,14 +10,14 @@ import pytest
 import torch
 from PIL import Image
 
-import lenet.server
+import lenet.inference.http_api
 from conftest import compose_config, fixture_overrides, glyph_split, lenet_command
-from lenet.checkpoint import Checkpoint
-from lenet.errors import ConfigError, ModelError
-from lenet.exporter import export
-from lenet.prediction import predict
-from lenet.predictor import load
-from lenet.training import evaluate, train
+from lenet.frame.errors import ConfigError, ModelError
+from lenet.inference.classify import predict
+from lenet.inference.portable import export
+from lenet.inference.trained_model import load
+from lenet.training.checkpoints import Checkpoint
+from lenet.training.fit import evaluate, train
 
 
 class Payload:
@@ -71,11 +71,11 @@ def symlink(folder: Path) -> dict:
 
 def in_a_setting(folder: Path) -> dict:
     """lenet's own target, with the code one level down, where instantiate also goes."""
-    return {"_target_": "lenet.model.LeNet", "activation": open_for_writing(folder)}
+    return {"_target_": "lenet.training.network.LeNet", "activation": open_for_writing(folder)}
 
 
 def in_an_unknown_key(folder: Path) -> dict:
-    return {"_target_": "lenet.model.LeNet", "num_classes": 10, "init": open_for_writing(folder)}
+    return {"_target_": "lenet.training.network.LeNet", "num_classes": 10, "init": open_for_writing(folder)}
 
 
 PAYLOADS = [hub, numpy_pickle, open_for_writing, unlink, rename, copytree, symlink, in_a_setting, in_an_unknown_key]
@@ -130,7 +130,7 @@ def run_export(ckpt, tmp_path, glyph_checkpoint):
 
 def run_serve(ckpt, tmp_path, glyph_checkpoint):
     serve_cfg = compose_config(f"ckpt_path={ckpt}", "port=0", f"run_dir={tmp_path}", config_name="serve")
-    lenet.server.serve(serve_cfg)  # `listen` is patched to refuse: a model that loads is never served here
+    lenet.inference.http_api.serve(serve_cfg)  # `listen` is patched to refuse: a model that loads is never served here
 
 
 def run_resume(ckpt, tmp_path, glyph_checkpoint):
@@ -139,7 +139,7 @@ def run_resume(ckpt, tmp_path, glyph_checkpoint):
 
 
 def run_in_its_run_dir(ckpt, tmp_path, glyph_checkpoint):
-    """A run starting in a run dir that holds an earlier attempt's last.ckpt resumes it (lenet.rundir)."""
+    """A run starting in a run dir that holds an earlier attempt's last.ckpt resumes it (lenet.runs.rundir)."""
     overrides = fixture_overrides(glyph_root(glyph_checkpoint), ckpt.parents[1])
     train(compose_config(*overrides, "trainer.max_epochs=4", "optimizer.lr=0.05", "logger=none"))
 
@@ -165,7 +165,7 @@ def refuse_to_listen(*args):
 def test_a_checkpoint_that_names_code_is_refused_in_one_line_before_anything_is_built(
     command, payload, glyph_checkpoint, tmp_path, monkeypatch
 ):
-    monkeypatch.setattr(lenet.server, "listen", refuse_to_listen)
+    monkeypatch.setattr(lenet.inference.http_api, "listen", refuse_to_listen)
     folder = target_folder(tmp_path)
     run, placed, given = COMMANDS[command]
     ckpt = rewritten(glyph_checkpoint, tmp_path / placed, with_model(payload(folder)))
@@ -188,7 +188,8 @@ def test_the_refusal_of_code_is_one_line_and_exit_1(glyph_checkpoint, tmp_path):
     )
     assert done.returncode == 1, done.stderr
     assert done.stderr.strip().splitlines() == [
-        f"error: {ckpt} holds model._target_='torch.hub.load', which is not allowed: it must be lenet.model.LeNet, "
+        f"error: {ckpt} holds model._target_='torch.hub.load', which is not allowed: it must be "
+        "lenet.training.network.LeNet, "
         "lenet's own network"
     ]
     assert not harmed(folder)
@@ -300,7 +301,7 @@ INF = torch.zeros(10).index_fill_(0, torch.tensor([3]), float("-inf"))
         (data_setting("dataset", "emnist"),
          "holds data.dataset='emnist', which is not allowed: it must be one of mnist, fashion_mnist, kmnist"),
         (data_setting("transform", "x"),
-         "holds data.transform, which is not a setting of lenet.data.MNISTDataModule"),
+         "holds data.transform, which is not a setting of lenet.training.datamodule.MNISTDataModule"),
         (model_setting("dropout", float("nan")),
          "holds model.dropout=nan, which is not allowed: it must be a number in [0, 1)"),
         (weight("net.0.weight", NAN),

@@ -1,4 +1,5 @@
-"""lenet.predict and the image preparation of lenet.images, on files made as users' photos and scans would be."""
+"""lenet.predict and the image preparation of lenet.inference.preparation, on files made as users' photos and scans
+would be."""
 
 import contextlib
 import csv
@@ -20,21 +21,21 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import lenet.prediction
+import lenet.inference.classify
 from conftest import compose_config, glyph_split, lenet_command
 from lenet.cli import check
-from lenet.errors import ConfigError, ModelError
-from lenet.images import LAYOUTS, ImageError, prepare
-from lenet.inputs import InputError
-from lenet.prediction import (
+from lenet.frame.errors import ConfigError, ModelError
+from lenet.frame.quoting import spreadsheet_cell
+from lenet.inference.classify import (
     Interrupted,
     Prediction,
     PreviewPicks,
     UnreadableImages,
     predict,
 )
-from lenet.predictor import Predictor, load
-from lenet.quoting import spreadsheet_cell
+from lenet.inference.input_files import InputError
+from lenet.inference.preparation import LAYOUTS, ImageError, prepare
+from lenet.inference.trained_model import Predictor, load
 
 
 @pytest.fixture(scope="module")
@@ -335,7 +336,7 @@ def test_a_unix_socket_named_like_an_image_gets_a_row(glyph_checkpoint, original
 
 LOOPING_GLOB = """
 import json, sys
-from lenet.inputs import image_paths
+from lenet.inference.input_files import image_paths
 print(json.dumps([str(path) for path in image_paths(sys.argv[1])]))
 """
 
@@ -378,7 +379,7 @@ def test_a_link_out_of_the_patterns_tree_is_named_and_not_searched(
     (tmp_path / "elsewhere" / "secret.png").write_bytes(glyph_file(originals, 1))
     (photos / "2025").symlink_to("../elsewhere")  # matched by the wildcard, and leads out of photos/
     (photos / "2024" / "linked.png").symlink_to("../../elsewhere/secret.png")  # a linked file is read
-    with caplog.at_level(logging.WARNING, logger="lenet.inputs"):
+    with caplog.at_level(logging.WARNING, logger="lenet.inference.input_files"):
         rows = predicted(glyph_checkpoint, f"'{photos}/{pattern}'", tmp_path)
     assert [(Path(row["path"]).name, bool(row["prediction"])) for row in rows] == [
         ("good.png", True),
@@ -398,13 +399,13 @@ def test_cells_that_a_spreadsheet_would_run_as_formulas_start_with_a_quote(
     names = ["+x.png", "-x.png", "=1+1.png", "@x.png"]
     for name in names:
         (folder / name).write_bytes(glyph_file(originals))
-    real_load = lenet.prediction.load
+    real_load = lenet.inference.classify.load
 
     def load_with_formula_classes(*args, **kwargs):  # class names come from the model file: a .onnx names them
         classifier = real_load(*args, **kwargs)
         return dataclasses.replace(classifier, classes=[f"=c{name}" for name in classifier.classes])
 
-    monkeypatch.setattr(lenet.prediction, "load", load_with_formula_classes)
+    monkeypatch.setattr(lenet.inference.classify, "load", load_with_formula_classes)
     monkeypatch.chdir(folder)
     rows = predicted(glyph_checkpoint, "'*.png'", tmp_path)
     assert [row["path"] for row in rows] == [f"'{name}" for name in names]

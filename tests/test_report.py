@@ -15,11 +15,12 @@ from omegaconf import OmegaConf, open_dict
 from scipy import stats
 from torch.utils.tensorboard import SummaryWriter
 
-from lenet import CONFIG_DIR, report
-from lenet.comparison import _power, _seeds_needed, difference
-from lenet.quoting import markdown_cell
-from lenet.report import configurations, report_figure
-from lenet.runs import curve, read_runs
+from lenet import CONFIG_DIR
+from lenet.frame.quoting import markdown_cell
+from lenet.runs import sweep_report
+from lenet.runs.comparison import _power, _seeds_needed, difference
+from lenet.runs.jobs import curve, read_runs
+from lenet.runs.sweep_report import configurations, report_figure
 from test_sweep import TINY, assert_composes, sweep_dirs, train
 
 
@@ -74,7 +75,7 @@ def test_a_sweep_over_seeds_is_pooled_per_configuration(tmp_path, capsys):
     for job, (seed, lr) in enumerate((seed, lr) for seed in (1, 2, 3) for lr in results):
         fake_run(tmp_path / str(job), f"seed={seed}", f"optimizer.lr={lr}", metrics=finals(*results[lr][seed - 1]))
     fake_run(tmp_path / "6", "seed=4", "optimizer.lr=0.05")  # unfinished: listed, not pooled
-    report.main([str(tmp_path)])
+    sweep_report.main([str(tmp_path)])
     md = capsys.readouterr().out
 
     table = read_csv(tmp_path / "report_by_config.csv")
@@ -128,7 +129,7 @@ def test_runs_from_several_folders_are_compared_by_their_configs(tmp_path, capsy
     fake_run(day / "13-00-00", "optimizer=adam", "logger=csv", metrics=finals(0.8, 0.8))
     fake_run(outputs / "eval" / "2026-01-03" / "13-00-00", "ckpt_path=x", metrics={"test/acc": 0.9}, task="eval")
 
-    report.main([str(outputs / "multirun"), str(day), str(outputs / "eval")])
+    sweep_report.main([str(outputs / "multirun"), str(day), str(outputs / "eval")])
     md = capsys.readouterr().out
     folders = f"{outputs / 'multirun'}, {day}, {outputs / 'eval'}"
     assert md.startswith(f"# Runs in {folders} (lenet.train runs only: 1 of other tasks left out)")
@@ -147,7 +148,7 @@ def test_runs_from_several_folders_are_compared_by_their_configs(tmp_path, capsy
     day_runs = [f"2026-01-02/{hour}-00-00" for hour in (11, 12, 13)]
     assert sorted(jobs) == [*day_runs, *(f"multirun/2026-01-01/10-00-00/{job}" for job in "0123")], "named by path"
 
-    report.main([str(outputs), "--out", str(tmp_path / "elsewhere")])  # a folder above them all, the same runs
+    sweep_report.main([str(outputs), "--out", str(tmp_path / "elsewhere")])  # a folder above them all, the same runs
     assert read_csv(tmp_path / "elsewhere" / "report_by_config.csv") == table
 
 
@@ -159,7 +160,7 @@ def test_runs_from_several_folders_are_compared_by_their_configs(tmp_path, capsy
 def test_bad_folders_get_one_line(folders, message, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit, match=message):
-        report.main(folders)
+        sweep_report.main(folders)
 
 
 @pytest.mark.slow
@@ -211,7 +212,7 @@ def test_each_configuration_is_compared_with_the_best_with_its_interval(tmp_path
     clearly_worse = [-0.03 + j for j in jitter]  # lr 10x too small: three points worse on every seed
     near = [0.0001, -0.0004, 0.0003, -0.0002, -0.0008]  # lr 5% larger: no real difference
     sweep_of(tmp_path, {"0.05": [0.0] * 5, "0.0525": near, "0.005": clearly_worse})
-    report.main([str(tmp_path)])
+    sweep_report.main([str(tmp_path)])
     md = capsys.readouterr().out
 
     table = {row["optimizer.lr"]: row for row in read_csv(tmp_path / "report_by_config.csv")}
@@ -240,7 +241,7 @@ def test_each_configuration_is_compared_with_the_best_with_its_interval(tmp_path
 
 def _jobs_and_configs(folder: Path):
     _, jobs = read_runs([folder])
-    jobs = report.best_first(jobs)
+    jobs = sweep_report.best_first(jobs)
     return jobs, configurations(jobs)
 
 
@@ -251,7 +252,7 @@ def test_different_seeds_are_compared_unpaired_and_pairs_narrow_the_interval(tmp
     fake_seeds = (6, 7, 8, 9, 10)  # the worse lr ran other seeds: its seed effects no longer cancel
     sweep_of(tmp_path / "a", {"0.05": [0.0] * 5})
     sweep_of(tmp_path / "b", {"0.02": [-0.002 + SEED_EFFECT[s] for s in SEEDS]}, seeds=fake_seeds)
-    report.main([str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path)])
+    sweep_report.main([str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path)])
     unpaired = read_csv(tmp_path / "report_by_config.csv")[1]
     assert paired["compared"] == "paired, 5 seeds" and unpaired["compared"] == "unpaired, 5 vs 5 seeds"
     assert float(paired["delta_vs_best"]) == pytest.approx(float(unpaired["delta_vs_best"])) == pytest.approx(-0.2)
@@ -261,7 +262,7 @@ def test_different_seeds_are_compared_unpaired_and_pairs_narrow_the_interval(tmp
 
 
 def read_csv_after_report(folder: Path) -> list[dict]:
-    report.report([folder], folder)
+    sweep_report.report([folder], folder)
     return read_csv(folder / "report_by_config.csv")
 
 
@@ -270,7 +271,7 @@ def test_with_one_seed_per_configuration_nothing_is_ranked_as_resolved(tmp_path,
         fake_run(
             tmp_path / str(job), f"optimizer.lr={lr}", "trainer.max_epochs=2", metrics=finals(0.9 - job / 100, 0.9)
         )
-    report.main([str(tmp_path)])
+    sweep_report.main([str(tmp_path)])
     md = capsys.readouterr().out
     assert "One seed per configuration: no difference here is resolved" in md
     command = "python -m lenet.train -m optimizer.lr=0.1 trainer.max_epochs=2 seed=1,2,3,4,5"
@@ -286,9 +287,9 @@ def test_folders_of_one_recipe_are_compared_folder_against_folder(tmp_path, caps
     sweep_of(tmp_path / "before", {"0.05": [0.0] * 5})
     sweep_of(tmp_path / "after", {"0.05": [0.004, 0.005, 0.003, 0.006, 0.004]})
     folders = [str(tmp_path / "before"), str(tmp_path / "after")]
-    report.main(folders)
+    sweep_report.main(folders)
     assert [row["n"] for row in read_csv(tmp_path / "report_by_config.csv")] == ["10"], "one recipe, pooled"
-    report.main([*folders, "--by-folder"])
+    sweep_report.main([*folders, "--by-folder"])
     md = capsys.readouterr().out
     table = read_csv(tmp_path / "report_by_config.csv")
     assert [(Path(row["folder"]).name, row["n"], row["compared"]) for row in table] == [
@@ -343,7 +344,7 @@ def test_a_sweep_whose_every_job_failed_still_gets_its_report(tmp_path, capsys):
     for job, lr in enumerate(("-1", "-2")):
         fake_run(tmp_path / str(job), f"optimizer.lr={lr}")
         (tmp_path / str(job) / "train.log").write_text(f"[t][lenet.cli][ERROR] - error: optimizer.lr={lr} is bad\n")
-    report.main([str(tmp_path)])
+    sweep_report.main([str(tmp_path)])
     md = capsys.readouterr().out
     assert "2 jobs: 0 done, 2 failed, 0 unfinished." in md
     assert "- job 0 failed: error: optimizer.lr=-1 is bad" in md and "Is it really better?" not in md
@@ -372,7 +373,7 @@ def test_a_report_replaces_links_in_its_folder_and_never_writes_through_them(tmp
     for name in names:
         (outside / name).write_text("precious")
         (tmp_path / "sweep" / name).symlink_to(outside / name)
-    report.main([str(tmp_path / "sweep")])
+    sweep_report.main([str(tmp_path / "sweep")])
     assert [(outside / name).read_bytes() for name in names] == [b"precious"] * 4, "no file outside the folder written"
     assert not any((tmp_path / "sweep" / name).is_symlink() for name in names), "each link replaced by the report"
     assert read_csv(tmp_path / "sweep" / "report_by_config.csv")[0]["optimizer.lr"] == "0.05"
@@ -386,8 +387,10 @@ def test_interpolations_in_a_run_dir_are_never_resolved(tmp_path, monkeypatch):
         raw_run(tmp_path / str(job), [f"optimizer.lr={lr}"], metrics=finals(0.9 - job / 100, 0.9),
                 config={"optimizer": {"lr": float(lr)}, "data": {"root": "${oc.env:LENET_TEST_SECRET}"}},
                 choices={"optimizer": "${oc.env:LENET_TEST_SECRET}"})  # fmt: skip
-    report.main([str(tmp_path), "--out", str(tmp_path / "out")])  # two folders' worth: told apart by their configs
-    report.main([str(tmp_path / "0"), str(tmp_path / "1"), "--out", str(tmp_path / "out")])
+    sweep_report.main(
+        [str(tmp_path), "--out", str(tmp_path / "out")]
+    )  # two folders' worth: told apart by their configs
+    sweep_report.main([str(tmp_path / "0"), str(tmp_path / "1"), "--out", str(tmp_path / "out")])
     written = [(tmp_path / "out" / name).read_text() for name in ("report.md", "report.csv", "report_by_config.csv")]
     assert not any("hunter2" in text for text in written)
     _, jobs = read_runs([tmp_path / "0"])
@@ -400,7 +403,7 @@ def test_text_from_run_dirs_shows_as_text_in_every_output(tmp_path, capsys):
     values = ['=HYPERLINK("http://x")|<b>bold</b>', "$\\cmd$\x1b]0;t\x07\x1b[31m"]
     for job, root in enumerate(values):
         raw_run(tmp_path / str(job), [f"data.root={root}"], metrics=finals(0.9 - job / 100, 0.9))
-    report.main([str(tmp_path)])
+    sweep_report.main([str(tmp_path)])
     out = capsys.readouterr().out
     md = (tmp_path / "report.md").read_text()
     assert "\x1b" not in out + md and "\x07" not in out + md
@@ -434,7 +437,7 @@ def test_damaged_run_dirs_are_listed_one_line_each_and_the_rest_reported(tmp_pat
     raw_run(tmp_path / "10", ["optimizer.lr=0.02"], metrics=finals(0.9, 0.9))
     (tmp_path / "10" / ".hydra" / "overrides.yaml").unlink()
     (tmp_path / "10" / ".hydra" / "overrides.yaml").mkdir()
-    report.main([str(tmp_path)])
+    sweep_report.main([str(tmp_path)])
     md = capsys.readouterr().out
     assert "11 jobs: 1 done, 0 failed, 1 unfinished, 9 unreadable." in md
     problems = [line for line in md.splitlines() if line.startswith("- job ")]
@@ -465,7 +468,7 @@ def test_a_command_is_printed_only_when_lenet_would_run_every_override_in_it(tmp
     hydra = ["hydra.mode=MULTIRUN", f"hydra.callbacks.evil={{_target_:os.mkdir,path:{marker}}}"]
     record = {"hydra": {"overrides": {"hydra": hydra, "task": ["optimizer.lr=0.05,0.02"]}, "job": {"name": "train"}}}
     (sweep / "multirun.yaml").write_text(yaml.safe_dump(record))
-    report.main([str(sweep)])
+    sweep_report.main([str(sweep)])
     md = capsys.readouterr().out
     assert "os.mkdir" not in md and "```" not in md, "no command printed"
     assert (
@@ -482,7 +485,7 @@ def test_a_command_is_printed_only_when_lenet_would_run_every_override_in_it(tmp
     (sweep / "multirun.yaml").write_text(yaml.safe_dump(record))
     for job in ("0", "1"):
         (sweep / job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump([f"optimizer.lr=0.0{5 - 3 * int(job)}"]))
-    report.main([str(sweep)])
+    sweep_report.main([str(sweep)])
     md = capsys.readouterr().out
     command = f"python -m lenet.train -m hydra/launcher=joblib hydra.launcher.n_jobs=2 optimizer.lr=0.05,0.02 " \
               f"hydra.sweep.dir={sweep}"  # fmt: skip
@@ -493,7 +496,7 @@ def test_a_command_is_printed_only_when_lenet_would_run_every_override_in_it(tmp
 
 def test_counts_say_one_job(tmp_path, capsys):
     raw_run(tmp_path / "0", ["optimizer.lr=0.05"], metrics=finals(0.9, 0.9))
-    report.main([str(tmp_path)])
+    sweep_report.main([str(tmp_path)])
     assert "\n1 job: 1 done, 0 failed, 0 unfinished.\n" in capsys.readouterr().out
 
 

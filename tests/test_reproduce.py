@@ -11,7 +11,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from conftest import VAL_SIZE, lenet_command, shared
-from lenet import reproduce
+from lenet.runs import replay
 
 # One short epoch of the default recipe on the fixture data.
 RECIPE = [f"data.val_size={VAL_SIZE}", "data.batch_size=32", "data.eval_batch_size=200", "trainer.max_epochs=1",
@@ -211,7 +211,7 @@ def not_a_run(run: Path, folder: Path) -> Path:
 def test_what_is_not_a_finished_training_run_is_refused_in_one_line(make, message, run, tmp_path, capsys):
     folder = make(run, tmp_path / "folder")
     with pytest.raises(SystemExit) as end:
-        reproduce.main([str(folder), "--out", str(tmp_path / "again")])
+        replay.main([str(folder), "--out", str(tmp_path / "again")])
     assert end.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith("error: " + message.format(folder=folder)) and err.count("\n") == 1, err
@@ -222,11 +222,11 @@ def test_a_taken_out_folder_and_a_failed_rerun_are_one_line_each(run, tmp_path, 
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "x").touch()
     with pytest.raises(SystemExit) as end:
-        reproduce.main([str(run), "--out", str(tmp_path / "taken")])
+        replay.main([str(run), "--out", str(tmp_path / "taken")])
     assert end.value.code == 2
     assert capfd.readouterr().err == f"error: {tmp_path / 'taken'} already holds files: pass a new folder as --out\n"
     with pytest.raises(SystemExit) as end:
-        reproduce.main([str(run), "optimizer.lr=abc", "--out", str(tmp_path / "again")])
+        replay.main([str(run), "optimizer.lr=abc", "--out", str(tmp_path / "again")])
     assert end.value.code == 2
     err = capfd.readouterr().err.splitlines()
     assert err == ["error: optimizer.lr='abc' is not allowed: it must be a number > 0", "error: the rerun failed"]
@@ -264,7 +264,7 @@ def test_a_run_dir_that_asks_for_what_lenet_does_not_run_is_refused_before_anyth
     overrides = folder / ".hydra" / "overrides.yaml"
     OmegaConf.save(OmegaConf.create([*OmegaConf.load(overrides), payload.replace(MARKER, str(marker))]), overrides)
     with pytest.raises(SystemExit) as end:
-        reproduce.main([str(folder), "--out", str(tmp_path / "again")])
+        replay.main([str(folder), "--out", str(tmp_path / "again")])
     assert end.value.code == 2
     assert capsys.readouterr().err == f"error: {overrides} holds what lenet does not run: {reason}\n"
     assert not marker.exists() and not (tmp_path / "again").exists()
@@ -274,7 +274,7 @@ def test_pinned_values_from_a_run_dir_are_checked_as_its_overrides(run, tmp_path
     folder, marker = run_copy(run, tmp_path / "run"), tmp_path / "marker"
     edit_json(folder / "env.json", threads=f"{{_target_:os.mkdir,path:{marker}}}")
     with pytest.raises(SystemExit) as end:
-        reproduce.main([str(folder), "--out", str(tmp_path / "again")])
+        replay.main([str(folder), "--out", str(tmp_path / "again")])
     assert end.value.code == 2
     err = capsys.readouterr().err
     assert err == f"error: {folder / 'env.json'} holds what lenet does not run: threads names code to run (_target_)\n"

@@ -30,10 +30,10 @@ from PIL import Image
 
 from conftest import compose_config, glyph_split, lenet_command
 from lenet.cli import check as check_config
-from lenet.errors import ConfigError, ModelError
-from lenet.guards import Hosts, allowed_hosts
-from lenet.predictor import load
-from lenet.server import MB, ServeError, create_app, listen, serve, server_config
+from lenet.frame.errors import ConfigError, ModelError
+from lenet.inference.http_api import MB, ServeError, create_app, listen, serve, server_config
+from lenet.inference.request_limits import Hosts, allowed_hosts
+from lenet.inference.trained_model import load
 from test_images import bar_png
 from test_predict import VARIANTS, encoded
 

@@ -17,8 +17,9 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 
 from conftest import VAL_SIZE, as_process, compose_config, finished, lenet_command, made_once
-from lenet import CONFIG_DIR, report
-from lenet.validate import validate
+from lenet import CONFIG_DIR
+from lenet.frame.validate import validate
+from lenet.runs import sweep_report
 
 TESTS = Path(__file__).parent
 # One epoch on fixture data, one thread per process: two cores shared with other work collapse with more.
@@ -103,14 +104,18 @@ def test_report_lists_unfinished_jobs_and_spells_out_the_best_command(tmp_path, 
     job("1", [*search, "optimizer=sgd", "optimizer.lr=0.1"], done | {"val/acc_best": 0.85})
     job("2", [*search, "optimizer=sgd", "optimizer.lr=0.3"])  # still running, or killed
     job("10", [*search, "optimizer=sgd", "optimizer.lr=0.5"], log="[t][x][ERROR] - error: boom\n")
-    report.main([str(tmp_path)])
+    sweep_report.main([str(tmp_path)])
     md = capsys.readouterr().out
     assert [line[2:4].strip() for line in md.splitlines() if line.startswith("| ")][1:] == ["1", "0", "2", "10"]
     assert "| 1 | done | sgd | 0.1 | 0.8500 | 0.8000 | 2 | 3.0 | 900 |" in md
     assert "python -m lenet.train optimizer=sgd optimizer.lr=0.1\n" in md, "a search's own overrides are left out"
     assert_composes("python -m lenet.train optimizer=sgd optimizer.lr=0.1")
     assert "- job 2 unfinished: no metrics.json" in md and "- job 10 failed: error: boom" in md
-    assert sorted(p.name for p in tmp_path.glob("report.*")) == ["report.csv", "report.md", "report.png"]
+    assert sorted(p.name for p in tmp_path.glob("report.*")) == [
+        "report.csv",
+        "report.md",
+        "report.png",
+    ]
 
 
 def assert_composes(command: str) -> None:
@@ -124,7 +129,7 @@ def assert_composes(command: str) -> None:
 
 def test_report_of_a_folder_without_jobs_says_so(tmp_path):
     with pytest.raises(SystemExit, match="holds no job dirs"):
-        report.main([str(tmp_path)])
+        sweep_report.main([str(tmp_path)])
 
 
 # --- DDP ---

@@ -18,9 +18,9 @@ import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from conftest import VAL_SIZE, as_process, compose_config, finished, fixture_overrides, lenet_command, made_once
-from lenet.errors import UserError
-from lenet.tracking import wandb_logged_in
-from lenet.training import train
+from lenet.frame.errors import UserError
+from lenet.training.fit import train
+from lenet.training.tracking import wandb_logged_in
 
 EPOCHS = 2
 TINY = [f"data.val_size={VAL_SIZE}", "data.batch_size=32", "data.eval_batch_size=200", f"trainer.max_epochs={EPOCHS}",

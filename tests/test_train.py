@@ -28,13 +28,13 @@ from conftest import (
     write_dataset,
     write_idx,
 )
-from lenet import cpus, misclassified
-from lenet.checkpoint import Checkpoint
-from lenet.errors import ConfigError
-from lenet.hparams import HPARAM_METRICS
-from lenet.lightning_module import LeNetModule
-from lenet.model import LeNet
-from lenet.training import Interrupted, evaluate, train
+from lenet.frame.errors import ConfigError
+from lenet.training import cpus, misclassified
+from lenet.training.checkpoints import Checkpoint
+from lenet.training.fit import Interrupted, evaluate, train
+from lenet.training.hparams import HPARAM_METRICS
+from lenet.training.module import LeNetModule
+from lenet.training.network import LeNet
 
 EPOCHS = 3
 
@@ -315,7 +315,8 @@ def test_a_resume_may_change_how_it_runs(flat_root, tmp_path):
 
 @pytest.fixture
 def load_on_2_cpus(monkeypatch):
-    """Sets the load lenet.cpus sees on a 2-CPU machine, with neither OMP_NUM_THREADS nor Slurm to fix the count;
+    """Sets the load lenet.training.cpus sees on a 2-CPU machine, with neither OMP_NUM_THREADS nor Slurm to fix the
+    count;
     torch's thread count (the whole test process's) is restored after."""
     for name in ("OMP_NUM_THREADS", *cpus.SLURM):
         monkeypatch.delenv(name, raising=False)
@@ -472,7 +473,7 @@ def test_ranks_other_than_0_draw_their_own_dropout_masks():
     draws = []
     for rank in (0, 1, 2):
         torch.manual_seed(42)  # every DDP rank starts from the same seed
-        module = LeNetModule(model={"_target_": "lenet.model.LeNet"}, optimizer={})
+        module = LeNetModule(model={"_target_": "lenet.training.network.LeNet"}, optimizer={})
         module._trainer = SimpleNamespace(global_rank=rank)
         module.setup("fit")
         draws.append(torch.rand(3))

@@ -25,7 +25,7 @@ def test_the_installed_wheel_trains_from_a_temp_dir(flat_root, tmp_path):
         cwd=work, env=env, capture_output=True, text=True, check=True,
     )  # fmt: skip
     assert Path(where.stdout.strip()) == site / "lenet" / "conf"
-    assert (site / "lenet" / "page" / "index.html").is_file(), "lenet.serve's page"
+    assert (site / "lenet" / "inference" / "page" / "index.html").is_file(), "lenet.serve's page"
     assert (site / "hydra_plugins" / "lenet_launcher" / "__init__.py").is_file(), "the Slurm launcher, for Hydra"
 
     overrides = [f"data.root={flat_root}", f"data.val_size={VAL_SIZE}", "debug=fast_dev_run"]

@@ -1,6 +1,6 @@
 """The frame every lenet command runs in, and the command lines it reads and prints.
 
-`command("config", "lenet.training:train")` is a command's `main`: its command line is checked first (a mistyped key
+`command("config", "lenet.training.fit:train")` is a command's `main`: its command line is checked first (a mistyped key
 or a flag from other tools is answered in one line naming the setting meant, where Hydra would advise adding the
 key or print argparse's usage), then Hydra composes the config, `validate` checks it, and only then is the task's
 module imported, by name, as Hydra imports every `_target_`: `--help`, `--cfg` and tab completion never wait for torch
@@ -29,11 +29,13 @@ from hydra.utils import get_method
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from lenet import CONFIG_DIR, keys, rundir
-from lenet.errors import SweepError, UserError
-from lenet.full_disk import NoSpace, make_with_room
-from lenet.sweep import register_job_dirs
-from lenet.validate import validate
+from lenet import CONFIG_DIR
+from lenet.frame import keys
+from lenet.frame.errors import SweepError, UserError
+from lenet.frame.full_disk import NoSpace, make_with_room
+from lenet.frame.validate import validate
+from lenet.runs import rundir
+from lenet.runs.multirun import register_job_dirs
 
 log = logging.getLogger(__name__)
 register_job_dirs()  # every job process loads this frame: a continued search's job dirs resolve there too

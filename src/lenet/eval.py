@@ -2,12 +2,12 @@
 
 The model and the data settings come from the checkpoint; `data.root` and `data.eval_batch_size` may be
 overridden (e.g. the data now lives elsewhere). Writes `metrics.json` to its own run dir. The work is
-lenet.training.evaluate.
+lenet.training.fit.evaluate.
 """
 
 from lenet.cli import command
 
-main = command("eval", "lenet.training.evaluate", saved="data")
+main = command("eval", "lenet.training.fit.evaluate", saved="data")
 
 if __name__ == "__main__":
     main()

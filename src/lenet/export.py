@@ -2,12 +2,12 @@
 
 The exported file computes the checkpoint's logits from normalized images and carries what it takes to use it
 alone (class names, mean, std, dataset); every export ends with a parity check against the checkpoint, written to
-`<output>.json`. The work is lenet.exporter.export.
+`<output>.json`. The work is lenet.inference.portable.export.
 """
 
 from lenet.cli import command
 
-main = command("export", "lenet.exporter.export", saved="data")
+main = command("export", "lenet.inference.portable.export", saved="data")
 
 if __name__ == "__main__":
     main()

@@ -1,11 +1,12 @@
 """Train LeNet: `python -m lenet.train [overrides]`, or `-m` for a Hydra multirun sweep.
 
-Returns the best validation accuracy, the value Hydra's sweepers (Optuna) optimize. The work is lenet.training.train.
+Returns the best validation accuracy, the value Hydra's sweepers (Optuna) optimize. The work is
+lenet.training.fit.train.
 """
 
 from lenet.cli import METRIC, command
 
-main = command("train", "lenet.training.train", config="config", returns=METRIC)
+main = command("train", "lenet.training.fit.train", config="config", returns=METRIC)
 
 if __name__ == "__main__":
     main()

@@ -1,6 +1,6 @@
 """lenet's Slurm launcher (`hydra/launcher=slurm`): hydra-submitit-launcher's, with two things more.
 
-- A continued sweep (`hydra.sweep.dir=<its dir>`) queues only the jobs that have not finished (lenet.rundir): a
+- A continued sweep (`hydra.sweep.dir=<its dir>`) queues only the jobs that have not finished (lenet.runs.rundir): a
   sweep of a hundred jobs with three left queues three. (A finished job launched anyway would only keep its
   results, as it does under the other launchers; here it would also wait in the queue.)
 - sbatch refusing the jobs is one line that says which setting to change, not submitit's traceback.
@@ -20,7 +20,7 @@ from pathlib import Path
 from hydra.core.utils import JobReturn
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher as SubmititSlurmLauncher
 
-from lenet import rundir
+from lenet.runs import rundir
 
 # What sbatch says when it refuses a job, and the settings (hydra.launcher.*) that ask for it.
 REFUSALS = {

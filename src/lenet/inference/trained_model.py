@@ -1,0 +1,183 @@
+"""A trained model ready to predict, whatever file it ships as: a checkpoint of lenet.train (.ckpt) or a file of
+lenet.export (.onnx, .pt2), read by that format's own reader and used through one interface, Predictor.
+
+Each format's reader is named here by its module, and imported only when a file of its format is read: predicting
+with an .onnx file imports neither torch nor Lightning.
+"""
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from hydra.utils import get_method
+
+from lenet.frame import keys
+from lenet.frame.errors import ConfigError, ModelError
+from lenet.inference.preparation import LAYOUTS, Layout, prepare
+from lenet.runs import rundir
+
+# What an exported file promises, written into its metadata.
+INPUT = "float32 N x 1 x 28 x 28: pixels 0..255, light on dark, normalized as (pixel - 255 * mean) / (255 * std)"
+OUTPUT = "logits"
+METADATA_FILE = "lenet.json"  # the metadata inside a .pt2 (torch.export.save's extra_files)
+NUMBERS_AND_LISTS = ("classes", "mean", "std")  # in ONNX metadata_props, which are strings, these are JSON
+MAX_MODEL_BYTES = 256 * 2**20  # a LeNet's file is under a megabyte
+READERS = {
+    ".onnx": "lenet.inference.onnx_reader.read",
+    ".pt2": "lenet.inference.pt2_reader.read",
+}  # anything else: a checkpoint
+CHECKPOINT_READER = "lenet.training.checkpoints.read"
+
+
+@dataclass
+class Predictor:
+    """A trained LeNet, whatever file it came from, and what feeding it takes; `model` is the torch module, the
+    exported program or the onnxruntime session."""
+
+    classes: list[str]
+    mean: float
+    std: float
+    dataset: str
+    source: Path  # the file it was loaded from
+    checkpoint: str  # the lenet.train checkpoint it came from (the source itself for a .ckpt)
+    model: Any
+    forward: Callable[[np.ndarray], np.ndarray]  # normalized float32 N x 1 x 28 x 28 -> N x classes logits
+
+    @property
+    def layout(self) -> Layout:
+        return LAYOUTS[self.dataset]
+
+    def prepare(self, image, max_pixels: int | None = None) -> np.ndarray:
+        return prepare(image, self.layout, max_pixels)
+
+    def normalize(self, images: np.ndarray) -> np.ndarray:
+        """uint8 N x 28 x 28 -> float32 N x 1 x 28 x 28, computed as training does (MNISTDataModule)."""
+        scale, shift = np.float32(1 / (255 * self.std)), np.float32(self.mean / self.std)
+        return (images.astype(np.float32) * scale - shift)[:, None]
+
+    def logits(self, images: np.ndarray) -> np.ndarray:
+        return self.forward(self.normalize(images))
+
+    def probabilities(self, images: np.ndarray) -> np.ndarray:
+        logits = self.logits(images)
+        exp = np.exp(logits - logits.max(axis=1, keepdims=True))
+        return exp / exp.sum(axis=1, keepdims=True)
+
+    def metadata(self) -> dict:
+        """What an exported file carries so that it can be used alone."""
+        return {
+            "dataset": self.dataset,
+            "classes": self.classes,
+            "mean": self.mean,
+            "std": self.std,
+            "checkpoint": self.checkpoint,
+            "input": INPUT,
+            "output": OUTPUT,
+        }
+
+
+def load(path: str | Path, device: str = "auto") -> Predictor:
+    """A predictor from a lenet.train checkpoint, an exported .onnx or an exported .pt2 (with its metadata)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"{path}: no such model file")
+    try:
+        read = get_method(READERS.get(path.suffix.lower(), CHECKPOINT_READER))
+    except ImportError:  # onnxruntime
+        raise ModelError(f"reading a {path.suffix} file needs the export extra: pip install 'lenet[export]'") from None
+    return read(path, device)
+
+
+def read_model_file(path: Path) -> bytes:
+    """The whole file, read once: what is checked is what is loaded."""
+    if path.stat().st_size > MAX_MODEL_BYTES:
+        raise ModelError(f"{path} is larger than {MAX_MODEL_BYTES // 2**20} MB: not a LeNet of lenet")
+    return path.read_bytes()
+
+
+def from_metadata(path: Path, metadata: dict, model, forward) -> Predictor:
+    """The predictor of an exported file, from the metadata it carries."""
+    needed = {"classes", "mean", "std", "dataset"}
+    if not metadata or not needed <= metadata.keys():
+        raise ModelError(f"{path} lacks lenet.export's metadata (class names, mean, std): export it with lenet.export")
+    if metadata.get("output", OUTPUT) != OUTPUT:
+        raise ModelError(f"{path} returns {metadata['output']}, not {OUTPUT}")
+    if refusal := _metadata_refusal(metadata):
+        raise ModelError(f"{path} {refusal}")
+    return Predictor(
+        list(metadata["classes"]),
+        float(metadata["mean"]),
+        float(metadata["std"]),
+        metadata["dataset"],
+        path,
+        metadata.get("checkpoint", ""),
+        model,
+        forward,
+    )
+
+
+def _metadata_refusal(metadata: dict) -> str | None:
+    """Why the metadata an exported file carries is not what lenet.export writes, naming the key; None if it is.
+    Its numbers are checked by the rules of the data settings they come from (lenet.frame.keys)."""
+    for key in ("mean", "std"):
+        value, rule = metadata[key], keys.KEYS[f"data.{key}"].rule
+        if not rule.test(value):
+            return f"holds {key}={value!r:.60}, which is not allowed: it must be {rule.text}"
+    if not isinstance(metadata["dataset"], str) or metadata["dataset"] not in LAYOUTS:  # those lenet prepares for
+        return (
+            f"holds dataset={metadata['dataset']!r:.60}, which is not allowed: it must be one of {', '.join(LAYOUTS)}"
+        )
+    classes = metadata["classes"]
+    if not (isinstance(classes, list) and len(classes) >= 2 and all(isinstance(name, str) for name in classes)):
+        return f"holds classes={classes!r:.60}, which is not allowed: it must be a list of two or more class names"
+    return None
+
+
+def properties(metadata: dict) -> dict[str, str]:
+    """Metadata as ONNX metadata_props, which are strings: lists and numbers as JSON, strings as they are."""
+    return {key: value if isinstance(value, str) else json.dumps(value) for key, value in metadata.items()}
+
+
+def from_properties(props: dict[str, str]) -> dict:
+    return {key: _json(value) if key in NUMBERS_AND_LISTS else value for key, value in props.items()}
+
+
+def _json(text: str):
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text  # not what lenet.export writes: from_metadata refuses it, naming its key
+
+
+def model_file(ckpt_path: str | None, outputs_dir: Path, prefer: str = "best") -> Path | None:
+    """`ckpt_path` as a file: `last` means the newest last.ckpt of any run under `outputs_dir`; a run dir (or its
+    checkpoints/ folder) means its `prefer`red checkpoint, best.ckpt to use a model, last.ckpt to resume training,
+    else the other one."""
+    if not ckpt_path:
+        return None
+    if ckpt_path == "last":
+        runs = sorted(outputs_dir.glob("**/checkpoints/last.ckpt"), key=lambda path: path.stat().st_mtime)
+        if not runs:
+            raise ConfigError(f"ckpt_path=last: no run under {outputs_dir}/ has a last.ckpt; give a checkpoint path")
+        return runs[-1]
+    path = Path(ckpt_path)
+    if path.is_dir():
+        return _in_run_dir(path, prefer)
+    if not path.is_file():
+        raise ConfigError(f"ckpt_path={ckpt_path}: no such checkpoint file")
+    return path
+
+
+def _in_run_dir(folder: Path, prefer: str) -> Path:
+    names = [f"{prefer}.ckpt", *({rundir.BEST, rundir.LAST} - {f"{prefer}.ckpt"})]
+    places = (folder / rundir.CHECKPOINTS, folder)
+    found = next((place / name for name in names for place in places if (place / name).is_file()), None)
+    if found is None:
+        raise ConfigError(
+            f"ckpt_path={folder} is a folder without checkpoints/best.ckpt or checkpoints/last.ckpt: "
+            "give a run dir of lenet.train or a checkpoint file"
+        )
+    return found

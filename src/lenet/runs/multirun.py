@@ -1,0 +1,151 @@
+"""What a multirun does around its jobs, as Hydra callbacks (conf/hydra/default.yaml): refuse, before any job
+starts, a sweep no job could run (or one that would mix with the sweep already in its dir); write the report when it
+ends, and exit non-zero when a job failed.
+
+The same command with `hydra.sweep.dir=<its dir>` continues a sweep: its jobs keep their numbers and dirs, and each
+job goes on from what it left there (lenet.runs.rundir). `continue_command` spells that command out.
+
+Hydra makes its callbacks for every command, before the config is checked: what this module needs of Lightning or
+of the report (matplotlib, TensorBoard's reader) is looked up by name, when a multirun needs it.
+"""
+
+import atexit
+import contextlib
+import logging
+import shlex
+import sys
+from pathlib import Path
+
+from hydra.core.utils import JobStatus
+from hydra.experimental.callback import Callback
+from hydra.utils import get_class, get_method
+from omegaconf import OmegaConf
+
+from lenet.frame import atomic, keys
+from lenet.frame.console import quiet_lightning
+from lenet.frame.errors import SweepError
+from lenet.frame.full_disk import NoSpace, make_with_room
+from lenet.frame.safe_read import Unreadable, job_name, mapping, read_yaml, trusted
+from lenet.frame.validate import spawned_ddp
+from lenet.runs.watchdog import name_sweep_process
+
+log = logging.getLogger(__name__)
+
+MULTIRUN = "multirun.yaml"  # Hydra's record of a sweep, in its sweep dir
+
+
+class MultirunCheck(Callback):
+    """Hydra callback (hydra/default.yaml): refuses, once and before any job starts, a multirun no job could run;
+    then records it (multirun.yaml), which `continue_command` and a later continuation read.
+
+    Jobs check again for themselves: a swept override (trainer=cpu,ddp) shows only in its own job.
+    """
+
+    def on_multirun_start(self, config, **kwargs):
+        error = None
+        earlier = Path(config.hydra.sweep.dir) / MULTIRUN
+        if earlier.is_file() and (other := _other_overrides(earlier, config)):
+            error = other
+        elif config.get("ckpt_path") == "last":
+            error = (
+                "ckpt_path=last cannot run in a multirun: each job would resume the newest last.ckpt, which an "
+                "earlier job of this sweep has just written; give a checkpoint path, or resume single runs"
+            )
+        elif "trainer" in config and "SlurmLauncher" not in config.hydra.launcher._target_:
+            error = spawned_ddp(_process_layout(config.trainer))
+        if error:
+            print(f"error: {error}", file=sys.stderr)
+            raise SystemExit(1)
+        # The sweep's record, whatever the sweeper (Optuna's writes none). A sweep dir that cannot take it (a full
+        # disk) is left as it was, and refused next, in one line, by lenet.cli.CheckOutputDir.
+        with contextlib.suppress(OSError, NoSpace):
+            make_with_room(earlier.parent)
+            atomic.write_text(earlier, OmegaConf.to_yaml(config))
+        if "joblib" in config.hydra.launcher._target_:  # its workers would outlive a SIGKILL of this process
+            name_sweep_process()
+
+
+def _other_overrides(earlier: Path, config) -> str | None:
+    """Why this multirun cannot continue the sweep in its dir: it sweeps other overrides (the jobs would mix)."""
+    before, now = list(OmegaConf.load(earlier).hydra.overrides.task), list(config.hydra.overrides.task)
+    if sorted(before) == sorted(now):
+        return None
+    return (
+        f"hydra.sweep.dir={earlier.parent} holds a sweep of other overrides ({' '.join(before) or 'none'}): continue "
+        "it with those, or give this sweep a new hydra.sweep.dir"
+    )
+
+
+def job_dir(number: int, reused: list, first_new: int) -> int:
+    """The dir of a continued search's `number`-th job (lenet.runs.search): an unfinished job's own, then new
+    numbers."""
+    return reused[number] if number < len(reused) else first_new + number - len(reused)
+
+
+def register_job_dirs() -> None:
+    """`${lenet_job_dir:${hydra.job.num},[3],7}` in hydra.sweep.subdir: job_dir."""
+    OmegaConf.register_new_resolver("lenet_job_dir", job_dir, replace=True)
+
+
+def continue_command(sweep_dir: Path, own: bool = False) -> str:
+    """The command that continues the sweep in `sweep_dir`: the same overrides, launcher included, and its dir.
+
+    Its multirun.yaml is read as data (lenet.frame.safe_read). Unless `own` (the sweep's own process says what it was
+    given),
+    a UserError names the first override that lenet would not run from a file (lenet.frame.safe_read.trusted): a command
+    printed is one a user may paste."""
+    saved = mapping(read_yaml(sweep_dir / MULTIRUN, MULTIRUN), MULTIRUN).get("hydra")
+    saved = mapping(saved, f"{MULTIRUN}: hydra")
+    overrides = mapping(saved.get("overrides"), f"{MULTIRUN}: hydra.overrides")
+    hydra, task = (overrides.get(name) or [] for name in ("hydra", "task"))
+    if not all(isinstance(o, list) and all(isinstance(item, str) for item in o) for o in (hydra, task)):
+        raise Unreadable(f"{MULTIRUN}: hydra.overrides is not lists of overrides")
+    hydra = [o for o in hydra if keys.overridden(o) not in ("hydra.sweep.dir", "hydra.mode")]
+    if not own:
+        trusted(task, sweep_dir / MULTIRUN, hydra)
+    task_name = job_name(saved, MULTIRUN)
+    return shlex.join(["python", "-m", f"lenet.{task_name}", "-m", *hydra, *task, f"hydra.sweep.dir={sweep_dir}"])
+
+
+def _process_layout(trainer_config):
+    """A Trainer with only the settings that decide its processes: Lightning's own answer to how many.
+
+    Lightning is looked up by name, as every target of lenet's configs is: this callback is made for every command,
+    and only a multirun needs Lightning here.
+    """
+    names = ("accelerator", "devices", "strategy", "num_nodes")
+    layout = {key: trainer_config[key] for key in names if key in trainer_config}
+    trainer = get_class("lightning.pytorch.Trainer")
+    quiet_lightning()
+    return trainer(**layout, logger=False, enable_checkpointing=False, enable_progress_bar=False)
+
+
+class SweepReport(Callback):
+    """Hydra callback (hydra/default.yaml): the report at the end of every multirun, and a non-zero exit
+    status when a job failed.
+
+    Hydra skips on_multirun_end when the sweeper re-raises a failed job's error, so the report is also
+    registered to run at exit; on_multirun_end takes it over when the sweep gets there.
+    """
+
+    def on_multirun_start(self, config, **kwargs) -> None:
+        self.sweep_dir = Path(config.hydra.sweep.dir)
+        self.write_report = get_method("lenet.runs.sweep_report.sweep_report")  # now: at exit no module can be imported
+        atexit.register(self._report)
+
+    def on_multirun_end(self, config, **kwargs) -> None:
+        atexit.unregister(self._report)
+        failed = [job for job in self._report() if job.status == "failed"]
+        # Sweepers that go on past failures (Optuna with max_failure_rate) must still exit non-zero. Hydra turns a
+        # callback's exception into a warning, so it takes a SystemExit.
+        if failed:
+            raise SystemExit(f"error: {len(failed)} job(s) failed: see {self.sweep_dir / 'report.md'}")
+
+    def on_job_end(self, config, job_return, **kwargs) -> None:
+        # Into the job's own log, which the report reads; a UserError was already logged by report_user_errors.
+        error = job_return._return_value  # `return_value` would re-raise it
+        if job_return.status == JobStatus.FAILED and not isinstance(error, SweepError):
+            log.error("%s: %s", type(error).__name__, error)
+
+    def _report(self) -> list:
+        return self.write_report(self.sweep_dir)

@@ -1,0 +1,78 @@
+"""What a run dir holds, by name, and what an earlier attempt of a run left in it.
+
+A run dir is a run's identity: a sweep's job dirs keep their numbers when the sweep is continued
+(`hydra.sweep.dir=...`), and a Slurm job requeued (preempted, or at its time limit) starts again in the same one.
+So a run starting in a run dir that holds an earlier attempt goes on from it: a finished run is kept as it is, an
+interrupted one resumes from its last.ckpt, a failed one runs again from the start.
+"""
+
+import contextlib
+import shutil
+from pathlib import Path
+
+from lenet.frame import atomic
+
+METRICS = "metrics.json"  # a finished run's results (lenet.training.results writes it, lenet.report reads it)
+ERROR = "error.txt"  # a failed run's one-line error (lenet.cli writes it, lenet.report reads it)
+ENVIRONMENT = "env.json"  # what it ran on (lenet.training.environment)
+CHECKPOINTS = "checkpoints"
+LAST = "last.ckpt"  # saved after every epoch: what a resume starts from
+BEST = "best.ckpt"
+
+
+def job_dirs(sweep_dir: Path) -> list[Path]:
+    """A sweep's job dirs, by number: its numbered folders that hold Hydra's record of a job."""
+    if not sweep_dir.is_dir():
+        return []
+    jobs = [path for path in sweep_dir.iterdir() if path.name.isdigit() and (path / ".hydra" / "hydra.yaml").is_file()]
+    return sorted(jobs, key=lambda path: int(path.name))
+
+
+def record_failure(run_dir: Path, message: str) -> None:
+    """Best effort: the message is also on stderr, and a run dir on a full disk cannot take it."""
+    if run_dir.is_dir():
+        with contextlib.suppress(OSError):
+            atomic.write_text(run_dir / ERROR, message.strip() + "\n")
+
+
+def failure(run_dir: Path) -> str:
+    """Why the run failed, or "" (it has not failed)."""
+    path = run_dir / ERROR
+    return path.read_text().strip() if path.is_file() else ""
+
+
+def finished(run_dir: Path) -> bool:
+    return (run_dir / METRICS).is_file()
+
+
+def untested(checkpoint: Path) -> bool:
+    """Whether `checkpoint` is a run dir's whose run stopped before its test wrote its results: a run preempted or
+    interrupted after its last epoch has trained, but has not finished."""
+    return checkpoint.parent.name == CHECKPOINTS and not finished(checkpoint.parents[1])
+
+
+def remove_partial_writes(run_dir: Path) -> None:
+    """What a write cut short by a kill left beside its file (lenet.frame.atomic): a checkpoint's or metrics.json's
+    temporary file, which no one else removes."""
+    for folder in (run_dir, run_dir / CHECKPOINTS):
+        for leftover in folder.glob(f".*{atomic.TEMP_SUFFIX}"):
+            leftover.unlink(missing_ok=True)
+
+
+def last_checkpoint(run_dir: Path) -> Path:
+    return run_dir / CHECKPOINTS / LAST
+
+
+def resume_point(run_dir: Path) -> Path | None:
+    """The last.ckpt an interrupted earlier attempt of this run left, or None.
+
+    A failed attempt is cleared instead: its checkpoints (it may have diverged), TensorBoard events and error, so
+    that the run starts again from the start; its log keeps what happened.
+    """
+    if failure(run_dir):
+        shutil.rmtree(run_dir / CHECKPOINTS, ignore_errors=True)
+        for leftover in [run_dir / ERROR, *run_dir.glob("events.out.tfevents.*")]:
+            leftover.unlink(missing_ok=True)
+        return None
+    last = last_checkpoint(run_dir)
+    return last if last.is_file() else None

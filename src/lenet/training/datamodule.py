@@ -1,0 +1,191 @@
+"""MNIST-family data in memory: the IDX files decoded once into uint8 tensors, split, placed on the run's device,
+batched by slicing, normalized (and augmented) per batch where they live."""
+
+import hashlib
+import math
+from pathlib import Path
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+
+from lenet.frame.errors import DataError
+from lenet.training import datasets
+from lenet.training.batches import InMemoryLoader
+from lenet.training.idx import FIX, read_idx
+
+AUGMENT_SEED_OFFSET = 1_000_003  # the augmentation's generator starts from seed + this, apart from the shuffling's
+
+
+class MNISTDataModule(L.LightningDataModule):
+    """MNIST, Fashion-MNIST or KMNIST from `root`.
+
+    `root` is either torchvision's layout (`root/MNIST/raw/...`, downloaded there when missing) or a plain folder
+    holding the four IDX files. Validation is carved from the official training set with a fixed `split_seed`:
+    `val_size` is a share of it (0 <= f < 1; 0: no validation, as in the original script) or a count of images. The
+    official test set is only ever used for testing. Labels must lie in 0..num_classes-1.
+    """
+
+    def __init__(  # no defaults: conf/data/ holds them
+        self,
+        *,
+        dataset: str,
+        root: str,
+        batch_size: int,
+        eval_batch_size: int,
+        val_size: float,
+        mean: float,
+        std: float,
+        split_seed: int,
+        seed: int,
+        num_classes: int,
+        augment: bool,
+        augment_degrees: float,
+        augment_shift: float,
+        augment_scale: float,
+    ):
+        super().__init__()
+        self.save_hyperparameters(logger=False)
+        self.shuffle = torch.Generator().manual_seed(seed)
+        self.augmenter: torch.Generator | None = None  # made in setup, on the run's device, when augment is on
+        self.loaded: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # the files' train and test sets
+        self.splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # train, val, test: on the run's device
+
+    @property
+    def root(self) -> Path:
+        return Path(self.hparams.root).expanduser()
+
+    def idx_files(self) -> dict[str, tuple[Path, Path]] | None:
+        return datasets.idx_files(self.root, self.hparams.dataset)
+
+    def prepare_data(self):
+        datasets.download_if_missing(self.root, self.hparams.dataset)
+
+    def load(self) -> None:
+        """Read and check the IDX files into memory, on the CPU.
+
+        The entry points call this before the run starts, so every data error comes before anything is written;
+        Lightning's `setup` then only splits and places the tensors.
+        """
+        if self.loaded or self.splits:
+            return
+        files = self.idx_files()
+        if not files:
+            raw = datasets.raw_folder(self.root, self.hparams.dataset)
+            raise DataError(f"no IDX files in {self.root} or {raw}: pass data.root=FOLDER")
+        self.loaded = {split: self._read(*files[split]) for split in ("train", "test")}
+        self.val_count(len(self.loaded["train"][1]))
+        found = datasets.known_test_set(*self.loaded["test"])
+        if found and found != self.hparams.dataset:
+            raise DataError(
+                f"data.root={self.root} holds {found}'s files, not {self.hparams.dataset}'s: pass data={found} "
+                f"(or a data.root holding {self.hparams.dataset})"
+            )
+
+    def setup(self, stage: str | None = None):
+        if self.splits:
+            return  # `setup` runs once per stage; the tensors are already in memory
+        self.load()
+        (train_x, train_y), test = self.loaded["train"], self.loaded["test"]
+        order = torch.randperm(len(train_y), generator=torch.Generator().manual_seed(self.hparams.split_seed))
+        val_count = self.val_count(len(train_y))
+        val, train = order[:val_count], order[val_count:]
+        device = self.trainer.strategy.root_device if self.trainer else torch.device("cpu")
+        splits = {"train": (train_x[train], train_y[train]), "val": (train_x[val], train_y[val]), "test": test}
+        self.splits = {name: (x.to(device), y.to(device)) for name, (x, y) in splits.items()}
+        self.loaded = {}  # the splits hold the images now
+        if self.hparams.augment:  # a stream of its own: the shuffling order stays what it is without augmentation
+            self.augmenter = torch.Generator(device).manual_seed(self.hparams.seed + AUGMENT_SEED_OFFSET)
+
+    def val_count(self, n: int) -> int:
+        """`val_size` as a number of the `n` training images: a share (at least one image), or a count."""
+        size = self.hparams.val_size
+        count = max(1, round(size * n)) if 0 < size < 1 else int(size)
+        if count >= n:
+            raise DataError(f"data.val_size={size} leaves no training images of {n}: use a share, e.g. 0.1")
+        return count
+
+    def _read(self, images_path: Path, labels_path: Path) -> tuple[torch.Tensor, torch.Tensor]:
+        images, labels = read_idx(images_path, "images"), read_idx(labels_path, "labels")
+        if len(images) != len(labels):
+            raise DataError(f"{images_path} has {len(images)} images but {labels_path} {len(labels)} labels; {FIX}")
+        classes = self.hparams.num_classes
+        if len(labels) and labels.max() >= classes:
+            raise DataError(
+                f"{labels_path} has label {labels.max()}, but model.num_classes={classes} allows 0..{classes - 1}: "
+                f"set model.num_classes={labels.max() + 1}"
+            )
+        return images.unsqueeze(1), labels
+
+    def describe(self) -> dict:
+        """What was loaded: recorded in metrics.json and checkpoints, compared when a checkpoint meets other data."""
+        sizes = {f"{split}_images": len(labels) for split, (_, labels) in self.splits.items()}
+        test_labels = self.splits["test"][1].cpu().numpy().tobytes()
+        return {
+            "dataset": self.hparams.dataset,
+            "root": str(self.root.resolve()),
+            **sizes,
+            "test_labels_sha256": hashlib.sha256(test_labels).hexdigest()[:16],
+        }
+
+    def transfer_batch_to_device(self, batch, device, dataloader_idx):
+        return batch  # the splits already live on the run's device (setup): Lightning would walk every batch
+
+    def on_after_batch_transfer(self, batch, dataloader_idx):
+        """Normalize each batch where it lives: the splits stay uint8, a quarter of the memory of floats.
+
+        Into the model's own dtype: Lightning's `*-true` precisions convert batches before this hook runs.
+        """
+        images, labels = batch
+        scale, shift = 1 / (255 * self.hparams.std), self.hparams.mean / self.hparams.std  # pixels are 0..255
+        dtype = self.trainer.lightning_module.dtype if self.trainer else torch.float32
+        if self.augmenter is not None and self.trainer and self.trainer.training:
+            images = self.random_affine(images.float())  # before normalizing: what moves in from outside is black
+        return (images * scale).sub_(shift).to(dtype), labels  # uint8 or float times a float: float32
+
+    def random_affine(self, images: torch.Tensor) -> torch.Tensor:
+        """Each image rotated, scaled and shifted at random, in one batched resampling where the images live.
+
+        Under DDP every rank draws the transforms of the whole global batch and keeps its own share, as the loader
+        gives it its share of the images: N ranks see the images transformed as one process would.
+        """
+        rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
+        draws = torch.rand(len(images) * world, 4, generator=self.augmenter, device=images.device)
+        u = draws[rank::world] * 2 - 1  # uniform in [-1, 1)
+        angle = u[:, 0] * math.radians(self.hparams.augment_degrees)
+        scale = 1 + u[:, 1] * self.hparams.augment_scale
+        shift = u[:, 2:] * 2 * self.hparams.augment_shift  # affine_grid spans an image side with [-1, 1]
+        cos, sin = angle.cos() / scale, angle.sin() / scale
+        theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
+        grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+        return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+    def _shard(self) -> dict:
+        return dict(rank=self.trainer.global_rank, world_size=self.trainer.world_size) if self.trainer else {}
+
+    def train_dataloader(self):
+        # overfit_batches must see the same batches every epoch; Lightning unshuffles only DataLoaders.
+        shuffle = None if self.trainer and self.trainer.overfit_batches else self.shuffle
+        return InMemoryLoader(*self.splits["train"], self.hparams.batch_size, shuffle, train=True, **self._shard())
+
+    def val_dataloader(self):
+        if not len(self.splits["val"][1]):
+            return []  # Lightning skips validation
+        return InMemoryLoader(*self.splits["val"], self.hparams.eval_batch_size, **self._shard())
+
+    def test_dataloader(self):
+        return InMemoryLoader(*self.splits["test"], self.hparams.eval_batch_size, **self._shard())
+
+    def state_dict(self):
+        # Saved in checkpoints so a resumed run shuffles and augments as the uninterrupted run would have.
+        state = {"shuffle": self.shuffle.get_state()}
+        if self.augmenter is not None:
+            state["augment"] = {"device": self.augmenter.device.type, "state": self.augmenter.get_state()}
+        return state
+
+    def load_state_dict(self, state):
+        self.shuffle.set_state(state["shuffle"])
+        saved = state.get("augment")
+        # A generator's state only fits a generator of its device type: a resume on another one draws afresh.
+        if self.augmenter is not None and saved and saved["device"] == self.augmenter.device.type:
+            self.augmenter.set_state(saved["state"])

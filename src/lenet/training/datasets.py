@@ -1,0 +1,108 @@
+"""The MNIST family: each data set's torchvision class, where its IDX files are, its download into place, and its
+published test set recognised by its contents."""
+
+import http.client
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from filelock import FileLock
+from torchvision import datasets
+
+from lenet.frame.errors import DataError
+from lenet.training.idx import ALL_FILES, idx_folders, split_files
+
+DATASETS = {"mnist": datasets.MNIST, "fashion_mnist": datasets.FashionMNIST, "kmnist": datasets.KMNIST}
+# The published test sets, told apart by their labels' class counts and their images' mean grey level (0..1):
+# MNIST's as published, Fashion-MNIST's measured on Debian's copy, KMNIST's near its training set's 0.1918.
+# A data.root holding one of them while data= names another is refused: the model would be named for the wrong data.
+KNOWN_TEST_SETS = {
+    "mnist": ((980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009), 0.1325),
+    "fashion_mnist": ((1000,) * 10, 0.2868),
+    "kmnist": ((1000,) * 10, 0.19),
+}
+MEAN_TOLERANCE = 0.03  # the three means lie 0.06 and more apart
+
+log = logging.getLogger(__name__)
+
+
+def class_names(dataset: str) -> list[str]:
+    """The names people expect: torchvision names MNIST's classes "0 - zero", ...; the digit is the name."""
+    return [name.split(" - ")[0] for name in DATASETS[dataset].classes]
+
+
+def raw_folder(root: Path, dataset: str) -> Path:
+    """Where torchvision's layout keeps the IDX files: root/MNIST/raw."""
+    return root / DATASETS[dataset].__name__ / "raw"
+
+
+def idx_files(root: Path, dataset: str) -> dict[str, tuple[Path, Path]] | None:
+    """The IDX files (gzipped or not) in root itself, else in torchvision's root/<Dataset>/raw; None: neither."""
+    if root.is_file():
+        raise DataError(f"data.root={root} is a file; it must be a folder")
+    return split_files(root) or split_files(raw_folder(root, dataset))
+
+
+def download_if_missing(root: Path, dataset: str) -> None:
+    """Download the data set into `root` unless its files are there; parallel jobs share one download."""
+    if idx_files(root, dataset):
+        return
+    created = not root.exists()  # only a download may create data.root, and only for good
+    root.mkdir(parents=True, exist_ok=True)
+    lock = root / ".download.lock"
+    try:
+        with FileLock(lock):  # parallel jobs: one downloads, the others wait for it
+            if not idx_files(root, dataset):  # unless another process downloaded it while this one waited
+                _download(root, dataset, created)
+    except DataError:
+        # A failed download leaves the user's folder as it found it (and removes one it made).
+        shutil.rmtree(root, ignore_errors=True) if created else lock.unlink(missing_ok=True)
+        raise
+
+
+def _download(root: Path, dataset: str, created: bool) -> None:
+    """Download into a temporary folder inside root, then move it into place.
+
+    An interrupted or failed download leaves nothing that a later run could take for good files.
+    """
+    name, raw = DATASETS[dataset].__name__, raw_folder(root, dataset)
+    log.info("Downloading %s into %s%s", name, raw.parent, " (data.root did not exist: created it)" * created)
+    with tempfile.TemporaryDirectory(dir=root, prefix=".download-") as tmp:
+        try:
+            for train in (True, False):
+                DATASETS[dataset](tmp, train=train, download=True)
+        except (RuntimeError, OSError, http.client.HTTPException) as error:  # md5, network, cut off
+            reason = str(error).strip().splitlines()[-1]  # torchvision ends with the last mirror's error
+            files = ", ".join(f"{file}.gz" for file in ALL_FILES)
+            raise DataError(
+                f"could not download {name} into {root} ({reason}). {_where_looked(root, raw, created)}. "
+                f"Without network, put {files} in a folder and pass data.root=FOLDER"
+            ) from None
+        shutil.rmtree(raw.parent, ignore_errors=True)  # an incomplete earlier copy
+        os.replace(Path(tmp) / name, raw.parent)
+
+
+def _where_looked(root: Path, raw: Path, created: bool) -> str:
+    """Where the IDX files were looked for, what is there instead, and where such files are nearby."""
+    if created:
+        found = f"data.root={root} does not exist (the download made it, then removed it again)"
+    else:
+        entries = sorted(p.name + "/" * p.is_dir() for p in root.iterdir() if not p.name.startswith("."))
+        found = f"{root} holds " + (", ".join(entries[:6]) + (", ..." if len(entries) > 6 else "") or "nothing")
+    near = idx_folders(root.parent if created else root)
+    hint = f"; IDX files are in {', '.join(map(str, near[:3]))}: pass that as data.root" if near else ""
+    return f"Looked for the IDX files in {root} and in {raw}: {found}{hint}"
+
+
+def known_test_set(images: torch.Tensor, labels: torch.Tensor) -> str | None:
+    """Which published data set these test images and labels are (KNOWN_TEST_SETS), or None."""
+    counts = tuple(torch.bincount(labels).tolist())
+    mean = float(images.float().mean()) / 255 if len(images) else 0.0
+    return next(
+        (name for name, (known, known_mean) in KNOWN_TEST_SETS.items()
+         if counts == known and abs(mean - known_mean) <= MEAN_TOLERANCE),
+        None,
+    )  # fmt: skip

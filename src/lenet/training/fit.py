@@ -1,0 +1,198 @@
+"""Training and testing with Lightning: what `python -m lenet.train` and `python -m lenet.eval` run.
+
+`train(cfg)` builds everything from the config (data, callbacks, loggers, trainer: each by Hydra's instantiate; the
+model by LeNetModule, from LeNet's settings), fits, tests the best checkpoint on the official test set and writes
+`metrics.json`. `evaluate(cfg)` tests a checkpoint, rebuilt from the checkpoint's checked settings alone (nothing in
+it names what is built). The configs reach them checked (lenet.frame.validate).
+"""
+
+import json
+import logging
+import sys
+from contextlib import contextmanager, suppress
+from pathlib import Path
+
+import lightning as L
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from lightning.fabric.plugins.environments import SLURMEnvironment
+from lightning.pytorch.callbacks import ProgressBar, WeightAveraging
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+from omegaconf import DictConfig, OmegaConf
+
+from lenet.cli import in_multirun, this_command
+from lenet.frame.console import quiet_lightning
+from lenet.frame.errors import ConfigError, UserError
+from lenet.frame.full_disk import NoSpace, disk_of, full_disk_error, quiet_threads
+from lenet.frame.quoting import terminal
+from lenet.frame.validate import spawned_ddp
+from lenet.inference.trained_model import model_file
+from lenet.runs import rundir
+from lenet.runs.multirun import continue_command
+from lenet.runs.watchdog import stop_when_sweep_ends
+from lenet.training.checkpoints import Checkpoint, CheckpointContents, check_resume, check_same_run
+from lenet.training.cpus import set_threads
+from lenet.training.hparams import hparams_of, overrides_and_swept, shown_hparams
+from lenet.training.module import LeNetModule
+from lenet.training.results import RunSummary
+from lenet.training.saving import WholeCheckpointIO
+from lenet.training.tracking import Tracking, loggers
+
+log = logging.getLogger(__name__)
+
+
+class Interrupted(UserError):
+    """Ctrl-C or SIGTERM stopped training."""
+
+    exit_status = 130  # 128 + the signal, as shells report it: 130 for SIGINT, 143 for SIGTERM
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Fit, test the best checkpoint, write `metrics.json` in `cfg.run_dir`; return the final metrics."""
+    quiet_lightning()
+    plain = OmegaConf.to_container(cfg, resolve=True)  # checkpoints must hold plain containers
+    run_dir = Path(cfg.run_dir)
+    rundir.remove_partial_writes(run_dir)  # an earlier attempt's, killed while it saved
+    if rundir.finished(run_dir):  # an earlier attempt of this run finished it (a sweep continued)
+        return kept(run_dir, plain)
+    resume = model_file(cfg.ckpt_path, Path(cfg.outputs_dir), prefer="last") or rundir.resume_point(run_dir)
+    saved = Checkpoint.open(resume) if resume else None
+    if saved:
+        check_resume(saved, plain)
+    stop_when_sweep_ends()  # in a joblib sweep's worker: killing the sweep ends its jobs too (lenet.runs.watchdog)
+    quiet_threads()  # a full disk in TensorBoard's writer thread: lenet's one line (full_disk_reported), no traceback
+    threads = set_threads(cfg.threads, saved=saved.threads if saved else None)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+
+    datamodule = instantiate(cfg.data, num_classes=cfg.model.num_classes)
+    datamodule.prepare_data()
+    datamodule.load()  # every data error comes now, before the run writes anything
+    module = LeNetModule(model=plain["model"], optimizer=plain["optimizer"], scheduler=plain["scheduler"])
+    overrides, swept = overrides_and_swept()
+    hparams, shown = hparams_of(cfg, overrides), shown_hparams(overrides, swept)
+    summary = RunSummary(run_dir, hparams, saved, this_command("train"), shown=shown, threads=threads)
+    callbacks = {name: instantiate(callback) for name, callback in cfg.callbacks.items() if callback}
+    # Piped or logged output gets no progress bar: it would be carriage returns, kilobytes of them per run.
+    interactive = sys.stdout.isatty()
+    callbacks = {name: c for name, c in callbacks.items() if interactive or not isinstance(c, ProgressBar)}
+    trainer = instantiate(
+        cfg.trainer,
+        logger=loggers(cfg) or False,
+        callbacks=[*callbacks.values(), summary, CheckpointContents(plain), Tracking(run_dir, hparams)],
+        enable_progress_bar=interactive,
+        plugins=plugins(),
+    )
+    if in_multirun() and (refusal := spawned_ddp(trainer)):
+        raise ConfigError(refusal)
+
+    with interruptible(run_dir), full_disk_reported(run_dir, resume):
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resume, weights_only=True)
+    best = callbacks.get("checkpoint")
+    # None: the final weights (experiment=original has no validation to pick a best epoch by)
+    best_path = best.best_model_path if best else None
+    # callbacks=ema: Lightning's WeightAveraging, meeting a checkpoint it wrote, loads the trained weights saved beside
+    # the average; the test would measure those, not the average that was validated and saved. Test without it.
+    trainer.callbacks = [callback for callback in trainer.callbacks if not isinstance(callback, WeightAveraging)]
+    # after the last epoch, before metrics.json: a resume tests it
+    with interruptible(run_dir), full_disk_reported(run_dir, resume):
+        trainer.test(module, datamodule=datamodule, ckpt_path=best_path or None, verbose=False, weights_only=True)
+    return summary.metrics
+
+
+@contextmanager
+def interruptible(run_dir: Path):
+    """Ctrl-C or SIGTERM, which Lightning turns into SystemExit, as lenet's one line that says how to resume."""
+    try:
+        yield
+    except SystemExit as stop:  # how Lightning ends on Ctrl-C (status 1) and on SIGTERM (status 0)
+        interrupted = Interrupted(resume_hint(run_dir))
+        interrupted.exit_status = 143 if isinstance(stop, SIGTERMException) else 130
+        raise interrupted from None
+
+
+@contextmanager
+def full_disk_reported(run_dir: Path, resumed: Path | None):
+    """A full disk, wherever a write met it (a checkpoint, metrics.json, TensorBoard's events), as lenet's one line
+    naming the checkpoint that survived it: checkpoints are written whole (lenet.training.saving), so the last one
+    saved is good."""
+    try:
+        yield
+    except Exception as error:
+        if (full := full_disk_error(error)) is None:
+            raise
+        disk = disk_of(full.filename or run_dir)
+        last = last_good_checkpoint(run_dir, resumed)
+        if last is None:
+            raise NoSpace(f"no space left on {disk}: no checkpoint was saved yet; free some space, run again") from None
+        saved = f"the last good checkpoint is {last.path} ({last.epochs} epoch(s))"
+        raise NoSpace(f"no space left on {disk}: {saved}; free some space. {how_to_go_on(last.path)}") from None
+
+
+def last_good_checkpoint(run_dir: Path, resumed: Path | None) -> Checkpoint | None:
+    """The run dir's last.ckpt, else the checkpoint the run resumed from, if it reads as a whole checkpoint."""
+    for path in (rundir.last_checkpoint(run_dir), resumed):
+        if path and Path(path).is_file():
+            with suppress(UserError):
+                return Checkpoint.open(Path(path))
+    return None
+
+
+def plugins() -> list:
+    """Checkpoints written whole (lenet.training.saving). Inside a Slurm job, Slurm's environment as Lightning reads
+    it, but that Lightning does not requeue the job: submitit does (lenet's Slurm launcher), and the requeued job
+    resumes from its run dir (lenet.runs.rundir)."""
+    slurm = [SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else []
+    return [WholeCheckpointIO(), *slurm]
+
+
+def kept(run_dir: Path, config: dict) -> dict:
+    """The results of a run that finished in this run dir before, as they are; refused if it ran another config."""
+    last = rundir.last_checkpoint(run_dir)
+    if last.is_file():
+        check_same_run(Checkpoint.open(last), config)
+    log.info("%s finished before: its %s is kept as it is (train again in a new run dir)", run_dir, rundir.METRICS)
+    return json.loads((run_dir / rundir.METRICS).read_text())
+
+
+def resume_hint(run_dir: Path) -> str:
+    last = rundir.last_checkpoint(run_dir)
+    if not last.is_file():
+        return "interrupted before the first epoch ended: nothing was saved to resume from"
+    epochs = Checkpoint.open(last).epochs
+    return f"interrupted; {epochs} epoch(s){' of this job' if in_multirun() else ''} saved. {how_to_go_on(last)}"
+
+
+def how_to_go_on(last: Path) -> str:
+    """The command that resumes this run from `last`; in a sweep, the one that continues the sweep."""
+    if in_multirun():
+        return f"Continue the sweep: {continue_command(Path(HydraConfig.get().sweep.dir), own=True)}"
+    command = this_command("train", extra=(f"ckpt_path={last}",))
+    return f"Resume: {command}" if command else f"Resume with the same overrides plus ckpt_path={last}"
+
+
+def evaluate(cfg: DictConfig) -> dict:
+    """Test a checkpoint on its data set's test images; `cfg.data` (data.root, data.eval_batch_size) replaces what
+    the checkpoint saved. Writes `metrics.json` in `cfg.run_dir`; returns the metrics."""
+    quiet_lightning()
+    checkpoint = Checkpoint.open(model_file(cfg.ckpt_path, Path(cfg.outputs_dir)))
+    module, datamodule = checkpoint.module(), checkpoint.datamodule(cfg.data)
+    datamodule.prepare_data()
+    datamodule.load()
+    summary = RunSummary(Path(cfg.run_dir), command=this_command("eval"))
+    interactive = sys.stdout.isatty()
+    trainer = instantiate(
+        cfg.trainer, logger=False, callbacks=[summary], enable_checkpointing=False, enable_progress_bar=interactive
+    )
+    trainer.test(module, datamodule=datamodule, verbose=False)
+    warn_if_other_data(checkpoint.path, checkpoint.trained_on, summary.metrics["data"])
+    return summary.metrics
+
+
+def warn_if_other_data(ckpt: Path, trained_on: dict, data: dict) -> None:
+    """A checkpoint tested on another data set (Fashion-MNIST's on MNIST's files) gets a number that means nothing."""
+    if trained_on and trained_on["test_labels_sha256"] != data["test_labels_sha256"]:
+        made_with = f"{terminal(trained_on['dataset'])} from {terminal(trained_on['root'])}"  # the file's text
+        log.warning(
+            "The test images in %s are not those %s was made with (%s): its test/acc here measures other data",
+            data["root"], ckpt, made_with,
+        )  # fmt: skip

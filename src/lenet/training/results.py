@@ -1,0 +1,151 @@
+"""What a run reports: one start line, its hparams and final metrics to TensorBoard, throughput, and `metrics.json`."""
+
+import json
+import logging
+import re
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger
+
+from lenet.frame import atomic
+from lenet.runs import rundir
+from lenet.training import environment
+from lenet.training.checkpoints import Checkpoint
+from lenet.training.cpus import Threads
+from lenet.training.hparams import HPARAM_METRICS, log_hparams
+
+log = logging.getLogger(__name__)
+
+
+class RunSummary(L.Callback):
+    """Says what runs where, logs `hparams` once, times training, and writes `metrics.json` after testing.
+
+    It also records what the run ran on: `env.json` (lenet.training.environment).
+
+    `metrics.json` holds every final metric under its logged name, the test confusion matrix, the data it used
+    (dataset, root, split sizes), and the timings.
+    """
+
+    def __init__(
+        self,
+        run_dir: Path,
+        hparams: dict | None = None,
+        resumed: Checkpoint | None = None,
+        command: str | None = None,
+        shown: set[str] = frozenset(),
+        threads: Threads | None = None,
+    ):
+        self.path, self.hparams, self.resumed, self.command = Path(run_dir) / rundir.METRICS, hparams, resumed, command
+        self.shown, self.session_end, self.threads = shown, None, threads
+        self.started = time.perf_counter()
+        self.train_s, self.train_images, self._epoch_started = 0.0, 0, None
+        self.metrics: dict = {}
+
+    def _tensorboards(self, trainer):
+        return [logger for logger in trainer.loggers if isinstance(logger, TensorBoardLogger)]
+
+    def on_fit_start(self, trainer, module):
+        resuming = f" Resuming {self.resumed.path} after epoch {self.resumed.epochs}." if self.resumed else ""
+        run, on = f" Run dir: {self.path.parent}.", where(trainer, self.threads)
+        self._say(trainer, f"Training on {on}: {data_line(trainer.datamodule)}.{resuming}{run}")
+        self._record_environment(trainer)
+        for logger in self._tensorboards(trainer) if trainer.is_global_zero else ():
+            self.session_end = log_hparams(logger, self.hparams, self.shown)
+
+    # Training time excludes validation, which Lightning runs inside the training epoch.
+    def on_train_epoch_start(self, trainer, module):
+        self._epoch_started = time.perf_counter()
+
+    def _stop_clock(self):
+        if self._epoch_started is not None:
+            self.train_s += time.perf_counter() - self._epoch_started
+            self._epoch_started = None
+
+    def on_validation_start(self, trainer, module):
+        self._stop_clock()
+
+    def on_train_epoch_end(self, trainer, module):
+        # Runs before the module's own hook, which resets its totals; counted here, not in a per-batch hook.
+        self._stop_clock()
+        self.train_images += module.totals["train"].images * trainer.world_size  # every rank trains on as many
+
+    def on_fit_end(self, trainer, module):
+        self._stop_clock()
+        # A run resumed after its last epoch trains none: the metrics are its checkpoint's.
+        self.metrics.update((self.resumed.metrics if self.resumed else {}) | _floats(trainer.callback_metrics))
+        self.metrics["epochs"] = trainer.current_epoch
+
+    def on_test_start(self, trainer, module):
+        if trainer.state.fn == "test" and not self.metrics:  # lenet.eval: no fit said it
+            self._say(trainer, f"Testing on {where(trainer)}: {data_line(trainer.datamodule)}")
+            self._record_environment(trainer)
+
+    def on_test_end(self, trainer, module):
+        self.metrics.update(_floats(trainer.callback_metrics))
+        self.metrics["test/confusion_matrix"] = module.test_counts.tolist()
+        self.metrics["data"] = trainer.datamodule.describe()
+        self.metrics["wall_s"] = round(time.perf_counter() - self.started, 3)
+        if self.train_s:
+            self.metrics["train_images_per_s"] = round(self.train_images / self.train_s, 1)
+        final = {tag: self.metrics[name] for tag, name in HPARAM_METRICS.items() if name in self.metrics}
+        for logger in self._tensorboards(trainer) if trainer.is_global_zero else ():
+            logger.log_metrics(final, step=trainer.global_step)
+            if self.session_end:  # HPARAMS' status: success; a run that never gets here stays "unknown"
+                logger.experiment._get_file_writer().add_summary(self.session_end)
+        if trainer.is_global_zero:
+            atomic.write_text(self.path, to_json(self.metrics))  # whole or none: it marks the run finished (rundir)
+            self._say(trainer, f"{result_line(self.metrics)}\nRun outputs: {self.path.parent.resolve()}")
+
+    def _record_environment(self, trainer) -> None:
+        if trainer.is_global_zero:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            record = environment.environment(self.command, trainer.strategy.root_device, threads_chosen(self.threads))
+            atomic.write_text(self.path.parent / rundir.ENVIRONMENT, json.dumps(record, indent=2) + "\n")
+
+    @staticmethod
+    def _say(trainer, line: str) -> None:
+        if trainer.is_global_zero:
+            log.info(line)
+
+
+def where(trainer, chosen: Threads | None = None) -> str:
+    """The device, and the processes or threads that run on it (and how their number was chosen)."""
+    device = trainer.strategy.root_device
+    threads = torch.get_num_threads()
+    cpu = f"cpu, {chosen}" if threads_chosen(chosen) else f"cpu, {threads} thread{'s' * (threads > 1)}"
+    name = environment.device_name(device) if device.type == "cuda" else cpu
+    return f"{name}, {trainer.world_size} processes" if trainer.world_size > 1 else name
+
+
+def threads_chosen(chosen: Threads | None) -> str | None:
+    """How the run's thread count was chosen, while it is still torch's: Lightning's DDP launcher sets its own."""
+    return chosen.how if chosen and chosen.count == torch.get_num_threads() else None
+
+
+def data_line(datamodule) -> str:
+    data = datamodule.describe()
+    sizes = ", ".join(f"{data[f'{split}_images']:,} {split}" for split in ("train", "val", "test"))
+    return f"{data['dataset']} from {data['root']} ({sizes} images)"
+
+
+def result_line(metrics: dict) -> str:
+    finals = "  ".join(f"{name} {metrics[name]:.4f}" for name in ("val/acc_best", "test/acc") if name in metrics)
+    if "epochs" not in metrics:
+        return finals
+    epochs = f"{metrics['epochs']} epoch{'s' * (metrics['epochs'] != 1)}"
+    # none when this process trained no epoch (resumed after the last one, to be tested)
+    speed = f", {metrics['train_images_per_s']:,.0f} train images/s" if "train_images_per_s" in metrics else ""
+    return f"{finals}  ({epochs}, {metrics['wall_s']:.1f} s{speed})"
+
+
+def to_json(metrics: dict) -> str:
+    """Indented JSON with each list of numbers (a confusion-matrix row) on one line."""
+    text = json.dumps(metrics, indent=2, sort_keys=True)
+    return re.sub(r"\[\s+([-\d.,\se]+?)\s+\]", lambda m: "[" + " ".join(m.group(1).split()) + "]", text) + "\n"
+
+
+def _floats(metrics) -> dict[str, float]:
+    return {name: float(value) for name, value in metrics.items()}
