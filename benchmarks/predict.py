@@ -7,14 +7,14 @@ From the checkpoint's test images (its own data root, or --data-root) it makes "
 times larger, off-centre on a larger page, as dark ink on tinted paper with uneven light and noise, RGB, JPEG
 quality 70-92; in three lights: even (brighter at one end), a shadow across half the page, a flash's fall-off.
 It reports the accuracy on the 28x28 originals, on the photos with a plain resize to 28x28, and on the photos
-prepared (lenet.classifier.prepare) with each dataset's layout. Then it exports the checkpoint to
+prepared (lenet.inference.preparation.prepare) with each dataset's layout. Then it exports the checkpoint to
 ONNX and .pt2 (the parity figures) and times `python -m lenet.predict` on a folder of --n PNG photos with the
 checkpoint and with the ONNX file: whole process, and images/s once started (the log's own count).
 
 --make-digits writes scikit-learn's 1,797 handwritten digits (UCI, 8x8, 16 grey levels; needs `pip install
 scikit-learn`) as MNIST's four IDX files (1,300 to train, 497 to test), made by MNIST's published recipe: each
 bitmap blown up, cropped to its ink, fitted to 20x20 keeping the aspect ratio, centred by centre of mass in
-28x28. That recipe is written out here on purpose, apart from lenet.classifier: the set stands in for MNIST,
+28x28. That recipe is written out here on purpose, apart from lenet.inference.preparation: the set stands in for MNIST,
 which cannot be downloaded here, and must not borrow the code it is used to check. Train on it with
 `python -m lenet.train data.root=FOLDER data.val_size=200 data.batch_size=32 trainer.max_epochs=60 optimizer.lr=0.05`.
 """
@@ -33,7 +33,8 @@ import numpy as np
 from PIL import Image
 
 from lenet.inference import preparation as lc
-from lenet.inference.trained_model import Predictor, load
+from lenet.inference.model_files import load
+from lenet.inference.trained_model import Predictor
 from lenet.training.checkpoints import Checkpoint
 from lenet.training.datasets import idx_files
 from lenet.training.idx import read_idx, write_idx

@@ -25,10 +25,14 @@ from conftest import (
     synthetic_split,
     write_dataset,
 )
+from lenet import CONFIG_DIR
 from lenet.frame.errors import DataError
+from lenet.frame.mnist_family import DATASETS, DataSet, Layout
+from lenet.inference.preparation import LAYOUTS
+from lenet.inference.trained_model import Predictor
 from lenet.training.batches import InMemoryLoader
 from lenet.training.datamodule import MNISTDataModule
-from lenet.training.datasets import DATASETS, known_test_set
+from lenet.training.datasets import known_test_set, torchvision_class
 from lenet.training.fit import train
 from lenet.training.idx import ALL_FILES, write_idx
 
@@ -200,14 +204,14 @@ def test_a_download_cut_off_mid_way_fails_cleanly_and_leaves_nothing(tmp_path, m
 @pytest.mark.parametrize("dataset", ["mnist", "fashion_mnist", "kmnist"])
 def test_a_run_downloads_verifies_moves_the_files_into_place_and_trains(dataset, tmp_path, monkeypatch):
     served = write_dataset(tmp_path / "served", gz=True)
-    torchvision_class = DATASETS[dataset]
+    downloader = torchvision_class(dataset)
     with Mirror(served) as mirror:
-        monkeypatch.setattr(torchvision_class, "mirrors", [mirror.url])
-        monkeypatch.setattr(torchvision_class, "resources", md5s(served))
+        monkeypatch.setattr(downloader, "mirrors", [mirror.url])
+        monkeypatch.setattr(downloader, "resources", md5s(served))
         root = tmp_path / "data"
         cfg = compose_config(*fixture_overrides(root, tmp_path / "run"), f"data={dataset}", "debug=fast_dev_run")
         metrics = train(cfg)
-    raw = root / torchvision_class.__name__ / "raw"
+    raw = root / downloader.__name__ / "raw"
     for name in ALL_FILES:  # torchvision checked each .gz against its md5, then extracted it
         assert (raw / name).read_bytes() == gzip.decompress((served / f"{name}.gz").read_bytes())
     assert sorted(mirror.requests) == sorted(f"/{name}.gz" for name in ALL_FILES)
@@ -391,3 +395,49 @@ def test_a_test_set_with_mnists_class_counts_and_grey_level_is_mnist(tmp_path):
     assert known_test_set(torch.from_numpy(images.astype(np.uint8)), torch.from_numpy(labels)) == "mnist"
     assert known_test_set(torch.from_numpy((images // 2).astype(np.uint8)), torch.from_numpy(labels)) is None
     assert known_test_set(torch.from_numpy(images.astype(np.uint8)), torch.from_numpy(labels[1:])) is None
+
+
+# --- One record per data set ---
+
+
+@pytest.mark.parametrize("name", sorted(DATASETS))
+def test_every_data_set_has_every_fact_and_its_config_takes_them_from_its_record(name):
+    record = DATASETS[name]
+    assert record.name == name and LAYOUTS[name] == record.layout
+    downloader = torchvision_class(name)  # downloads it, and names its classes
+    assert list(record.classes) == [label.split(" - ")[0] for label in downloader.classes]  # MNIST's "0 - zero"
+    assert len(record.classes) == len(record.test_counts) == compose_config("run_dir=x").model.num_classes
+    assert (Path(CONFIG_DIR) / "data" / f"{name}.yaml").is_file()
+    data = compose_config(f"data={name}", "run_dir=x").data
+    assert (data.dataset, data.mean, data.std) == (name, record.mean, record.std)
+
+
+def test_a_data_set_lacking_a_fact_is_refused_where_its_record_is_made():
+    facts = dict(vars(DATASETS["mnist"]))
+    with pytest.raises(TypeError, match="layout"):
+        DataSet(**{key: value for key, value in facts.items() if key != "layout"})
+    with pytest.raises(ValueError, match="layout"):
+        DataSet(**{**facts, "layout": None})
+    with pytest.raises(ValueError, match="9 class names for 10 classes"):
+        DataSet(**{**facts, "classes": facts["classes"][:9]})
+    assert DataSet(**{**facts, "layout": Layout(box=28, by_mass=False, strokes=False)}).layout.box == 28
+
+
+def test_a_data_sets_own_mean_and_std_are_what_its_checkpoints_record_and_an_override_replaces_them(tmp_path):
+    record = DATASETS["kmnist"]
+    assert (unprepared(tmp_path, "kmnist").hparams.mean, unprepared(tmp_path, "kmnist").hparams.std) == (
+        record.mean, record.std,
+    )  # fmt: skip
+    data = compose_config("data=kmnist", "data.mean=0.5", f"data.root={tmp_path}", "run_dir=x").data
+    assert instantiate(data, num_classes=10).hparams_initial["mean"] == 0.5  # what a checkpoint saves
+
+
+def test_a_trained_model_normalizes_bit_for_bit_as_training_does(flat_root):
+    data = datamodule(flat_root, "data=fashion_mnist", f"data.eval_batch_size={SIZES['test']}")
+    pixels, _ = next(iter(data.test_dataloader()))
+    trained, _ = data.on_after_batch_transfer((pixels, None), 0)
+    hp = data.hparams
+    predictor = Predictor(
+        classes=[], mean=hp.mean, std=hp.std, dataset=hp.dataset, source=Path(), checkpoint="", model=None, forward=None
+    )
+    assert np.array_equal(predictor.normalize(pixels[:, 0].numpy()), trained.numpy())

@@ -11,8 +11,8 @@ import pytest
 from conftest import compose_config, glyph_split, lenet_command
 from lenet.cli import check
 from lenet.frame.errors import ConfigError
+from lenet.inference.model_files import load
 from lenet.inference.portable import ParityError, export, parity
-from lenet.inference.trained_model import load
 
 
 def export_config(checkpoint, run_dir, *overrides):

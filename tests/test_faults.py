@@ -1,7 +1,7 @@
 """The fault battery: every bad input and fault a user can meet, run as the user would (a subprocess).
 
 Each case asserts the exit status, that stderr names the problem, and that it is short: no traceback.
-The README's "Bad input" table lists the same cases.
+docs/faults-and-resume.md "Bad input and faults" lists the same cases.
 """
 
 import gzip

@@ -1,20 +1,26 @@
-"""The code's layout, as a newcomer relies on it: imports run one way, every config key is declared, a model file is
-read once, and an exported .onnx is used without torch or Lightning."""
+"""The code's layout, as a newcomer relies on it: imports run one way, down the floors (a module named in a string
+counts as imported), every config key is declared, a model file is read once, and an exported .onnx is used without
+torch or Lightning."""
 
 import ast
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from omegaconf import OmegaConf
 from PIL import Image
 
 from conftest import compose_config, glyph_split
 from lenet import CONFIG_DIR
 from lenet.frame import keys
+from lenet.inference import portable
+from lenet.inference.model_files import load
 from lenet.inference.portable import export
+from lenet.training import network
 
 PACKAGE = Path(__file__).parents[1] / "src" / "lenet"
 COMMANDS = {"train", "eval", "export", "predict", "serve", "report", "reproduce"}  # python -m lenet.<command>
@@ -29,10 +35,10 @@ def is_module(name: str) -> bool:
     return (PACKAGE / name.replace(".", "/")).with_suffix(".py").is_file()
 
 
-def lenet_imports(module: Path) -> set[str]:
-    """The lenet modules `module` imports, wherever in it (top level or inside a function), as `training.fit`."""
+def lenet_imports(tree: ast.Module) -> set[str]:
+    """The lenet modules a module imports, wherever in it (top level or inside a function), as `training.fit`."""
     found = set()
-    for node in ast.walk(ast.parse(module.read_text())):
+    for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "lenet":
             name = node.module.removeprefix("lenet").removeprefix(".")
             found |= {n for n in (f"{name}.{a.name}".lstrip(".") for a in node.names) if is_module(n)} or {name}
@@ -41,12 +47,78 @@ def lenet_imports(module: Path) -> set[str]:
     return {name for name in found if is_module(name)}
 
 
-GRAPH = {module_name(path): lenet_imports(path) for path in PACKAGE.rglob("*.py") if path.stem != "__init__"}
+def string_links(tree: ast.Module) -> set[str]:
+    """The lenet modules a module names in its code's strings (`"lenet.training.fit:train"`, `"lenet.x.y.NAME"`):
+    imported by name, they are links all the same. Docstrings are prose, and a file name (`"lenet.json"`) names no
+    module."""
+    prose = {
+        id(node.body[0].value)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef)
+        and node.body
+        and isinstance(node.body[0], ast.Expr)
+    }
+    strings = (node for node in ast.walk(tree) if isinstance(node, ast.Constant) and isinstance(node.value, str))
+    texts = [node.value for node in strings if id(node) not in prose]
+    return {module for text in texts if (module := module_named(text))}
 
 
-def test_no_module_imports_a_command():
-    """A command (python -m lenet.train) is the top floor: the modules that do the work never reach up to one."""
-    assert {module: sorted(imported & COMMANDS) for module, imported in GRAPH.items() if imported & COMMANDS} == {}
+def module_named(text: str) -> str | None:
+    if not re.fullmatch(r"lenet(\.\w+)+(:\w+)?", text):
+        return None
+    parts = text.split(":")[0].split(".")[1:]
+    while parts and not is_module(".".join(parts)):
+        parts.pop()  # an attribute: lenet.runs.rundir.METRICS names runs.rundir
+    return ".".join(parts) or None
+
+
+TREES = {module_name(path): ast.parse(path.read_text()) for path in PACKAGE.rglob("*.py") if path.stem != "__init__"}
+STRING_LINKS = {module: string_links(tree) - {module} for module, tree in TREES.items()}  # itself: no link
+GRAPH = {module: lenet_imports(tree) | STRING_LINKS[module] for module, tree in TREES.items()}
+
+# The floors, from the ground up, by package: what each may import besides itself. The commands (train.py, ...) are
+# the top floor; cli.py is the frame they run in.
+MAY_IMPORT = {
+    "frame": set(),  # keys, validate, errors: what everything stands on
+    "runs": {"frame"},  # run dirs, sweeps, reports: what runs leave behind, read as data, never training's code
+    "training": {"frame", "runs"},  # runs: a run dir's layout (rundir), a sweep's job dirs (multirun)
+    "inference": {"frame", "runs", "training"},  # training: export and a .ckpt start from training.checkpoints
+    "cli": {"frame", "runs", "training", "inference"},  # training, inference: their work, named in COMMANDS only
+    "commands": {"frame", "runs", "training", "inference", "cli"},
+}
+# Links up a floor, each for a reason.
+UPWARD = {
+    # A checkpoint is read as the Predictor every model file is, run by the forward a .pt2 shares.
+    ("training.checkpoints", "inference.trained_model"),
+    ("training.checkpoints", "inference.torch_forward"),
+    # ckpt_path (a file, a run dir, `last`) means the same file to lenet.train's resume as to eval, predict, export.
+    ("training.fit", "inference.trained_model"),
+    # lenet.reproduce reruns `python -m lenet.train` in a child process, the command line a user would type.
+    ("runs.replay", "train"),
+}
+
+
+# Strings that name a module as data, not to load it: the command a child process runs (UPWARD), and the `_target_`s
+# an old checkpoint's config is renamed to (training.checkpoints.MOVED: config values, as conf/*.yaml's).
+NAMED_AS_DATA = {"runs.replay -> train", "training.checkpoints -> training.network",
+                 "training.checkpoints -> training.datamodule"}  # fmt: skip
+
+
+def floor(module: str) -> str:
+    head = module.split(".")[0]
+    return head if head in MAY_IMPORT else "commands"
+
+
+def test_imports_run_down_the_floors():
+    """A lower floor never names a higher one, not even in a string: the frame stands on nothing of lenet's, and no
+    work reaches up to the frame its command runs in (lenet.cli) or to a command."""
+    upward = [
+        f"{module} -> {imported}"
+        for module, links in sorted(GRAPH.items())
+        for imported in sorted(links)
+        if floor(imported) not in MAY_IMPORT[floor(module)] | {floor(module)} and (module, imported) not in UPWARD
+    ]
+    assert upward == [], "links up a floor:\n" + "\n".join(upward)
 
 
 def test_imports_have_no_cycle():
@@ -55,15 +127,38 @@ def test_imports_have_no_cycle():
             return path[path.index(module) :] + [module]
         return next((cycle for imported in GRAPH[module] if (cycle := visit(imported, [*path, module]))), None)
 
-    assert [cycle for module in GRAPH if (cycle := visit(module, []))] == []
+    def named(cycle):  # each cycle once, from its first module in sorted order
+        start = cycle.index(min(cycle[:-1]))
+        return " -> ".join(cycle[start:-1] + cycle[: start + 1])
+
+    cycles = sorted({named(cycle) for module in GRAPH if (cycle := visit(module, []))})
+    assert cycles == [], "import cycles (a module named in a string counts):\n" + "\n".join(cycles)
 
 
-def test_the_ground_floor_imports_nothing_of_lenet_above_it():
-    """lenet.frame is what every command and piece of work may use: it stands on nothing of lenet's but itself."""
-    frame = {module: imported for module, imported in GRAPH.items() if module.startswith("frame.")}
-    assert {
-        module: sorted(i for i in imported if not i.startswith("frame.")) for module, imported in frame.items()
-    } == (dict.fromkeys(frame, []))
+def test_only_the_command_table_names_modules_in_strings():
+    """Lazy loading for a fast --help is the command table's (lenet.cli.COMMANDS); elsewhere a link is an import."""
+    named = {f"{module} -> {link}" for module, links in STRING_LINKS.items() if module != "cli" for link in links}
+    outside = sorted(named - NAMED_AS_DATA)
+    assert outside == [], "modules named in strings outside lenet.cli.COMMANDS:\n" + "\n".join(outside)
+
+
+def test_the_choices_keys_declares_are_those_the_code_implements():
+    """model.activation, model.pooling and format are checked against lenet.frame.keys' names at start-up: each
+    must have its implementation, and each implementation its name."""
+    assert sorted(network.ACTIVATIONS) == sorted(keys.ACTIVATIONS)
+    assert sorted(network.POOLINGS) == sorted(keys.POOLINGS)
+    assert sorted(portable.WRITERS) == sorted(keys.FORMATS)
+
+
+def test_what_every_command_loads_imports_neither_torch_nor_matplotlib():
+    """The frame and Hydra's callbacks (conf/hydra/default.yaml) load for every command, a single run's too: the
+    report's matplotlib comes when a multirun starts, torch and Lightning with the work."""
+    callbacks = OmegaConf.load(Path(CONFIG_DIR) / "hydra" / "default.yaml").callbacks
+    modules = ["lenet.cli", *(callback._target_.rsplit(".", 1)[0] for callback in callbacks.values())]
+    code = f"import importlib, sys\nfor m in {modules!r}: importlib.import_module(m)\n"
+    code += "print(*(name in sys.modules for name in ('torch', 'lightning', 'matplotlib')))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.stdout.split() == ["False", "False", "False"], done.stderr
 
 
 @pytest.mark.parametrize("config", ["config", "eval", "export", "predict", "serve"])
@@ -143,7 +238,7 @@ def test_serving_an_onnx_file_imports_neither_torch_nor_lightning(onnx_file):
     code = (
         "import sys; from hydra import compose, initialize_config_dir; from lenet import CONFIG_DIR\n"
         "from lenet.inference import http_api, request_limits\n"
-        "from lenet.inference.trained_model import load\n"
+        "from lenet.inference.model_files import load\n"
         "with initialize_config_dir(config_dir=CONFIG_DIR, version_base='1.3'):\n"
         "    cfg = compose('serve', overrides=['run_dir=x'])\n"
         f"hosts = request_limits.allowed_hosts(None, '127.0.0.1', '127.0.0.1')\n"
@@ -155,8 +250,6 @@ def test_serving_an_onnx_file_imports_neither_torch_nor_lightning(onnx_file):
 
 
 def test_a_predictor_gives_the_same_answers_from_either_file(onnx_file, glyph_checkpoint):
-    from lenet.inference.trained_model import load
-
     images = np.stack(glyph_split(16, seed=2)[0])
     np.testing.assert_allclose(load(onnx_file).logits(images), load(glyph_checkpoint).logits(images), atol=1e-4)
 

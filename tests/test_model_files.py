@@ -13,9 +13,9 @@ from PIL import Image
 
 from conftest import compose_config, glyph_split, lenet_command
 from lenet.frame.errors import ModelError
+from lenet.inference.model_files import load
 from lenet.inference.portable import export
 from lenet.inference.pt2_reader import UnsafeModel
-from lenet.inference.trained_model import load
 
 
 class Payload:

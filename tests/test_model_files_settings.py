@@ -14,8 +14,8 @@ import lenet.inference.http_api
 from conftest import compose_config, fixture_overrides, glyph_split, lenet_command
 from lenet.frame.errors import ConfigError, ModelError
 from lenet.inference.classify import predict
+from lenet.inference.model_files import load
 from lenet.inference.portable import export
-from lenet.inference.trained_model import load
 from lenet.training.checkpoints import Checkpoint
 from lenet.training.fit import evaluate, train
 

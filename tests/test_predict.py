@@ -27,15 +27,16 @@ from lenet.cli import check
 from lenet.frame.errors import ConfigError, ModelError
 from lenet.frame.quoting import spreadsheet_cell
 from lenet.inference.classify import (
-    Interrupted,
+    PredictInterrupted,
     Prediction,
     PreviewPicks,
     UnreadableImages,
     predict,
 )
 from lenet.inference.input_files import InputError
+from lenet.inference.model_files import load
 from lenet.inference.preparation import LAYOUTS, ImageError, prepare
-from lenet.inference.trained_model import Predictor, load
+from lenet.inference.trained_model import Predictor
 
 
 @pytest.fixture(scope="module")
@@ -476,7 +477,7 @@ def test_a_ctrl_c_keeps_the_rows_so_far_and_says_how_many(glyph_checkpoint, orig
     folder = glyph_folder(tmp_path, originals, 5)
     monkeypatch.setattr(Predictor, "prepare", failing_at(2, KeyboardInterrupt()))
     output = tmp_path / "predictions.csv"
-    with pytest.raises(Interrupted, match=f"^interrupted by Ctrl-C: 2 of 5 rows written to {output}$") as stop:
+    with pytest.raises(PredictInterrupted, match=f"^interrupted by Ctrl-C: 2 of 5 rows written to {output}$") as stop:
         predict(predict_config(glyph_checkpoint, folder, tmp_path, "batch_size=1"))
     assert stop.value.exit_status == 130
     assert [Path(row["path"]).name for row in read_rows(output)] == ["0.png", "1.png"]

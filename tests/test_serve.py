@@ -1,5 +1,6 @@
 """lenet.serve: the API on a real uvicorn, its start-up errors, and the page in a real browser (Debian's Chromium)."""
 
+import asyncio
 import base64
 import contextlib
 import io
@@ -26,14 +27,15 @@ import httpx
 import numpy as np
 import pytest
 import uvicorn
+from fastapi import FastAPI, Request
 from PIL import Image
 
 from conftest import compose_config, glyph_split, lenet_command
 from lenet.cli import check as check_config
 from lenet.frame.errors import ConfigError, ModelError
-from lenet.inference.http_api import MB, ServeError, create_app, listen, serve, server_config
+from lenet.inference.http_api import MB, Limits, ServeError, create_app, get_health, listen, serve, server_config
+from lenet.inference.model_files import load
 from lenet.inference.request_limits import Hosts, allowed_hosts
-from lenet.inference.trained_model import load
 from test_images import bar_png
 from test_predict import VARIANTS, encoded
 
@@ -108,7 +110,7 @@ def check(answer: dict, expected, classes) -> None:
     assert seen.shape == (28, 28) and np.array_equal(seen, prepared), "the image is the one the model saw"
 
 
-def test_predict_answers_as_lenet_classifier_does(server, uploads, classifier):
+def test_predict_answers_as_the_loaded_classifier_does(server, uploads, classifier):
     files, expected = uploads
     for (data, suffix), want in zip(files, expected, strict=True):
         response = post(server, data, f"digit{suffix}")
@@ -125,6 +127,15 @@ def test_health_names_the_model_and_its_classes(server, glyph_checkpoint, classi
     assert response.json() == {"status": "ok", "model": glyph_checkpoint.name, "dataset": "mnist",
                                "classes": classifier.classes, "max_upload_bytes": LIMIT,
                                "max_megapixels": 50, "max_decoded_bytes": 100 * MB}  # fmt: skip
+
+
+def test_a_route_reads_the_model_and_limits_it_serves_from_app_state(classifier):
+    app = FastAPI()  # no create_app: a route needs only what app.state holds
+    app.state.classifier = classifier
+    app.state.limits = Limits(max_upload=1, max_megapixels=2, max_pixels=2_000_000, max_decoded=3, upload_timeout=4)
+    health = asyncio.run(get_health(Request({"type": "http", "app": app})))
+    assert (health["model"], health["classes"]) == (classifier.source.name, classifier.classes)
+    assert (health["max_upload_bytes"], health["max_megapixels"], health["max_decoded_bytes"]) == (1, 2, 3)
 
 
 def chunked(data: bytes):
@@ -248,7 +259,7 @@ def test_a_missing_checkpoint_is_one_line_and_a_non_zero_exit(tmp_path):
     assert result.stderr.strip() == "error: ckpt_path=missing.ckpt: no such checkpoint file"
 
 
-# Both signals take the same path (lenet.serve._stop); Ctrl-C's run is left to make test-all.
+# Both signals take the same path (lenet.inference.http_api._stop); Ctrl-C's run is left to make test-all.
 @pytest.mark.parametrize("stop", [signal.SIGTERM, pytest.param(signal.SIGINT, marks=pytest.mark.slow)])
 def test_the_command_serves_until_a_signal_stops_it(glyph_checkpoint, uploads, tmp_path, stop):
     command = lenet_command("serve", f"ckpt_path={glyph_checkpoint}", "port=0")
@@ -311,7 +322,7 @@ def test_the_page_in_chromium_shows_what_predict_answers_for_the_drawing(server,
             assert page.text_content("#label") == "1"
             page.click("#clear")
 
-            # A chosen file is sent as it is, and answered as lenet.classifier answers it.
+            # A chosen file is sent as it is, and answered as lenet.inference.trained_model's classifier answers it.
             (data, suffix), (expected, *_) = uploads[0][2], uploads[1][2]
             (tmp_path / f"digit{suffix}").write_bytes(data)
             page.set_input_files("#file", tmp_path / f"digit{suffix}")

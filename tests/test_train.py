@@ -31,7 +31,7 @@ from conftest import (
 from lenet.frame.errors import ConfigError
 from lenet.training import cpus, misclassified
 from lenet.training.checkpoints import Checkpoint
-from lenet.training.fit import Interrupted, evaluate, train
+from lenet.training.fit import TrainingInterrupted, evaluate, train
 from lenet.training.hparams import HPARAM_METRICS
 from lenet.training.module import LeNetModule
 from lenet.training.network import LeNet
@@ -227,7 +227,8 @@ def test_an_interrupted_and_resumed_run_ends_as_an_uninterrupted_one(flat_root, 
     common = ["model.dropout=0.3"]  # dropout draws random numbers: the resumed run must continue them
     whole = train(compose_config(*fixture_overrides(flat_root, tmp_path / "whole"), *common))
     stop = ["+callbacks.stop._target_=conftest.InterruptAt", "+callbacks.stop.epoch=1", "+callbacks.stop.batch=5"]
-    with pytest.raises(Interrupted, match=r"1 epoch\(s\) saved. Resume with the same overrides plus ckpt_path="):
+    resume_hint = r"1 epoch\(s\) saved. Resume with the same overrides plus ckpt_path="
+    with pytest.raises(TrainingInterrupted, match=resume_hint):
         train(compose_config(*fixture_overrides(flat_root, tmp_path / "cut"), *common, *stop))
     signal.signal(signal.SIGINT, handler)
     last = tmp_path / "cut" / "checkpoints" / "last.ckpt"
@@ -416,7 +417,7 @@ def test_callbacks_ema_validates_checkpoints_and_tests_the_average_and_resumes_i
     # Interrupted and resumed, the run ends as the uninterrupted one: the average and its count carry over.
     handler = signal.getsignal(signal.SIGINT)
     stop = ["+callbacks.stop._target_=conftest.InterruptAt", "+callbacks.stop.epoch=1", "+callbacks.stop.batch=5"]
-    with pytest.raises(Interrupted):
+    with pytest.raises(TrainingInterrupted):
         train(compose_config(*fixture_overrides(flat_root, tmp_path / "cut"), *EMA, *stop))
     signal.signal(signal.SIGINT, handler)
     interrupted = EventAccumulator(str(tmp_path / "cut")).Reload()

@@ -1,20 +1,22 @@
 """The frame every lenet command runs in, and the command lines it reads and prints.
 
-`command("config", "lenet.training.fit:train")` is a command's `main`: its command line is checked first (a mistyped key
-or a flag from other tools is answered in one line naming the setting meant, where Hydra would advise adding the
-key or print argparse's usage), then Hydra composes the config, `validate` checks it, and only then is the task's
-module imported, by name, as Hydra imports every `_target_`: `--help`, `--cfg` and tab completion never wait for torch
-and Lightning, and a bad value is refused before they load. A UserError ends the command with one line.
+`command("train")` is a command's `main`: its command line is checked first (a mistyped key or a flag from other tools
+is answered in one line naming the setting meant, where Hydra would advise adding the key or print argparse's usage),
+then Hydra composes the config, `validate` checks it, and only then is the task's module imported, by the name
+COMMANDS gives it: `--help`, `--cfg` and tab completion never wait for torch and Lightning, and a bad value is refused
+before they load. COMMANDS is the one place lenet names its own modules in strings (tests/test_layout.py checks it). A
+UserError ends the command with one line.
 """
 
 import contextlib
 import difflib
 import functools
+import importlib
 import logging
 import os
-import shlex
 import shutil
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import hydra
@@ -24,8 +26,6 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 from hydra.experimental.callback import Callback
-from hydra.types import RunMode
-from hydra.utils import get_method
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -33,6 +33,7 @@ from lenet import CONFIG_DIR
 from lenet.frame import keys
 from lenet.frame.errors import SweepError, UserError
 from lenet.frame.full_disk import NoSpace, make_with_room
+from lenet.frame.job import EXTRAS, METRIC, in_multirun
 from lenet.frame.validate import validate
 from lenet.runs import rundir
 from lenet.runs.multirun import register_job_dirs
@@ -40,18 +41,34 @@ from lenet.runs.multirun import register_job_dirs
 log = logging.getLogger(__name__)
 register_job_dirs()  # every job process loads this frame: a continued search's job dirs resolve there too
 
-METRIC = "val/acc_best"  # what lenet.train returns to Hydra's sweepers, so what Optuna maximizes and reports rank by
 
+@dataclass(frozen=True)
+class Task:
+    """What a command runs: `work`, the function (`module:function`) called with the config `config` (default: the
+    command's name). `saved`: a node (lenet.eval's `data`) whose null values mean "as saved in the checkpoint":
+    dropped before the checks, the others replace the checkpoint's. `returns`: the metric, of those the work
+    returns, that the command returns to Hydra (what a sweeper optimizes)."""
+
+    work: str
+    config: str | None = None
+    saved: str | None = None
+    returns: str | None = None
+
+
+# The commands' work, by name: imported only once the config is checked.
+COMMANDS = {
+    "train": Task("lenet.training.fit:train", config="config", returns=METRIC),
+    "eval": Task("lenet.training.fit:evaluate", saved="data"),
+    "export": Task("lenet.inference.portable:export", saved="data"),
+    "predict": Task("lenet.inference.classify:predict"),
+    "serve": Task("lenet.inference.http_api:serve"),
+}
 # Hydra's own flags: what they do is Hydra's business, and --help and tab completion must stay instant.
 HYDRA_FLAGS = {
     "-h", "--help", "--hydra-help", "--version", "-c", "--cfg", "--resolve", "-p", "--package", "-r", "--run", "-m",
     "--multirun", "-sc", "--shell-completion", "-cp", "--config-path", "-cn", "--config-name", "-cd", "--config-dir",
     "--experimental-rerun", "-i", "--info",
 }  # fmt: skip
-# The optional packages, by the pyproject extra that installs them.
-EXTRAS = {"fastapi": "serve", "fastapi_offline": "serve", "uvicorn": "serve", "multipart": "serve",
-          "python_multipart": "serve", "onnx": "export", "onnxruntime": "export", "onnxscript": "export",
-          "mlflow": "track", "wandb": "track"}  # fmt: skip
 # The flags that choose what Hydra does; it takes one at a time.
 MODES = {"-r": "--run", "--run": "--run", "-m": "--multirun", "--multirun": "--multirun", "-c": "--cfg",
          "--cfg": "--cfg", "-i": "--info", "--info": "--info", "-sc": "--shell-completion",
@@ -60,22 +77,17 @@ NOT_CHECKED = {"-h", "--help", "--hydra-help", "--version", "-sc", "--shell-comp
                "--config-name", "-cp", "--config-path", "-cd", "--config-dir", "--experimental-rerun"}  # fmt: skip
 
 
-def command(name: str, task: str, config: str | None = None, saved: str | None = None, returns: str | None = None):
-    """The `main` of `python -m lenet.<name>`: the config `config` (default: `name`), the task `module.function`
-    (called with the config).
-
-    `saved`: a node (lenet.eval's `data`) whose null values mean "as saved in the checkpoint": dropped before the
-    checks, the others replace the checkpoint's. `returns`: the metric, of those the task returns, that the command
-    returns to Hydra (what a sweeper optimizes).
-    """
+def command(name: str):
+    """The `main` of `python -m lenet.<name>`: the command line checked, then its task run in Hydra."""
+    task = COMMANDS[name]
 
     def run(cfg: DictConfig):
-        check(cfg, saved)
-        result = work(task, name)(cfg)
-        return result.get(returns) if returns else result
+        check(cfg, task.saved)
+        result = work(task.work, name)(cfg)
+        return result.get(task.returns) if task.returns else result
 
     run.__module__ = f"lenet.{name}"  # Hydra names the job (train.log, hydra.job.name) after the task's module
-    config = config or name
+    config = task.config or name
     hydra_main = hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name=config)(report_user_errors(run))
 
     def main():
@@ -87,12 +99,14 @@ def command(name: str, task: str, config: str | None = None, saved: str | None =
     return main
 
 
-def work(task: str, name: str):
-    """The task's function, its module imported now; a missing optional package is one line naming its extra."""
+def work(function: str, name: str):
+    """The work's function (`module:function`), its module imported now; a missing optional package is one line
+    naming its extra."""
+    module, _, attribute = function.partition(":")
     try:
-        return get_method(task)
+        return getattr(importlib.import_module(module), attribute)
     except ImportError as error:
-        missing = getattr(error.__cause__, "name", None) or error.name or "a package"
+        missing = error.name or "a package"
         extra = EXTRAS.get(missing.split(".")[0])
         install = f"pip install 'lenet[{extra}]'" if extra else f"pip install {missing}"
         raise UserError(f"lenet.{name} needs {missing}: {install}") from None
@@ -277,26 +291,6 @@ def _remove_if_empty(run_dir: Path, outputs_dir: Path) -> None:
             break
         with contextlib.suppress(OSError):
             parent.rmdir()
-
-
-def in_multirun() -> bool:
-    """Whether this process runs a job of a Hydra multirun (`-m`, or a config that sets hydra.mode)."""
-    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
-
-
-def this_command(task: str, extra: tuple[str, ...] = ()) -> str | None:
-    """The command line that runs this Hydra job again (`extra` overrides replacing its own); None outside Hydra."""
-    if not HydraConfig.initialized():
-        return None
-    replaced = {keys.overridden(override) for override in extra}
-    overrides = [o for o in HydraConfig.get().overrides.task if keys.overridden(o) not in replaced]
-    return command_line(task, [*overrides, *extra])
-
-
-def command_line(task: str, overrides: list[str]) -> str:
-    """The command that runs `lenet.<task>` with these overrides again; a search's own settings left out."""
-    kept = [o for o in overrides if not keys.role(keys.overridden(o)).search]
-    return shlex.join(["python", "-m", f"lenet.{task}", *kept])
 
 
 class CheckOutputDir(Callback):

@@ -7,7 +7,7 @@ lenet.training.fit.evaluate.
 
 from lenet.cli import command
 
-main = command("eval", "lenet.training.fit.evaluate", saved="data")
+main = command("eval")
 
 if __name__ == "__main__":
     main()

@@ -7,7 +7,7 @@ alone (class names, mean, std, dataset); every export ends with a parity check a
 
 from lenet.cli import command
 
-main = command("export", "lenet.inference.portable.export", saved="data")
+main = command("export")
 
 if __name__ == "__main__":
     main()

@@ -7,7 +7,7 @@ model saw them. The work is lenet.inference.classify.predict.
 
 from lenet.cli import command
 
-main = command("predict", "lenet.inference.classify.predict")
+main = command("predict")
 
 if __name__ == "__main__":
     main()

@@ -6,7 +6,7 @@ draw-a-digit page at /, POST /predict, GET /health, the API's docs at /docs. The
 
 from lenet.cli import command
 
-main = command("serve", "lenet.inference.http_api.serve")
+main = command("serve")
 
 if __name__ == "__main__":
     main()

@@ -4,9 +4,9 @@ Returns the best validation accuracy, the value Hydra's sweepers (Optuna) optimi
 lenet.training.fit.train.
 """
 
-from lenet.cli import METRIC, command
+from lenet.cli import command
 
-main = command("train", "lenet.training.fit.train", config="config", returns=METRIC)
+main = command("train")
 
 if __name__ == "__main__":
     main()

@@ -8,7 +8,8 @@ A key's roles:
 - `resume`: whether a resume may change it (CHANGEABLE), not (FIXED), or not while the schedule spans the whole run
   (RUN_LENGTH): Lightning restores the optimizer and schedule over whatever the config says;
 - `own`: read by lenet itself, not an argument of its group's `_target_`;
-- `search`: a search's own setting, left out of the command lines lenet prints.
+- `search`: a search's own setting, left out of the command lines lenet prints;
+- `not_rerun`: why lenet.reproduce leaves it out of the rerun of a run (empty: the rerun repeats it).
 
 A role left out is the nearest enclosing key's (`trainer.precision` is CHANGEABLE because `trainer` is), the root's
 being recipe, FIXED, not own, not search. A key may be a pattern (`callbacks.*.dirpath`). Adding a key to lenet is
@@ -25,8 +26,9 @@ from dataclasses import dataclass, fields
 from fnmatch import fnmatchcase
 from typing import Any
 
-from hydra.utils import get_object
 from omegaconf import DictConfig, OmegaConf
+
+from lenet.frame.mnist_family import DATASETS  # their records: data.dataset takes their names
 
 CHANGEABLE, FIXED, RUN_LENGTH = "changeable", "fixed", "run length"
 
@@ -35,16 +37,9 @@ CHANGEABLE, FIXED, RUN_LENGTH = "changeable", "fixed", "run length"
 class Rule:
     test: Callable[[Any], bool]
     allowed: str | Callable[[], str]  # completes "it must be ..."
-    # Checked after the other rules: its test imports the module its choices come from (torch, Lightning), and a
-    # mistyped number should be refused at once, not after those imports.
-    deferred: bool = False
 
     def __or__(self, other: "Rule") -> "Rule":
-        return Rule(
-            lambda v: self.test(v) or other.test(v),
-            lambda: f"{self.text}, or {other.text}",
-            deferred=self.deferred or other.deferred,
-        )
+        return Rule(lambda v: self.test(v) or other.test(v), lambda: f"{self.text}, or {other.text}")
 
     @property
     def text(self) -> str:
@@ -84,17 +79,6 @@ def one_of(*choices) -> Rule:
     return Rule(lambda v: v in choices, "one of " + ", ".join(map(str, choices)))
 
 
-def key_of(mapping: str) -> Rule:
-    """One of the keys of the dict at `mapping` (a dotted path, e.g. lenet.training.network.ACTIVATIONS): defined
-    there."""
-    # A name, never a list or a dict: those are unhashable, and `in` a dict would raise on them.
-    return Rule(
-        lambda v: isinstance(v, str) and v in get_object(mapping),
-        lambda: "one of " + ", ".join(get_object(mapping)),
-        deferred=True,
-    )
-
-
 def strings(test: Callable[[str], bool], text: str) -> Rule:
     return Rule(lambda v: isinstance(v, list) and all(isinstance(s, str) and test(s) for s in v), text)
 
@@ -123,6 +107,11 @@ DEVICE = Rule(lambda v: v in ("auto", "cpu", "cuda") or str(v).startswith("cuda:
 PROFILER = Rule(lambda v: isinstance(v, dict) and "_target_" in v, "a profiler's config with _target_ (debug=profile)")
 HOSTS = strings(bool, 'a list of host names or addresses, e.g. [example.org,"*.example.org"] ("*": any)')
 ORIGINS = strings(lambda o: o == "*" or "://" in o, 'a list of origins, e.g. ["https://example.org"] ("*": any)')
+# The choices lenet's code implements, declared here, where the keys that take them are: the modules above that
+# implement them (lenet.training.network, lenet.inference.portable) implement exactly these (tests/test_layout.py).
+ACTIVATIONS = ("relu", "tanh")
+POOLINGS = ("max", "avg")
+FORMATS = ("onnx", "pt2")  # lenet.export's
 # What Lightning accepts. All train on a CPU but 16-mixed, which lenet.frame.validate refuses there.
 PRECISIONS = one_of("32-true", "bf16-mixed", "bf16-true", "16-mixed", "16-true", "64-true")
 
@@ -136,29 +125,35 @@ class Key:
     own: bool | None = None
     search: bool | None = None
     why_fixed: str | None = None  # said when a resume would change it
+    not_rerun: str | None = None  # why lenet.reproduce leaves it out of a rerun ("": a rerun repeats it)
 
 
-ROOT = Key(recipe=True, resume=FIXED, own=False, search=False)
+ROOT = Key(recipe=True, resume=FIXED, own=False, search=False, not_rerun="")
 KEYS: dict[str, Key] = {
     # lenet.train
     "seed": Key(integer(), hparam="seed"),
-    "ckpt_path": Key(NULL | TEXT, recipe=False, resume=CHANGEABLE),
+    "ckpt_path": Key(
+        NULL | TEXT,
+        recipe=False,
+        resume=CHANGEABLE,
+        not_rerun="the rerun trains from the start; a resumed run ends as the uninterrupted one would",
+    ),
     # null: chosen from the CPUs free at start (lenet.training.cpus), a resume's taken from its checkpoint; N on a
     # resume wins
     "threads": Key(NULL | integer(1), recipe=False, resume=CHANGEABLE),
     "outputs_dir": Key(TEXT, recipe=False, resume=CHANGEABLE),
-    "run_dir": Key(recipe=False, resume=CHANGEABLE),
+    "run_dir": Key(recipe=False, resume=CHANGEABLE, not_rerun="it would write into the run's folder"),
     "hparams_search": Key(recipe=False, resume=CHANGEABLE, search=True),
     "model": Key(),
-    "model.activation": Key(key_of("lenet.training.network.ACTIVATIONS"), hparam="activation"),
-    "model.pooling": Key(key_of("lenet.training.network.POOLINGS"), hparam="pooling"),
+    "model.activation": Key(one_of(*ACTIVATIONS), hparam="activation"),
+    "model.pooling": Key(one_of(*POOLINGS), hparam="pooling"),
     "model.batch_norm": Key(BOOLEAN, hparam="batch_norm"),
     "model.dropout": Key(FRACTION, hparam="dropout"),
     "model.num_classes": Key(integer(2)),
     "model.compile": Key(BOOLEAN, own=True, resume=CHANGEABLE),
     "model.channels_last": Key(BOOLEAN, own=True, resume=CHANGEABLE),
     "data": Key(hparam="dataset"),  # data=fashion_mnist shows as its dataset
-    "data.dataset": Key(key_of("lenet.training.datasets.DATASETS"), hparam="dataset"),
+    "data.dataset": Key(one_of(*DATASETS), hparam="dataset"),
     "data.root": Key(TEXT, resume=CHANGEABLE),
     "data.batch_size": Key(integer(1), hparam="batch_size"),
     "data.eval_batch_size": Key(integer(1), resume=CHANGEABLE),
@@ -231,7 +226,7 @@ KEYS: dict[str, Key] = {
     "top_k": Key(integer(1)),
     "batch_size": Key(integer(1)),
     "device": Key(DEVICE),
-    "format": Key(NULL | key_of("lenet.inference.portable.WRITERS")),
+    "format": Key(NULL | one_of(*FORMATS)),
     "preview": Key(BOOLEAN),
     "preview_order": Key(one_of("input", "confidence")),
     "prepare": Key(BOOLEAN),

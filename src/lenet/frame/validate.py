@@ -17,20 +17,19 @@ def validate(cfg: DictConfig) -> None:
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise ConfigError(f"{missing[0]} is required: set it on the command line, e.g. {missing[0]}=VALUE")
-    _check_rules(cfg, deferred=False)
+    _check_rules(cfg)
     for group, test, advice in keys.CONSTRAINTS:
         if group in cfg and not test(_plain(cfg[group])):
             raise ConfigError(advice)
-    _check_rules(cfg, deferred=True)  # the rules that import torch or Lightning last: the others refuse at once
     _check_gpu(OmegaConf.select(cfg, "trainer.accelerator"), OmegaConf.select(cfg, "trainer.precision"))
     for path, node in _instantiated(cfg):
         _check_keys(path, node)
 
 
-def _check_rules(cfg: DictConfig, deferred: bool) -> None:
+def _check_rules(cfg: DictConfig) -> None:
     for key, declared in keys.KEYS.items():
         rule = declared.rule
-        if rule and rule.deferred is deferred:
+        if rule:
             value = OmegaConf.select(cfg, key, default=MISSING)
             if value is not MISSING and not rule.test(_plain(value)):
                 raise ConfigError(f"{key}={_plain(value)!r} is not allowed: it must be {rule.text}")

@@ -31,8 +31,9 @@ from tqdm import tqdm
 from lenet.frame.errors import UserError
 from lenet.frame.quoting import spreadsheet_cell
 from lenet.inference.input_files import InputError, Reader, image_paths, path_text, read_image
+from lenet.inference.model_files import load
 from lenet.inference.preparation import ImageError, open_image, resize
-from lenet.inference.trained_model import Predictor, load, model_file
+from lenet.inference.trained_model import Predictor, model_file
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ class UnreadableImages(UserError):
     """Some images could not be classified; their rows say why."""
 
 
-class Interrupted(UserError):
+class PredictInterrupted(UserError):
     """Ctrl-C or SIGTERM stopped predict; the CSV holds the rows written until then."""
 
     exit_status = 130  # 128 + the signal, as shells report it: 130 for SIGINT, 143 for SIGTERM
@@ -92,7 +93,8 @@ def predict(cfg: DictConfig) -> list[Prediction]:
 def write_predictions(
     batches: Iterator[Batch], output: Path, top_k: int, total: int, picks: "PreviewPicks | None" = None
 ) -> list[Prediction]:
-    """Each batch's rows go into the CSV as soon as they are classified. Ctrl-C and SIGTERM end with `Interrupted`."""
+    """Each batch's rows go into the CSV as soon as they are classified. Ctrl-C and SIGTERM end with
+    `PredictInterrupted`."""
     predictions = []
     with PredictionsCsv(output, top_k) as table, sigterm_raises():
         try:
@@ -104,7 +106,7 @@ def write_predictions(
                     picks.offer(batch)
         except (KeyboardInterrupt, Terminated) as stop:
             ctrl_c = isinstance(stop, KeyboardInterrupt)
-            interrupted = Interrupted(
+            interrupted = PredictInterrupted(
                 f"interrupted by {'Ctrl-C' if ctrl_c else 'SIGTERM'}: {table.rows} of {plural(total, 'row')} "
                 f"written to {output.resolve()}"
             )

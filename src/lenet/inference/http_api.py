@@ -1,23 +1,23 @@
 """A model served over HTTP: what `python -m lenet.serve` runs.
 
-MODEL is a checkpoint of lenet.train or a file of lenet.export (.onnx, .pt2), loaded by `lenet.inference.trained_model`
-as
-lenet.predict loads it; each upload is prepared as predict prepares a file. The routes:
+MODEL is a checkpoint of lenet.train or a file of lenet.export (.onnx, .pt2), loaded by
+`lenet.inference.trained_model` as lenet.predict loads it; each upload is prepared as predict prepares a file.
+The routes (module-level functions on `routes`; what they share is on `app.state`, set by `create_app`):
 
-- `GET /`: the draw-a-digit page (`lenet/page/index.html`: one static file, nothing fetched from elsewhere);
+- `GET /`: the draw-a-digit page (`lenet/inference/page/index.html`: one static file, nothing fetched from elsewhere);
 - `POST /predict`: an image (multipart field `file`, or the raw bytes as the body) -> JSON: `prediction`,
   `confidence`, `probabilities` (`[{"class": ..., "probability": ...}]` in the model's class order) and `image`
   (the 28x28 image the model saw, a base64 PNG). Bad input -> 4xx with a JSON `error`;
 - `GET /health`: 200 with the model's file name, dataset and classes (the model is loaded before the port opens);
 - `/docs`: FastAPI's OpenAPI page (Swagger UI), its scripts served from here (fastapi-offline's copies).
 
-What one request may cost is bounded (conf/serve.yaml): its line and headers must arrive within `header_timeout_s`
-(lenet.inference.request_limits.HeaderDeadline) and its body within `upload_timeout_s` (408), at most `max_upload_mb` of
-it (413); the
-body waits in a file spooled to disk past 1 MB, not in memory; an image of more than `max_megapixels`, or that would
-take more than `max_decoded_mb` of memory decoded, is refused from its header, before it is decoded (413), and a PNG's
-text chunks may hold 1 MB (422). Only the Host names of the bound address (`allowed_hosts`) and web pages of its own
-origin or of `cors_origins` are answered (lenet.inference.request_limits.HostAndOrigin), before any body is read.
+What one request may cost is bounded (conf/serve.yaml, read into `Limits`): its line and headers must arrive within
+`header_timeout_s` (lenet.inference.request_limits.HeaderDeadline) and its body within `upload_timeout_s` (408), at
+most `max_upload_mb` of it (413); the body waits in a file spooled to disk past 1 MB, not in memory; an image of more
+than `max_megapixels`, or that would take more than `max_decoded_mb` of memory decoded, is refused from its header,
+before it is decoded (413), and a PNG's text chunks may hold 1 MB (422). Only the Host names of the bound address
+(`allowed_hosts`) and web pages of its own origin or of `cors_origins` are answered
+(lenet.inference.request_limits.HostAndOrigin), before any body is read.
 
 Threads: decoding, preparing and classifying an upload take about a millisecond of CPU each, so they run in a pool
 of `workers` threads and the event loop stays free to accept and read other requests. The classifier is read-only
@@ -34,6 +34,7 @@ import socket
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack
+from dataclasses import dataclass
 from importlib.resources import files
 from io import BytesIO
 from pathlib import Path
@@ -41,7 +42,7 @@ from tempfile import SpooledTemporaryFile
 from typing import BinaryIO
 
 import uvicorn
-from fastapi import Request
+from fastapi import APIRouter, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi_offline import FastAPIOffline
@@ -52,9 +53,10 @@ from starlette.requests import ClientDisconnect
 from starlette.requests import Request as StarletteRequest
 
 from lenet.frame.errors import UserError
+from lenet.inference.model_files import load
 from lenet.inference.preparation import ImageError, ImageTooLarge, limit_png_text, prepare
 from lenet.inference.request_limits import HostAndOrigin, allowed_hosts, with_header_timeout
-from lenet.inference.trained_model import Predictor, load, model_file
+from lenet.inference.trained_model import Predictor, model_file
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +79,28 @@ class Stopped(Exception):
 
 class TooLarge(Exception):
     """The request body grew past the upload limit while it arrived."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may cost (conf/serve.yaml), as plain values read once: each read of a DictConfig attribute
+    costs microseconds."""
+
+    max_upload: int  # bytes
+    max_megapixels: float
+    max_pixels: int
+    max_decoded: int  # bytes
+    upload_timeout: float  # seconds
+
+    @classmethod
+    def of(cls, cfg: DictConfig) -> "Limits":
+        return cls(
+            max_upload=round(cfg.max_upload_mb * MB),
+            max_megapixels=cfg.max_megapixels,
+            max_pixels=round(cfg.max_megapixels * 1e6),
+            max_decoded=round(cfg.max_decoded_mb * MB),
+            upload_timeout=float(cfg.upload_timeout_s),
+        )
 
 
 def serve(cfg: DictConfig) -> None:
@@ -162,15 +186,15 @@ def answer(classifier: Predictor, file: BinaryIO, max_pixels: int, max_decoded: 
     }
 
 
-def health(classifier: Predictor, max_upload: int, max_megapixels: float, max_decoded: int) -> dict:
+def health(classifier: Predictor, limits: Limits) -> dict:
     return {
         "status": "ok",
         "model": classifier.source.name,
         "dataset": classifier.dataset,
         "classes": classifier.classes,
-        "max_upload_bytes": max_upload,
-        "max_megapixels": max_megapixels,
-        "max_decoded_bytes": max_decoded,
+        "max_upload_bytes": limits.max_upload,
+        "max_megapixels": limits.max_megapixels,
+        "max_decoded_bytes": limits.max_decoded,
     }
 
 
@@ -198,16 +222,15 @@ UPLOAD = {
 }
 
 
+routes = APIRouter()  # /, /health and /predict, defined below create_app
+
+
 def create_app(classifier: Predictor, cfg: DictConfig, hosts):
     """The FastAPI app around one loaded classifier, with the limits of `cfg` (conf/serve.yaml) and the Host names
-    `hosts` (lenet.inference.request_limits.allowed_hosts) it answers."""
-    # Plain values, read once: each read of a DictConfig attribute costs microseconds.
-    max_upload, max_pixels = round(cfg.max_upload_mb * MB), round(cfg.max_megapixels * 1e6)
-    max_decoded = round(cfg.max_decoded_mb * MB)
-    upload_timeout, origins = float(cfg.upload_timeout_s), list(cfg.cors_origins)
-    pool = ThreadPoolExecutor(cfg.workers, thread_name_prefix="lenet-serve")
+    `hosts` (lenet.inference.request_limits.allowed_hosts) it answers. The routes are `routes` below; what they
+    share is on `app.state`: `classifier`, `limits` (Limits), `page` (the HTML of /) and `pool` (the worker threads)."""
     limit_png_text(PNG_TEXT)
-    page = (files("lenet.inference") / "page" / "index.html").read_text(encoding="utf-8")
+    origins = list(cfg.cors_origins)
     # FastAPI's own /docs and /redoc load their scripts from a CDN (and ReDoc Google's fonts); fastapi-offline serves
     # its copies from /docs-assets. ReDoc is left off: its page still shows a logo from Redocly's CDN.
     app = FastAPIOffline(
@@ -217,63 +240,73 @@ def create_app(classifier: Predictor, cfg: DictConfig, hosts):
         version="0.1.0",
         description=f"Classify an image with {classifier.source.name} ({classifier.dataset}).",
     )
+    app.state.classifier = classifier
+    app.state.limits = Limits.of(cfg)
+    app.state.page = (files("lenet.inference") / "page" / "index.html").read_text(encoding="utf-8")
+    app.state.pool = ThreadPoolExecutor(cfg.workers, thread_name_prefix="lenet-serve")
+    app.include_router(routes)
+    app.add_exception_handler(HTTPException, error_as_json)
     if origins:  # CORS headers for the pages listed; HostAndOrigin has refused the others already
         app.add_middleware(CORSMiddleware, allow_origins=origins, allow_methods=["GET", "POST"], allow_headers=["*"])
     app.add_middleware(HostAndOrigin, hosts=hosts, cors_origins=origins)  # added last: runs first
-
-    @app.exception_handler(HTTPException)
-    async def error_as_json(request, error):
-        return JSONResponse({"error": error.detail}, error.status_code, headers=error.headers)
-
-    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
-    async def index():
-        return page
-
-    @app.get("/health", summary="the loaded model (file name, dataset, classes) and the upload limits")
-    async def get_health() -> dict:
-        return health(classifier, max_upload, cfg.max_megapixels, max_decoded)
-
-    @app.post(
-        "/predict",
-        summary="classify an image: multipart field `file` (curl -F file=@digit.png), or the raw image as the body",
-        openapi_extra=UPLOAD,
-        responses={
-            200: {
-                "description": "`probabilities` in the model's class order; `image`: the 28x28 greyscale image "
-                "the model saw, light on dark, as a base64 PNG",
-                "content": {"application/json": {"example": EXAMPLE}},
-            },
-            400: {"description": "no file, or an empty one", "content": JSON},
-            403: {"description": "sent by a web page of an origin not in cors_origins", "content": JSON},
-            408: {"description": "the body took longer than upload_timeout_s to arrive", "content": JSON},
-            413: {
-                "description": "larger than max_upload_mb, more pixels than max_megapixels, or more memory decoded "
-                "than max_decoded_mb",
-                "content": JSON,
-            },
-            422: {
-                "description": "not an image, a damaged one or a blank one, or a PNG with over 1 MB of text",
-                "content": JSON,
-            },
-        },
-    )
-    async def predict(request: Request) -> dict:
-        async with AsyncExitStack() as opened:  # the upload's spooled file: closed, its disk space freed, once answered
-            try:
-                async with asyncio.timeout(upload_timeout):  # a deadline for the whole body, not per chunk
-                    file = await read_upload(request, max_upload, opened)
-            except TimeoutError:
-                message = f"the upload did not arrive within {upload_timeout:g} s (upload_timeout_s)"
-                raise HTTPException(408, message, headers=CLOSE) from None
-            try:
-                work = (answer, classifier, file, max_pixels, max_decoded)
-                return await asyncio.get_running_loop().run_in_executor(pool, *work)
-            except ImageTooLarge as error:
-                raise HTTPException(413, str(error)) from None
-            except ImageError as error:
-                raise HTTPException(422, str(error)) from None
-
     return app
+
+
+async def error_as_json(request: Request, error: HTTPException) -> JSONResponse:
+    return JSONResponse({"error": error.detail}, error.status_code, headers=error.headers)
+
+
+@routes.get("/", response_class=HTMLResponse, include_in_schema=False)
+async def index(request: Request) -> str:
+    return request.app.state.page
+
+
+@routes.get("/health", summary="the loaded model (file name, dataset, classes) and the upload limits")
+async def get_health(request: Request) -> dict:
+    return health(request.app.state.classifier, request.app.state.limits)
+
+
+@routes.post(
+    "/predict",
+    summary="classify an image: multipart field `file` (curl -F file=@digit.png), or the raw image as the body",
+    openapi_extra=UPLOAD,
+    responses={
+        200: {
+            "description": "`probabilities` in the model's class order; `image`: the 28x28 greyscale image "
+            "the model saw, light on dark, as a base64 PNG",
+            "content": {"application/json": {"example": EXAMPLE}},
+        },
+        400: {"description": "no file, or an empty one", "content": JSON},
+        403: {"description": "sent by a web page of an origin not in cors_origins", "content": JSON},
+        408: {"description": "the body took longer than upload_timeout_s to arrive", "content": JSON},
+        413: {
+            "description": "larger than max_upload_mb, more pixels than max_megapixels, or more memory decoded "
+            "than max_decoded_mb",
+            "content": JSON,
+        },
+        422: {
+            "description": "not an image, a damaged one or a blank one, or a PNG with over 1 MB of text",
+            "content": JSON,
+        },
+    },
+)
+async def predict(request: Request) -> dict:
+    state = request.app.state
+    limits: Limits = state.limits
+    async with AsyncExitStack() as opened:  # the upload's spooled file: closed, its disk space freed, once answered
+        try:
+            async with asyncio.timeout(limits.upload_timeout):  # a deadline for the whole body, not per chunk
+                file = await read_upload(request, limits.max_upload, opened)
+        except TimeoutError:
+            message = f"the upload did not arrive within {limits.upload_timeout:g} s (upload_timeout_s)"
+            raise HTTPException(408, message, headers=CLOSE) from None
+        try:
+            work = (answer, state.classifier, file, limits.max_pixels, limits.max_decoded)
+            return await asyncio.get_running_loop().run_in_executor(state.pool, *work)
+        except ImageTooLarge as error:
+            raise HTTPException(413, str(error)) from None
+        except ImageError as error:
+            raise HTTPException(422, str(error)) from None
 
 
 async def read_upload(request, limit: int, opened: AsyncExitStack) -> BinaryIO:

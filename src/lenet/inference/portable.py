@@ -22,7 +22,8 @@ from hydra.utils import get_method
 from omegaconf import DictConfig
 
 from lenet.frame.errors import ConfigError, DataError, UserError
-from lenet.inference.trained_model import METADATA_FILE, READERS, load, model_file, properties
+from lenet.inference.model_files import EXPORTED, load
+from lenet.inference.trained_model import METADATA_FILE, model_file, properties
 from lenet.training.checkpoints import Checkpoint
 from lenet.training.datasets import raw_folder
 from lenet.training.idx import read_idx
@@ -42,7 +43,7 @@ def export(cfg: DictConfig) -> dict:
     """Write the exported file and `<output>.json` (metadata and parity); return that record."""
     fmt, output = _format_and_output(cfg)
     ckpt = model_file(cfg.ckpt_path, Path(cfg.outputs_dir))
-    if ckpt.suffix in READERS:
+    if ckpt.suffix in EXPORTED:
         raise ConfigError(f"ckpt_path={ckpt} is already exported: give a checkpoint of lenet.train")
     saved = Checkpoint.open(ckpt)
     checkpoint = saved.predictor(device="cpu")
@@ -140,4 +141,4 @@ def parity(reference, exported, images: np.ndarray) -> dict:
     }
 
 
-WRITERS = {"onnx": write_onnx, "pt2": write_pt2}  # format= takes these
+WRITERS = {"onnx": write_onnx, "pt2": write_pt2}  # one for each of lenet.frame.keys.FORMATS (format= takes those)

@@ -2,7 +2,6 @@
 object light on black, laid out as the dataset lays out its objects. What a model sees, and what a preview shows."""
 
 import warnings
-from dataclasses import dataclass
 from io import BytesIO
 
 import numpy as np
@@ -10,6 +9,7 @@ from PIL import ExifTags, Image, PngImagePlugin, UnidentifiedImageError
 from scipy import ndimage
 
 from lenet.frame.errors import UserError
+from lenet.frame.mnist_family import DATASETS, Layout
 
 SIZE = 28
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -48,25 +48,8 @@ class ImageTooLarge(ImageError):
     header before it is decoded."""
 
 
-@dataclass(frozen=True)
-class Layout:
-    """How a dataset placed its objects in 28x28, as far as preparing a user's image goes."""
-
-    box: int  # the object's longer side, in pixels
-    by_mass: bool  # centred by its centre of mass (MNIST) or by its bounding box
-    strokes: bool  # thin strokes on paper: the paper's level judged around them, and what is fainter than the ink
-    # zeroed; or an object that fills its frame (clothes): the background judged from the border, the texture kept
-
-
-LAYOUTS = {
-    # LeCun et al.: digits fit a 20x20 box keeping their aspect ratio, then their centre of mass goes to the centre.
-    "mnist": Layout(box=20, by_mass=True, strokes=True),
-    # Xiao et al.: trimmed, longest edge resized to 28. Measured on its test set: 99.98% of the images have a
-    # 27-28 pixel side, and their bounding boxes are centred (13.6 +- 0.2), their centres of mass are not.
-    "fashion_mnist": Layout(box=28, by_mass=False, strokes=False),
-    # Clanuwat et al. made KMNIST "in the MNIST format"; not measured here (no KMNIST data on this machine).
-    "kmnist": Layout(box=20, by_mass=True, strokes=True),
-}
+# How each data set's images look: its record's layout (lenet.frame.mnist_family), by the name users type.
+LAYOUTS = {name: data.layout for name, data in DATASETS.items()}
 
 
 def prepare(

@@ -1,8 +1,6 @@
 """A trained model ready to predict, whatever file it ships as: a checkpoint of lenet.train (.ckpt) or a file of
-lenet.export (.onnx, .pt2), read by that format's own reader and used through one interface, Predictor.
-
-Each format's reader is named here by its module, and imported only when a file of its format is read: predicting
-with an .onnx file imports neither torch nor Lightning.
+lenet.export (.onnx, .pt2), read by that format's own reader (lenet.inference.model_files picks it) and used through
+one interface, Predictor, which every reader builds from what it read.
 """
 
 import json
@@ -12,10 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from hydra.utils import get_method
 
 from lenet.frame import keys
 from lenet.frame.errors import ConfigError, ModelError
+from lenet.frame.mnist_family import normalize
 from lenet.inference.preparation import LAYOUTS, Layout, prepare
 from lenet.runs import rundir
 
@@ -25,11 +23,6 @@ OUTPUT = "logits"
 METADATA_FILE = "lenet.json"  # the metadata inside a .pt2 (torch.export.save's extra_files)
 NUMBERS_AND_LISTS = ("classes", "mean", "std")  # in ONNX metadata_props, which are strings, these are JSON
 MAX_MODEL_BYTES = 256 * 2**20  # a LeNet's file is under a megabyte
-READERS = {
-    ".onnx": "lenet.inference.onnx_reader.read",
-    ".pt2": "lenet.inference.pt2_reader.read",
-}  # anything else: a checkpoint
-CHECKPOINT_READER = "lenet.training.checkpoints.read"
 
 
 @dataclass
@@ -54,9 +47,8 @@ class Predictor:
         return prepare(image, self.layout, max_pixels)
 
     def normalize(self, images: np.ndarray) -> np.ndarray:
-        """uint8 N x 28 x 28 -> float32 N x 1 x 28 x 28, computed as training does (MNISTDataModule)."""
-        scale, shift = np.float32(1 / (255 * self.std)), np.float32(self.mean / self.std)
-        return (images.astype(np.float32) * scale - shift)[:, None]
+        """uint8 N x 28 x 28 -> float32 N x 1 x 28 x 28, by the function training normalizes with."""
+        return normalize(images.astype(np.float32), self.mean, self.std)[:, None]
 
     def logits(self, images: np.ndarray) -> np.ndarray:
         return self.forward(self.normalize(images))
@@ -77,18 +69,6 @@ class Predictor:
             "input": INPUT,
             "output": OUTPUT,
         }
-
-
-def load(path: str | Path, device: str = "auto") -> Predictor:
-    """A predictor from a lenet.train checkpoint, an exported .onnx or an exported .pt2 (with its metadata)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ModelError(f"{path}: no such model file")
-    try:
-        read = get_method(READERS.get(path.suffix.lower(), CHECKPOINT_READER))
-    except ImportError:  # onnxruntime
-        raise ModelError(f"reading a {path.suffix} file needs the export extra: pip install 'lenet[export]'") from None
-    return read(path, device)
 
 
 def read_model_file(path: Path) -> bytes:

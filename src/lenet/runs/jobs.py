@@ -19,8 +19,8 @@ from pathlib import Path
 from google.protobuf.message import DecodeError
 from tensorboard.compat.proto.event_pb2 import Event
 
-from lenet.cli import command_line
 from lenet.frame import keys
+from lenet.frame.job import command_line
 from lenet.frame.safe_read import Unreadable, job_name, mapping, read_json, read_text, read_yaml, shown, trusted
 from lenet.runs import rundir
 

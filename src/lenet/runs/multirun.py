@@ -1,35 +1,29 @@
-"""What a multirun does around its jobs, as Hydra callbacks (conf/hydra/default.yaml): refuse, before any job
-starts, a sweep no job could run (or one that would mix with the sweep already in its dir); write the report when it
-ends, and exit non-zero when a job failed.
+"""What a multirun does before its jobs, as a Hydra callback (conf/hydra/default.yaml): refuse, before any job
+starts, a sweep no job could run (or one that would mix with the sweep already in its dir). What it does when it ends
+is lenet.runs.sweep_end's.
 
 The same command with `hydra.sweep.dir=<its dir>` continues a sweep: its jobs keep their numbers and dirs, and each
 job goes on from what it left there (lenet.runs.rundir). `continue_command` spells that command out.
 
-Hydra makes its callbacks for every command, before the config is checked: what this module needs of Lightning or
-of the report (matplotlib, TensorBoard's reader) is looked up by name, when a multirun needs it.
+Hydra makes its callbacks for every command, before the config is checked: what this module needs of Lightning is
+looked up by name, when a multirun needs it.
 """
 
-import atexit
 import contextlib
-import logging
 import shlex
 import sys
 from pathlib import Path
 
-from hydra.core.utils import JobStatus
 from hydra.experimental.callback import Callback
-from hydra.utils import get_class, get_method
+from hydra.utils import get_class
 from omegaconf import OmegaConf
 
 from lenet.frame import atomic, keys
 from lenet.frame.console import quiet_lightning
-from lenet.frame.errors import SweepError
 from lenet.frame.full_disk import NoSpace, make_with_room
 from lenet.frame.safe_read import Unreadable, job_name, mapping, read_yaml, trusted
 from lenet.frame.validate import spawned_ddp
 from lenet.runs.watchdog import name_sweep_process
-
-log = logging.getLogger(__name__)
 
 MULTIRUN = "multirun.yaml"  # Hydra's record of a sweep, in its sweep dir
 
@@ -118,34 +112,3 @@ def _process_layout(trainer_config):
     trainer = get_class("lightning.pytorch.Trainer")
     quiet_lightning()
     return trainer(**layout, logger=False, enable_checkpointing=False, enable_progress_bar=False)
-
-
-class SweepReport(Callback):
-    """Hydra callback (hydra/default.yaml): the report at the end of every multirun, and a non-zero exit
-    status when a job failed.
-
-    Hydra skips on_multirun_end when the sweeper re-raises a failed job's error, so the report is also
-    registered to run at exit; on_multirun_end takes it over when the sweep gets there.
-    """
-
-    def on_multirun_start(self, config, **kwargs) -> None:
-        self.sweep_dir = Path(config.hydra.sweep.dir)
-        self.write_report = get_method("lenet.runs.sweep_report.sweep_report")  # now: at exit no module can be imported
-        atexit.register(self._report)
-
-    def on_multirun_end(self, config, **kwargs) -> None:
-        atexit.unregister(self._report)
-        failed = [job for job in self._report() if job.status == "failed"]
-        # Sweepers that go on past failures (Optuna with max_failure_rate) must still exit non-zero. Hydra turns a
-        # callback's exception into a warning, so it takes a SystemExit.
-        if failed:
-            raise SystemExit(f"error: {len(failed)} job(s) failed: see {self.sweep_dir / 'report.md'}")
-
-    def on_job_end(self, config, job_return, **kwargs) -> None:
-        # Into the job's own log, which the report reads; a UserError was already logged by report_user_errors.
-        error = job_return._return_value  # `return_value` would re-raise it
-        if job_return.status == JobStatus.FAILED and not isinstance(error, SweepError):
-            log.error("%s: %s", type(error).__name__, error)
-
-    def _report(self) -> list:
-        return self.write_report(self.sweep_dir)

@@ -12,8 +12,9 @@ legitimately moved. What decides bitwise equality but the overrides may not say 
 - `data.root`, the folder the run read (metrics.json): the override may be relative to the run's working directory,
   or absent and resolved from LENET_DATA.
 
-Left out: `ckpt_path`, so a resumed run is rerun from its start (a resume that kept its thread count ends exactly as
-the uninterrupted run would; the checkpoint may be gone), and `run_dir`, which would write into the run's folder.
+Left out: the keys lenet.frame.keys declares `not_rerun`, with why: `ckpt_path`, so a resumed run is rerun from its
+start (a resume that kept its thread count ends exactly as the uninterrupted run would; the checkpoint may be gone),
+and `run_dir`, which would write into the run's folder; and a search's own settings.
 
 Then every value of metrics.json is compared but the timings; then the environment (env.json: git commit,
 uncommitted changes, versions, device, threads) and the recipes of the two saved configs (the rerun takes today's
@@ -24,11 +25,10 @@ Exit status as `cmp` and `diff` give it, so a script can tell a difference from 
 folder is only read.
 
 A run dir is data from whoever made it, never code. The rerun takes from it only overrides lenet would run
-(lenet.frame.safe_read.distrust): keys lenet declares, with values their rules accept, and options that conf/ holds; a
-folder
-whose overrides (or pinned values) hold anything else (a `_target_`, an interpolation, a `+`/`~` override, a setting
-of Hydra's) is refused in one line naming it, before anything runs. What it prints from the folder's files is shown
-as text (no terminal sequences).
+(lenet.frame.safe_read.distrust): keys lenet declares, with values their rules accept, and options that conf/ holds;
+a folder whose overrides (or pinned values) hold anything else (a `_target_`, an interpolation, a `+`/`~` override,
+a setting of Hydra's) is refused in one line naming it, before anything runs. What it prints from the folder's files
+is shown as text (no terminal sequences).
 """
 
 import argparse
@@ -38,9 +38,9 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
-from lenet.cli import command_line
 from lenet.frame import keys
 from lenet.frame.errors import UserError
+from lenet.frame.job import command_line
 from lenet.frame.quoting import terminal
 from lenet.frame.safe_read import mapping, read_json, trusted
 from lenet.runs import rundir
@@ -49,10 +49,6 @@ from lenet.runs.multirun import MULTIRUN
 
 IDENTICAL, DIFFERENT, NOT_COMPARED = 0, 1, 2
 TIMINGS = ("wall_s", "train_images_per_s")  # differ from run to run: never compared
-LEFT_OUT = {  # the run's overrides the rerun must not repeat, and why
-    "ckpt_path": "the rerun trains from the start; a resumed run ends as the uninterrupted one would",
-    "run_dir": "it would write into the run's folder",
-}
 SEARCH = "a search's own setting: the rerun is this job alone"
 NOT_ENVIRONMENT = ("command", "threads_chosen")  # env.json keys that say how, not what it ran on
 CAUSES = {  # an environment difference, as a likely cause of different metrics
@@ -123,7 +119,7 @@ def rerun_overrides(job: Job, env: dict, given: list[str]) -> tuple[list[str], l
         key = keys.overridden(override)
         if key in {*mine, *pinned}:
             continue
-        if why := LEFT_OUT.get(key) or (SEARCH if keys.role(key).search else ""):
+        if why := left_out(key):
             notes.append(f"left out: {override} ({why})")
         else:
             kept.append(override)
@@ -131,6 +127,13 @@ def rerun_overrides(job: Job, env: dict, given: list[str]) -> tuple[list[str], l
         notes.append(f"given by you, replacing the run's: {' '.join(given)}")
     trusted(kept, job.path / OVERRIDES)
     return [*kept, *(f"{key}={value}" for key, value in pinned.items()), *given], notes
+
+
+def left_out(key: str) -> str:
+    """Why the rerun leaves out the run's override of `key` (lenet.frame.keys: its `not_rerun` role, or a search's
+    own setting), or "": the rerun repeats it."""
+    role = keys.role(key)
+    return role.not_rerun or (SEARCH if role.search else "")
 
 
 def check_data(overrides: list[str]) -> None:

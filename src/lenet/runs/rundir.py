@@ -63,16 +63,19 @@ def last_checkpoint(run_dir: Path) -> Path:
     return run_dir / CHECKPOINTS / LAST
 
 
-def resume_point(run_dir: Path) -> Path | None:
-    """The last.ckpt an interrupted earlier attempt of this run left, or None.
-
-    A failed attempt is cleared instead: its checkpoints (it may have diverged), TensorBoard events and error, so
-    that the run starts again from the start; its log keeps what happened.
-    """
+def resume_or_restart(run_dir: Path) -> Path | None:
+    """Where this run goes on from: the last.ckpt an interrupted earlier attempt left, or None: no earlier attempt,
+    or a failed one, which is cleared (clear_failed_attempt) so that the run starts again from the start."""
     if failure(run_dir):
-        shutil.rmtree(run_dir / CHECKPOINTS, ignore_errors=True)
-        for leftover in [run_dir / ERROR, *run_dir.glob("events.out.tfevents.*")]:
-            leftover.unlink(missing_ok=True)
+        clear_failed_attempt(run_dir)
         return None
     last = last_checkpoint(run_dir)
     return last if last.is_file() else None
+
+
+def clear_failed_attempt(run_dir: Path) -> None:
+    """Delete what a failed attempt left: its checkpoints (it may have diverged), TensorBoard events and error; its log
+    keeps what happened."""
+    shutil.rmtree(run_dir / CHECKPOINTS, ignore_errors=True)
+    for leftover in [run_dir / ERROR, *run_dir.glob("events.out.tfevents.*")]:
+        leftover.unlink(missing_ok=True)

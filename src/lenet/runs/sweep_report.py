@@ -29,9 +29,9 @@ from pathlib import Path
 from matplotlib.figure import Figure  # no pyplot: no GUI backend, safe in any process
 from matplotlib.ticker import MaxNLocator
 
-from lenet.cli import METRIC, command_line
 from lenet.frame import atomic, keys
 from lenet.frame.errors import UserError
+from lenet.frame.job import METRIC, command_line
 from lenet.frame.quoting import markdown_cell, spreadsheet_cell, terminal
 from lenet.frame.safe_read import trusted
 from lenet.runs.comparison import MOST_SEEDS, Difference, difference

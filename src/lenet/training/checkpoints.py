@@ -354,8 +354,15 @@ def check_resume(checkpoint: Checkpoint, config: dict) -> int:
 
 
 def check_same_run(checkpoint: Checkpoint, config: dict) -> bool:
-    """Refuse a config that changes what the saved run is (lenet.frame.keys: what a resume may change), naming every
-    setting that differs; return whether its schedule spans the whole run."""
+    """Refuse a config that changes what the saved run is, naming every setting that differs; return whether its
+    schedule spans the whole run.
+
+    What a resume may change is what lenet.frame.keys declares CHANGEABLE: where the run writes and what it resumes
+    (ckpt_path, outputs_dir, run_dir, hparams_search), threads, model.compile, model.channels_last, data.root,
+    data.eval_batch_size, and the trainer, callbacks and logger settings; and what it declares RUN_LENGTH
+    (trainer.max_epochs, trainer.devices, trainer.num_nodes, trainer.limit_train_batches,
+    trainer.accumulate_grad_batches) unless the schedule spans the whole run. The rest is FIXED.
+    """
     before, now = keys.flatten(checkpoint.config), keys.flatten(config)  # older checkpoints carry no config
     run_length = now.get("scheduler._target_") in RUN_LENGTH_ARGUMENT
     changed = [

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from lenet.frame.errors import DataError
+from lenet.frame.mnist_family import normalize
 from lenet.training import datasets
 from lenet.training.batches import InMemoryLoader
 from lenet.training.idx import FIX, read_idx
@@ -137,11 +138,11 @@ class MNISTDataModule(L.LightningDataModule):
         Into the model's own dtype: Lightning's `*-true` precisions convert batches before this hook runs.
         """
         images, labels = batch
-        scale, shift = 1 / (255 * self.hparams.std), self.hparams.mean / self.hparams.std  # pixels are 0..255
         dtype = self.trainer.lightning_module.dtype if self.trainer else torch.float32
+        images = images.float()
         if self.augmenter is not None and self.trainer and self.trainer.training:
-            images = self.random_affine(images.float())  # before normalizing: what moves in from outside is black
-        return (images * scale).sub_(shift).to(dtype), labels  # uint8 or float times a float: float32
+            images = self.random_affine(images)  # before normalizing: what moves in from outside is black
+        return normalize(images, self.hparams.mean, self.hparams.std).to(dtype), labels
 
     def random_affine(self, images: torch.Tensor) -> torch.Tensor:
         """Each image rotated, scaled and shifted at random, in one batched resampling where the images live.

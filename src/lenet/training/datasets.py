@@ -1,5 +1,5 @@
-"""The MNIST family: each data set's torchvision class, where its IDX files are, its download into place, and its
-published test set recognised by its contents."""
+"""The MNIST family's files: where a data set's IDX files are, its download into place (by its torchvision class),
+and its published test set recognised by its contents. What each data set is: its record, lenet.frame.mnist_family."""
 
 import http.client
 import logging
@@ -13,30 +13,28 @@ from filelock import FileLock
 from torchvision import datasets
 
 from lenet.frame.errors import DataError
+from lenet.frame.mnist_family import DATASETS
 from lenet.training.idx import ALL_FILES, idx_folders, split_files
 
-DATASETS = {"mnist": datasets.MNIST, "fashion_mnist": datasets.FashionMNIST, "kmnist": datasets.KMNIST}
-# The published test sets, told apart by their labels' class counts and their images' mean grey level (0..1):
-# MNIST's as published, Fashion-MNIST's measured on Debian's copy, KMNIST's near its training set's 0.1918.
-# A data.root holding one of them while data= names another is refused: the model would be named for the wrong data.
-KNOWN_TEST_SETS = {
-    "mnist": ((980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009), 0.1325),
-    "fashion_mnist": ((1000,) * 10, 0.2868),
-    "kmnist": ((1000,) * 10, 0.19),
-}
+# A data.root holding one published test set while data= names another is refused: the model would be named for the
+# wrong data. Test sets are told apart by their class counts and mean grey level (DataSet.test_counts, test_grey).
 MEAN_TOLERANCE = 0.03  # the three means lie 0.06 and more apart
 
 log = logging.getLogger(__name__)
 
 
 def class_names(dataset: str) -> list[str]:
-    """The names people expect: torchvision names MNIST's classes "0 - zero", ...; the digit is the name."""
-    return [name.split(" - ")[0] for name in DATASETS[dataset].classes]
+    return list(DATASETS[dataset].classes)
+
+
+def torchvision_class(dataset: str) -> type[datasets.MNIST]:
+    """The torchvision class that downloads `dataset` (FashionMNIST and KMNIST are MNIST's subclasses)."""
+    return getattr(datasets, DATASETS[dataset].torchvision)
 
 
 def raw_folder(root: Path, dataset: str) -> Path:
     """Where torchvision's layout keeps the IDX files: root/MNIST/raw."""
-    return root / DATASETS[dataset].__name__ / "raw"
+    return root / DATASETS[dataset].torchvision / "raw"
 
 
 def idx_files(root: Path, dataset: str) -> dict[str, tuple[Path, Path]] | None:
@@ -68,12 +66,12 @@ def _download(root: Path, dataset: str, created: bool) -> None:
 
     An interrupted or failed download leaves nothing that a later run could take for good files.
     """
-    name, raw = DATASETS[dataset].__name__, raw_folder(root, dataset)
+    name, raw = DATASETS[dataset].torchvision, raw_folder(root, dataset)
     log.info("Downloading %s into %s%s", name, raw.parent, " (data.root did not exist: created it)" * created)
     with tempfile.TemporaryDirectory(dir=root, prefix=".download-") as tmp:
         try:
             for train in (True, False):
-                DATASETS[dataset](tmp, train=train, download=True)
+                torchvision_class(dataset)(tmp, train=train, download=True)
         except (RuntimeError, OSError, http.client.HTTPException) as error:  # md5, network, cut off
             reason = str(error).strip().splitlines()[-1]  # torchvision ends with the last mirror's error
             files = ", ".join(f"{file}.gz" for file in ALL_FILES)
@@ -98,11 +96,11 @@ def _where_looked(root: Path, raw: Path, created: bool) -> str:
 
 
 def known_test_set(images: torch.Tensor, labels: torch.Tensor) -> str | None:
-    """Which published data set these test images and labels are (KNOWN_TEST_SETS), or None."""
+    """Which published data set these test images and labels are (its record's test_counts, test_grey), or None."""
     counts = tuple(torch.bincount(labels).tolist())
     mean = float(images.float().mean()) / 255 if len(images) else 0.0
     return next(
-        (name for name, (known, known_mean) in KNOWN_TEST_SETS.items()
-         if counts == known and abs(mean - known_mean) <= MEAN_TOLERANCE),
+        (name for name, data in DATASETS.items()
+         if counts == data.test_counts and abs(mean - data.test_grey) <= MEAN_TOLERANCE),
         None,
     )  # fmt: skip

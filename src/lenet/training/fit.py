@@ -20,10 +20,10 @@ from lightning.pytorch.callbacks import ProgressBar, WeightAveraging
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
-from lenet.cli import in_multirun, this_command
 from lenet.frame.console import quiet_lightning
 from lenet.frame.errors import ConfigError, UserError
 from lenet.frame.full_disk import NoSpace, disk_of, full_disk_error, quiet_threads
+from lenet.frame.job import in_multirun, this_command
 from lenet.frame.quoting import terminal
 from lenet.frame.validate import spawned_ddp
 from lenet.inference.trained_model import model_file
@@ -32,7 +32,7 @@ from lenet.runs.multirun import continue_command
 from lenet.runs.watchdog import stop_when_sweep_ends
 from lenet.training.checkpoints import Checkpoint, CheckpointContents, check_resume, check_same_run
 from lenet.training.cpus import set_threads
-from lenet.training.hparams import hparams_of, overrides_and_swept, shown_hparams
+from lenet.training.hparams import logged_hparams, overrides_and_swept, shown_hparams
 from lenet.training.module import LeNetModule
 from lenet.training.results import RunSummary
 from lenet.training.saving import WholeCheckpointIO
@@ -41,7 +41,7 @@ from lenet.training.tracking import Tracking, loggers
 log = logging.getLogger(__name__)
 
 
-class Interrupted(UserError):
+class TrainingInterrupted(UserError):
     """Ctrl-C or SIGTERM stopped training."""
 
     exit_status = 130  # 128 + the signal, as shells report it: 130 for SIGINT, 143 for SIGTERM
@@ -55,7 +55,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     rundir.remove_partial_writes(run_dir)  # an earlier attempt's, killed while it saved
     if rundir.finished(run_dir):  # an earlier attempt of this run finished it (a sweep continued)
         return kept(run_dir, plain)
-    resume = model_file(cfg.ckpt_path, Path(cfg.outputs_dir), prefer="last") or rundir.resume_point(run_dir)
+    resume = model_file(cfg.ckpt_path, Path(cfg.outputs_dir), prefer="last") or rundir.resume_or_restart(run_dir)
     saved = Checkpoint.open(resume) if resume else None
     if saved:
         check_resume(saved, plain)
@@ -69,7 +69,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     datamodule.load()  # every data error comes now, before the run writes anything
     module = LeNetModule(model=plain["model"], optimizer=plain["optimizer"], scheduler=plain["scheduler"])
     overrides, swept = overrides_and_swept()
-    hparams, shown = hparams_of(cfg, overrides), shown_hparams(overrides, swept)
+    hparams, shown = logged_hparams(cfg, overrides), shown_hparams(overrides, swept)
     summary = RunSummary(run_dir, hparams, saved, this_command("train"), shown=shown, threads=threads)
     callbacks = {name: instantiate(callback) for name, callback in cfg.callbacks.items() if callback}
     # Piped or logged output gets no progress bar: it would be carriage returns, kilobytes of them per run.
@@ -105,7 +105,7 @@ def interruptible(run_dir: Path):
     try:
         yield
     except SystemExit as stop:  # how Lightning ends on Ctrl-C (status 1) and on SIGTERM (status 0)
-        interrupted = Interrupted(resume_hint(run_dir))
+        interrupted = TrainingInterrupted(resume_hint(run_dir))
         interrupted.exit_status = 143 if isinstance(stop, SIGTERMException) else 130
         raise interrupted from None
 

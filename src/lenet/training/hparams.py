@@ -17,9 +17,9 @@ from lenet.frame import keys
 HPARAM_METRICS = {"hp/val_acc": "val/acc", "hp/val_acc_best": "val/acc_best", "hp/test_acc": "test/acc"}
 
 
-def hparams_of(cfg, overrides: list[str] = ()) -> dict:
-    """The hparams every run has (lenet.frame.keys.hparams_of), and each key `overrides` (the job's command line) sets,
-    the same in every job of a sweep."""
+def logged_hparams(cfg, overrides: list[str] = ()) -> dict:
+    """What a run logs to HPARAMS: the hparams every run has (lenet.frame.keys.hparams_of), and each key `overrides`
+    (the job's command line) sets, the same in every job of a sweep."""
     hparams = keys.hparams_of(cfg)
     for key, value in map(_key_value, overrides):
         if key and keys.hparam_name(key) not in hparams:
@@ -37,9 +37,8 @@ def shown_hparams(overrides: list[str], swept: set[str]) -> set[str]:
 def _key_value(override: str) -> tuple[str | None, str]:
     """("optimizer.lr", "0.1") from "optimizer.lr=0.1" (or "+optimizer.lr=0.1"); None for a deletion or a key that
     says where or how the run goes, not what it trains (lenet.frame.keys: not a recipe key)."""
-    key, _, value = override.partition("=")
-    key = key.lstrip("+")
-    return (None if key.startswith("~") or not keys.role(key).recipe else key), value
+    key, value = keys.overridden(override), override.partition("=")[2]
+    return (None if override.startswith("~") or not keys.role(key).recipe else key), value
 
 
 def overrides_and_swept() -> tuple[list[str], set[str]]:

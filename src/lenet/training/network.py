@@ -2,6 +2,7 @@
 
 from torch import nn
 
+# One for each of the names lenet.frame.keys declares (model.activation, model.pooling take those).
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh}
 POOLINGS = {"max": nn.MaxPool2d, "avg": nn.AvgPool2d}
 
