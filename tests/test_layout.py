@@ -88,11 +88,6 @@ MAY_IMPORT = {
 }
 # Links up a floor, each for a reason.
 UPWARD = {
-    # A checkpoint is read as the Predictor every model file is, run by the forward a .pt2 shares.
-    ("training.checkpoints", "inference.trained_model"),
-    ("training.checkpoints", "inference.torch_forward"),
-    # ckpt_path (a file, a run dir, `last`) means the same file to lenet.train's resume as to eval, predict, export.
-    ("training.fit", "inference.trained_model"),
     # lenet.reproduce reruns `python -m lenet.train` in a child process, the command line a user would type.
     ("runs.replay", "train"),
 }

@@ -33,7 +33,8 @@ from lenet.frame.quoting import spreadsheet_cell
 from lenet.inference.input_files import InputError, Reader, image_paths, path_text, read_image
 from lenet.inference.model_files import load
 from lenet.inference.preparation import ImageError, open_image, resize
-from lenet.inference.trained_model import Predictor, model_file
+from lenet.inference.trained_model import Predictor
+from lenet.runs.rundir import model_file
 
 log = logging.getLogger(__name__)
 

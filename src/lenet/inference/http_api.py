@@ -56,7 +56,8 @@ from lenet.frame.errors import UserError
 from lenet.inference.model_files import load
 from lenet.inference.preparation import ImageError, ImageTooLarge, limit_png_text, prepare
 from lenet.inference.request_limits import HostAndOrigin, allowed_hosts, with_header_timeout
-from lenet.inference.trained_model import Predictor, model_file
+from lenet.inference.trained_model import Predictor
+from lenet.runs.rundir import model_file
 
 log = logging.getLogger(__name__)
 

@@ -32,5 +32,5 @@ def reader(suffix: str):
     elif suffix == ".pt2":
         import lenet.inference.pt2_reader as format_reader
     else:
-        import lenet.training.checkpoints as format_reader
+        import lenet.inference.checkpoint_reader as format_reader
     return format_reader.read

@@ -9,7 +9,8 @@ import numpy as np
 import onnxruntime as ort
 
 from lenet.frame.errors import ModelError
-from lenet.inference.trained_model import Predictor, from_metadata, from_properties, read_model_file
+from lenet.frame.model_bytes import read_model_file
+from lenet.inference.trained_model import Predictor, from_metadata, from_properties
 
 
 def read(path: Path, device: str = "auto") -> Predictor:

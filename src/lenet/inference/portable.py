@@ -22,8 +22,10 @@ from hydra.utils import get_method
 from omegaconf import DictConfig
 
 from lenet.frame.errors import ConfigError, DataError, UserError
+from lenet.inference.checkpoint_reader import predictor
 from lenet.inference.model_files import EXPORTED, load
-from lenet.inference.trained_model import METADATA_FILE, model_file, properties
+from lenet.inference.trained_model import METADATA_FILE, properties
+from lenet.runs.rundir import model_file
 from lenet.training.checkpoints import Checkpoint
 from lenet.training.datasets import raw_folder
 from lenet.training.idx import read_idx
@@ -46,7 +48,7 @@ def export(cfg: DictConfig) -> dict:
     if ckpt.suffix in EXPORTED:
         raise ConfigError(f"ckpt_path={ckpt} is already exported: give a checkpoint of lenet.train")
     saved = Checkpoint.open(ckpt)
-    checkpoint = saved.predictor(device="cpu")
+    checkpoint = predictor(saved, device="cpu")
     output.parent.mkdir(parents=True, exist_ok=True)
     try:
         WRITERS[fmt](checkpoint.model, checkpoint.metadata(), output)

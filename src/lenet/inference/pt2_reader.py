@@ -18,8 +18,9 @@ from pathlib import Path
 import torch
 
 from lenet.frame.errors import ModelError
+from lenet.frame.model_bytes import read_model_file
 from lenet.inference.torch_forward import device_of, forward_numpy
-from lenet.inference.trained_model import METADATA_FILE, Predictor, from_metadata, read_model_file
+from lenet.inference.trained_model import METADATA_FILE, Predictor, from_metadata
 
 MODEL = "model"  # the one program lenet.export saves
 MAX_BYTES = 256 * 2**20  # unpacked: LeNet's program is under a megabyte; a zip bomb is refused before it is read

@@ -12,17 +12,15 @@ from typing import Any
 import numpy as np
 
 from lenet.frame import keys
-from lenet.frame.errors import ConfigError, ModelError
+from lenet.frame.errors import ModelError
 from lenet.frame.mnist_family import normalize
 from lenet.inference.preparation import LAYOUTS, Layout, prepare
-from lenet.runs import rundir
 
 # What an exported file promises, written into its metadata.
 INPUT = "float32 N x 1 x 28 x 28: pixels 0..255, light on dark, normalized as (pixel - 255 * mean) / (255 * std)"
 OUTPUT = "logits"
 METADATA_FILE = "lenet.json"  # the metadata inside a .pt2 (torch.export.save's extra_files)
 NUMBERS_AND_LISTS = ("classes", "mean", "std")  # in ONNX metadata_props, which are strings, these are JSON
-MAX_MODEL_BYTES = 256 * 2**20  # a LeNet's file is under a megabyte
 
 
 @dataclass
@@ -69,13 +67,6 @@ class Predictor:
             "input": INPUT,
             "output": OUTPUT,
         }
-
-
-def read_model_file(path: Path) -> bytes:
-    """The whole file, read once: what is checked is what is loaded."""
-    if path.stat().st_size > MAX_MODEL_BYTES:
-        raise ModelError(f"{path} is larger than {MAX_MODEL_BYTES // 2**20} MB: not a LeNet of lenet")
-    return path.read_bytes()
 
 
 def from_metadata(path: Path, metadata: dict, model, forward) -> Predictor:
@@ -130,34 +121,3 @@ def _json(text: str):
         return json.loads(text)
     except ValueError:
         return text  # not what lenet.export writes: from_metadata refuses it, naming its key
-
-
-def model_file(ckpt_path: str | None, outputs_dir: Path, prefer: str = "best") -> Path | None:
-    """`ckpt_path` as a file: `last` means the newest last.ckpt of any run under `outputs_dir`; a run dir (or its
-    checkpoints/ folder) means its `prefer`red checkpoint, best.ckpt to use a model, last.ckpt to resume training,
-    else the other one."""
-    if not ckpt_path:
-        return None
-    if ckpt_path == "last":
-        runs = sorted(outputs_dir.glob("**/checkpoints/last.ckpt"), key=lambda path: path.stat().st_mtime)
-        if not runs:
-            raise ConfigError(f"ckpt_path=last: no run under {outputs_dir}/ has a last.ckpt; give a checkpoint path")
-        return runs[-1]
-    path = Path(ckpt_path)
-    if path.is_dir():
-        return _in_run_dir(path, prefer)
-    if not path.is_file():
-        raise ConfigError(f"ckpt_path={ckpt_path}: no such checkpoint file")
-    return path
-
-
-def _in_run_dir(folder: Path, prefer: str) -> Path:
-    names = [f"{prefer}.ckpt", *({rundir.BEST, rundir.LAST} - {f"{prefer}.ckpt"})]
-    places = (folder / rundir.CHECKPOINTS, folder)
-    found = next((place / name for name in names for place in places if (place / name).is_file()), None)
-    if found is None:
-        raise ConfigError(
-            f"ckpt_path={folder} is a folder without checkpoints/best.ckpt or checkpoints/last.ckpt: "
-            "give a run dir of lenet.train or a checkpoint file"
-        )
-    return found

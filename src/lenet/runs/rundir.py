@@ -1,4 +1,5 @@
-"""What a run dir holds, by name, and what an earlier attempt of a run left in it.
+"""What a run dir holds, by name, what an earlier attempt of a run left in it, and which of its checkpoints a
+ckpt_path means (`model_file`).
 
 A run dir is a run's identity: a sweep's job dirs keep their numbers when the sweep is continued
 (`hydra.sweep.dir=...`), and a Slurm job requeued (preempted, or at its time limit) starts again in the same one.
@@ -11,6 +12,7 @@ import shutil
 from pathlib import Path
 
 from lenet.frame import atomic
+from lenet.frame.errors import ConfigError
 
 METRICS = "metrics.json"  # a finished run's results (lenet.training.results writes it, lenet.report reads it)
 ERROR = "error.txt"  # a failed run's one-line error (lenet.cli writes it, lenet.report reads it)
@@ -79,3 +81,34 @@ def clear_failed_attempt(run_dir: Path) -> None:
     shutil.rmtree(run_dir / CHECKPOINTS, ignore_errors=True)
     for leftover in [run_dir / ERROR, *run_dir.glob("events.out.tfevents.*")]:
         leftover.unlink(missing_ok=True)
+
+
+def model_file(ckpt_path: str | None, outputs_dir: Path, prefer: str = "best") -> Path | None:
+    """`ckpt_path` as a file: `last` means the newest last.ckpt of any run under `outputs_dir`; a run dir (or its
+    checkpoints/ folder) means its `prefer`red checkpoint, best.ckpt to use a model, last.ckpt to resume training,
+    else the other one."""
+    if not ckpt_path:
+        return None
+    if ckpt_path == "last":
+        runs = sorted(outputs_dir.glob(f"**/{CHECKPOINTS}/{LAST}"), key=lambda path: path.stat().st_mtime)
+        if not runs:
+            raise ConfigError(f"ckpt_path=last: no run under {outputs_dir}/ has a last.ckpt; give a checkpoint path")
+        return runs[-1]
+    path = Path(ckpt_path)
+    if path.is_dir():
+        return _in_run_dir(path, prefer)
+    if not path.is_file():
+        raise ConfigError(f"ckpt_path={ckpt_path}: no such checkpoint file")
+    return path
+
+
+def _in_run_dir(folder: Path, prefer: str) -> Path:
+    names = [f"{prefer}.ckpt", *({BEST, LAST} - {f"{prefer}.ckpt"})]
+    places = (folder / CHECKPOINTS, folder)
+    found = next((place / name for name in names for place in places if (place / name).is_file()), None)
+    if found is None:
+        raise ConfigError(
+            f"ckpt_path={folder} is a folder without checkpoints/best.ckpt or checkpoints/last.ckpt: "
+            "give a run dir of lenet.train or a checkpoint file"
+        )
+    return found

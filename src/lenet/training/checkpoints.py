@@ -15,11 +15,9 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from lenet.frame import keys, quoting
 from lenet.frame.errors import ConfigError, ModelError
-from lenet.inference.torch_forward import device_of, forward_numpy
-from lenet.inference.trained_model import Predictor, read_model_file
+from lenet.frame.model_bytes import read_model_file
 from lenet.runs import rundir
 from lenet.training.datamodule import MNISTDataModule
-from lenet.training.datasets import class_names
 from lenet.training.module import LENET, RUN_LENGTH_ARGUMENT, LeNetModule
 from lenet.training.network import LeNet
 
@@ -92,16 +90,6 @@ class Checkpoint:
     def threads(self) -> int | None:
         """torch's thread count in the run that wrote it (a resume reuses it); None for older checkpoints."""
         return self.contents.get("threads")
-
-    def predictor(self, device: str = "auto") -> Predictor:
-        """The model as a Predictor (lenet.inference.trained_model), on `device`."""
-        torch_device = device_of(device)
-        net = self.module().net.eval().to(torch_device)
-        data = self.data_settings
-        return Predictor(
-            class_names(data["dataset"]), data["mean"], data["std"], data["dataset"], self.path, str(self.path),
-            net, forward_numpy(net, torch_device),
-        )  # fmt: skip
 
     def module(self) -> LeNetModule:
         """The LightningModule with its weights, built directly: load_from_checkpoint's hook would reset torch's
@@ -309,11 +297,6 @@ RECORDS = {
     "threads": keys.integer(1),
     "torch_rng_state": keys.Rule(_is_random_state, "torch's random state"),
 }
-
-
-def read(path: Path, device: str = "auto") -> Predictor:
-    """A checkpoint as a Predictor: lenet.inference.trained_model's reader for .ckpt files."""
-    return Checkpoint.open(path).predictor(device)
 
 
 class CheckpointContents(L.Callback):

@@ -26,7 +26,6 @@ from lenet.frame.full_disk import NoSpace, disk_of, full_disk_error, quiet_threa
 from lenet.frame.job import in_multirun, this_command
 from lenet.frame.quoting import terminal
 from lenet.frame.validate import spawned_ddp
-from lenet.inference.trained_model import model_file
 from lenet.runs import rundir
 from lenet.runs.multirun import continue_command
 from lenet.runs.watchdog import stop_when_sweep_ends
@@ -55,7 +54,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     rundir.remove_partial_writes(run_dir)  # an earlier attempt's, killed while it saved
     if rundir.finished(run_dir):  # an earlier attempt of this run finished it (a sweep continued)
         return kept(run_dir, plain)
-    resume = model_file(cfg.ckpt_path, Path(cfg.outputs_dir), prefer="last") or rundir.resume_or_restart(run_dir)
+    resume = rundir.model_file(cfg.ckpt_path, Path(cfg.outputs_dir), prefer="last") or rundir.resume_or_restart(run_dir)
     saved = Checkpoint.open(resume) if resume else None
     if saved:
         check_resume(saved, plain)
@@ -174,7 +173,7 @@ def evaluate(cfg: DictConfig) -> dict:
     """Test a checkpoint on its data set's test images; `cfg.data` (data.root, data.eval_batch_size) replaces what
     the checkpoint saved. Writes `metrics.json` in `cfg.run_dir`; returns the metrics."""
     quiet_lightning()
-    checkpoint = Checkpoint.open(model_file(cfg.ckpt_path, Path(cfg.outputs_dir)))
+    checkpoint = Checkpoint.open(rundir.model_file(cfg.ckpt_path, Path(cfg.outputs_dir)))
     module, datamodule = checkpoint.module(), checkpoint.datamodule(cfg.data)
     datamodule.prepare_data()
     datamodule.load()
