@@ -29,8 +29,8 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from lenet import CONFIG_DIR
 from lenet.frame import keys
+from lenet.frame.configs import CONFIG_DIR
 from lenet.frame.errors import SweepError, UserError
 from lenet.frame.full_disk import NoSpace, make_with_room
 from lenet.frame.job import EXTRAS, METRIC, in_multirun

@@ -23,8 +23,8 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Glob, IntervalSweep, OverrideType, QuotedString
 from hydra.errors import HydraException
 
-from lenet import CONFIG_DIR
 from lenet.frame import keys
+from lenet.frame.configs import CONFIG_DIR
 from lenet.frame.errors import UserError
 
 RECORD_LIMIT = 4 << 20  # a run's YAML and JSON records are kilobytes: a larger file is none of lenet's
