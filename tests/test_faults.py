@@ -93,27 +93,32 @@ def test_eval_without_its_required_checkpoint(tmp_path):
     ("file", "damage", "message"),
     [
         ("t10k-labels-idx1-ubyte.gz", Path.unlink, "lacks t10k-labels-idx1-ubyte (or .gz): put all four IDX files"),
-        (
+        pytest.param(
             "train-images-idx3-ubyte.gz",
             lambda p: p.write_bytes(gzip.compress(b"\0\0\0\0" + bytes(12))),
             "train-images-idx3-ubyte.gz: not an IDX images file (found 0x00000000, expected 0x00000803)",
+            marks=pytest.mark.slow,
         ),
-        (
+        pytest.param(
             "train-images-idx3-ubyte.gz",
             lambda p: p.write_bytes(gzip.compress(gzip.decompress(p.read_bytes())[:-784])),
             "train-images-idx3-ubyte.gz: 940032 bytes where its header (1200 images) needs 940816",
+            marks=pytest.mark.slow,
         ),
-        (
+        pytest.param(
             "train-labels-idx1-ubyte.gz",
             lambda p: p.write_bytes(p.read_bytes()[:-20]),
             "train-labels-idx1-ubyte.gz: damaged gzip file",
+            marks=pytest.mark.slow,
         ),
-        (
+        pytest.param(
             "t10k-labels-idx1-ubyte.gz",
             lambda p: p.write_bytes(gzip.compress(gzip.decompress(p.read_bytes())[:-10])),
             "t10k-labels-idx1-ubyte.gz: 398 bytes where its header (400 labels) needs 408",
+            marks=pytest.mark.slow,
         ),
     ],
+    # The first through the whole command; the others are test_data's in-process checks again, end to end: slow.
     ids=["missing-file", "wrong-magic", "truncated-images", "broken-gzip", "truncated-labels"],
 )
 def test_broken_data_files(file, damage, message, tmp_path):
