@@ -251,3 +251,11 @@ def test_a_predictor_gives_the_same_answers_from_either_file(onnx_file, glyph_ch
 
 def test_the_config_dir_is_the_checkouts_own():
     assert Path(CONFIG_DIR) == PACKAGE.parents[1] / "conf"
+
+
+def test_no_module_name_is_another_with_a_suffix():
+    """predict, prediction and predictor side by side made a reader open three files to find one: each module's name
+    says its own job, not its neighbour's with an ending added (a word added, trained_model beside train, is a name)."""
+    names = sorted({module.rsplit(".", 1)[-1] for module in GRAPH})
+    twins = [(a, b) for a in names for b in names if a != b and b.startswith(a) and "_" not in b[len(a) :]]
+    assert twins == []

@@ -33,7 +33,7 @@ from lenet.frame import keys
 from lenet.frame.configs import CONFIG_DIR
 from lenet.frame.errors import SweepError, UserError
 from lenet.frame.full_disk import NoSpace, make_with_room
-from lenet.frame.job import EXTRAS, METRIC, in_multirun
+from lenet.frame.hydra_job import EXTRAS, METRIC, in_multirun
 from lenet.frame.validate import validate
 from lenet.runs import rundir
 from lenet.runs.multirun import register_job_dirs

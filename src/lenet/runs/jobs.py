@@ -20,7 +20,7 @@ from google.protobuf.message import DecodeError
 from tensorboard.compat.proto.event_pb2 import Event
 
 from lenet.frame import keys
-from lenet.frame.job import command_line
+from lenet.frame.hydra_job import command_line
 from lenet.frame.safe_read import Unreadable, job_name, mapping, read_json, read_text, read_yaml, shown, trusted
 from lenet.runs import rundir
 

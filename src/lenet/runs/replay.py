@@ -40,7 +40,7 @@ from pathlib import Path
 
 from lenet.frame import keys
 from lenet.frame.errors import UserError
-from lenet.frame.job import command_line
+from lenet.frame.hydra_job import command_line
 from lenet.frame.quoting import terminal
 from lenet.frame.safe_read import mapping, read_json, trusted
 from lenet.runs import rundir

@@ -31,7 +31,7 @@ from matplotlib.ticker import MaxNLocator
 
 from lenet.frame import atomic, keys
 from lenet.frame.errors import UserError
-from lenet.frame.job import METRIC, command_line
+from lenet.frame.hydra_job import METRIC, command_line
 from lenet.frame.quoting import markdown_cell, spreadsheet_cell, terminal
 from lenet.frame.safe_read import trusted
 from lenet.runs.comparison import MOST_SEEDS, Difference, difference

@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from lenet.frame.console import quiet_lightning
 from lenet.frame.errors import ConfigError, UserError
 from lenet.frame.full_disk import NoSpace, disk_of, full_disk_error, quiet_threads
-from lenet.frame.job import in_multirun, this_command
+from lenet.frame.hydra_job import in_multirun, this_command
 from lenet.frame.quoting import terminal
 from lenet.frame.validate import spawned_ddp
 from lenet.runs import rundir

@@ -20,7 +20,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.loggers import MLFlowLogger, WandbLogger
 
 from lenet.frame.errors import UserError
-from lenet.frame.job import EXTRAS, in_multirun
+from lenet.frame.hydra_job import EXTRAS, in_multirun
 from lenet.runs import rundir
 
 TRACKERS = ("mlflow", "wandb")  # the logger options lenet fills in; each needs the package of its name (lenet[track])
