@@ -20,6 +20,7 @@ from conftest import VAL_SIZE, as_process, compose_config, finished, lenet_comma
 from lenet import CONFIG_DIR
 from lenet.frame.validate import validate
 from lenet.runs import sweep_report
+from lenet.runs.multirun import _other_overrides
 
 TESTS = Path(__file__).parent
 # One epoch on fixture data, one thread per process: two cores shared with other work collapse with more.
@@ -463,3 +464,15 @@ def test_an_optuna_search_kept_in_memory_cannot_be_continued(flat_root, tmp_path
     result = train(tmp_path, *overrides, f"hydra.sweep.dir={sweep}")
     assert result.returncode == 1
     assert result.stderr.strip().startswith(f"error: hydra.sweep.dir={sweep} holds an Optuna search that kept its")
+
+
+def test_a_sweep_dirs_record_is_compared_as_written_never_resolved(tmp_path, monkeypatch):
+    """multirun.yaml comes from whoever made the sweep dir: an interpolation in it is text, a damaged one a line."""
+    monkeypatch.setenv("LENET_TEST_SECRET", "hunter2")
+    record = tmp_path / "multirun.yaml"
+    record.write_text("hydra:\n  overrides:\n    task: [seed=1, 'data.root=${oc.env:LENET_TEST_SECRET}']\n")
+    config = OmegaConf.create({"hydra": {"overrides": {"task": ["seed=2"]}}})
+    refusal = _other_overrides(record, config)
+    assert "data.root=${oc.env:LENET_TEST_SECRET}" in refusal and "hunter2" not in refusal
+    record.write_text("hydra: [not, a, mapping]\n")
+    assert _other_overrides(record, config).startswith(f"hydra.sweep.dir={tmp_path}: multirun.yaml: hydra is ")

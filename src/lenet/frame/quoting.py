@@ -25,6 +25,13 @@ def markdown_cell(text: str) -> str:
     return MARKUP.sub(r"\\\1", " ".join(terminal(text).split()))
 
 
+def shown(value, most: int = 40) -> str:
+    """A value read from a file, for one line of a message: its repr (quoted, escapes visible), at most `most`
+    characters."""
+    text = repr(value)
+    return text if len(text) <= most else f"{text[: most - 3]}..."
+
+
 def terminal(text: str) -> str:
     """Text printed to a console as itself: control characters (ESC and the like) shown as escapes."""
     return CONTROLS.sub(lambda match: repr(match.group())[1:-1], text)

@@ -26,6 +26,7 @@ from hydra.errors import HydraException
 from lenet.frame import keys
 from lenet.frame.configs import CONFIG_DIR
 from lenet.frame.errors import UserError
+from lenet.frame.quoting import shown
 
 RECORD_LIMIT = 4 << 20  # a run's YAML and JSON records are kilobytes: a larger file is none of lenet's
 MOST_VALUES = 100_000  # a record holds hundreds; more is an alias bomb (aliases of aliases, a few lines of YAML)
@@ -100,12 +101,6 @@ def job_name(hydra: dict, name: str) -> str:
     if not isinstance(task, str) or not COMMAND.fullmatch(task):
         raise Unreadable(f"{name}: hydra.job.name is {shown(task)}, no lenet command")
     return task
-
-
-def shown(value) -> str:
-    """A value found where another kind was expected, short: its repr's start."""
-    text = repr(value)
-    return text if len(text) <= 40 else f"{text[:37]}..."
 
 
 def _count(value, most: int) -> int:

@@ -21,7 +21,8 @@ from tensorboard.compat.proto.event_pb2 import Event
 
 from lenet.frame import keys
 from lenet.frame.hydra_job import command_line
-from lenet.frame.safe_read import Unreadable, job_name, mapping, read_json, read_text, read_yaml, shown, trusted
+from lenet.frame.quoting import shown
+from lenet.frame.safe_read import Unreadable, job_name, mapping, read_json, read_text, read_yaml, trusted
 from lenet.runs import rundir
 
 SEED = "seed"  # the one key configurations are pooled over

@@ -60,9 +60,13 @@ class MultirunCheck(Callback):
 
 
 def _other_overrides(earlier: Path, config) -> str | None:
-    """Why this multirun cannot continue the sweep in its dir: it sweeps other overrides (the jobs would mix)."""
-    before, now = list(OmegaConf.load(earlier).hydra.overrides.task), list(config.hydra.overrides.task)
-    if sorted(before) == sorted(now):
+    """Why this multirun cannot continue the sweep in its dir: it sweeps other overrides (the jobs would mix), or the
+    dir's multirun.yaml is not a record lenet can compare with."""
+    try:
+        before = sweep_record(earlier.parent)[2]
+    except Unreadable as error:
+        return f"hydra.sweep.dir={earlier.parent}: {error}; give this sweep a new hydra.sweep.dir"
+    if sorted(before) == sorted(config.hydra.overrides.task):
         return None
     return (
         f"hydra.sweep.dir={earlier.parent} holds a sweep of other overrides ({' '.join(before) or 'none'}): continue "
@@ -81,19 +85,24 @@ def register_job_dirs() -> None:
     OmegaConf.register_new_resolver("lenet_job_dir", job_dir, replace=True)
 
 
-def continue_command(sweep_dir: Path, own: bool = False) -> str:
-    """The command that continues the sweep in `sweep_dir`: the same overrides, launcher included, and its dir.
-
-    Its multirun.yaml is read as data (lenet.frame.safe_read). Unless `own` (the sweep's own process says what it was
-    given),
-    a UserError names the first override that lenet would not run from a file (lenet.frame.safe_read.trusted): a command
-    printed is one a user may paste."""
+def sweep_record(sweep_dir: Path) -> tuple[dict, list[str], list[str]]:
+    """The sweep's multirun.yaml, read as data (lenet.frame.safe_read): its `hydra` node, and its Hydra and task
+    overrides as lists of strings; Unreadable when it is not such a record."""
     saved = mapping(read_yaml(sweep_dir / MULTIRUN, MULTIRUN), MULTIRUN).get("hydra")
     saved = mapping(saved, f"{MULTIRUN}: hydra")
     overrides = mapping(saved.get("overrides"), f"{MULTIRUN}: hydra.overrides")
     hydra, task = (overrides.get(name) or [] for name in ("hydra", "task"))
     if not all(isinstance(o, list) and all(isinstance(item, str) for item in o) for o in (hydra, task)):
         raise Unreadable(f"{MULTIRUN}: hydra.overrides is not lists of overrides")
+    return saved, hydra, task
+
+
+def continue_command(sweep_dir: Path, own: bool = False) -> str:
+    """The command that continues the sweep in `sweep_dir`: the same overrides, launcher included, and its dir.
+
+    Unless `own` (the sweep's own process says what it was given), a UserError names the first override that lenet
+    would not run from a file (lenet.frame.safe_read.trusted): a command printed is one a user may paste."""
+    saved, hydra, task = sweep_record(sweep_dir)
     hydra = [o for o in hydra if keys.overridden(o) not in ("hydra.sweep.dir", "hydra.mode")]
     if not own:
         trusted(task, sweep_dir / MULTIRUN, hydra)

@@ -181,12 +181,6 @@ def _damaged(path: Path, how: str) -> str:
     return f"{path} is damaged ({how}; a full disk or a kill while it was saved does that): {advice}"
 
 
-def _shown(value) -> str:
-    """A value read from a file, for one line of a message: quoted, escapes visible, at most about 60 characters."""
-    text = repr(value)
-    return text if len(text) <= 60 else f"{text[:57]}..."
-
-
 def _settings_refusal(group: str, settings, known: tuple[str, ...], needed: tuple[str, ...] = ()) -> str | None:
     """Why `settings` are not plain values of the keys `known`, each allowed by its rule in lenet.frame.keys."""
     if not isinstance(settings, dict):
@@ -199,11 +193,12 @@ def _settings_refusal(group: str, settings, known: tuple[str, ...], needed: tupl
             return f"holds {name}, which is not a setting of {BUILT[group]}"
         if key == "_target_":
             if value != LENET:
-                return f"holds {name}={_shown(value)}, which is not allowed: it must be {LENET}, lenet's own network"
+                shown = quoting.shown(value, 60)
+                return f"holds {name}={shown}, which is not allowed: it must be {LENET}, lenet's own network"
             continue
         rule = keys.KEYS[RULES.get(name, name)].rule
         if not isinstance(value, PLAIN) or not rule.test(value):
-            return f"holds {name}={_shown(value)}, which is not allowed: it must be {rule.text}"
+            return f"holds {name}={quoting.shown(value, 60)}, which is not allowed: it must be {rule.text}"
     return None
 
 
@@ -227,7 +222,8 @@ def _weights_refusal(state: dict, model: dict) -> str | None:
     if missing := [key for key in expected if key not in state]:
         return f"lacks the weight {missing[0]} of {built}: it is not a checkpoint of lenet.train"
     if extra := [key for key in state if key not in expected]:
-        return f"holds the weight {_shown(extra[0])}, which {built} has not: it is not a checkpoint of lenet.train"
+        shown = quoting.shown(extra[0], 60)
+        return f"holds the weight {shown}, which {built} has not: it is not a checkpoint of lenet.train"
     for key, weight in state.items():
         want = expected[key]
         kind = weight.is_floating_point() != want.is_floating_point()
@@ -269,7 +265,7 @@ def _records_refusal(contents: dict) -> str | None:
     records = {name: contents.get(name) for name in RECORDS} | {"data": _trained_on(contents)}
     for name, value in records.items():
         if (value is not None or name in Checkpoint.KEYS) and not RECORDS[name].test(value):
-            return f"holds {name}={_shown(value)}, which is not allowed: it must be {RECORDS[name].text}"
+            return f"holds {name}={quoting.shown(value, 60)}, which is not allowed: it must be {RECORDS[name].text}"
     return None
 
 
