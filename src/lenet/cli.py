@@ -9,6 +9,7 @@ UserError ends the command with one line.
 """
 
 import contextlib
+import copy
 import difflib
 import functools
 import importlib
@@ -29,16 +30,18 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from lenet.frame import keys
+from lenet.frame import atomic, keys
 from lenet.frame.configs import CONFIG_DIR
 from lenet.frame.errors import SweepError, UserError
 from lenet.frame.full_disk import NoSpace, make_with_room
 from lenet.frame.hydra_job import EXTRAS, METRIC, in_multirun
 from lenet.frame.validate import validate
-from lenet.runs import rundir
+from lenet.runs import holder, rundir
+from lenet.runs.holder import RunDirTaken
 from lenet.runs.multirun import register_job_dirs
 
 log = logging.getLogger(__name__)
+RECORD = ".hydra"  # Hydra's name for the folder of a run's record
 register_job_dirs()  # every job process loads this frame: a continued search's job dirs resolve there too
 
 
@@ -82,8 +85,13 @@ def command(name: str):
     task = COMMANDS[name]
 
     def run(cfg: DictConfig):
-        check(cfg, task.saved)
-        result = work(task.work, name)(cfg)
+        run_dir = Path(HydraConfig.get().runtime.output_dir)
+        with held(run_dir, name) as kept_as_it_is:
+            asked = copy.deepcopy(cfg)
+            check(cfg, task.saved)
+            if not kept_as_it_is:
+                record(run_dir, asked)
+            result = work(task.work, name)(cfg)
         return result.get(task.returns) if task.returns else result
 
     run.__module__ = f"lenet.{name}"  # Hydra names the job (train.log, hydra.job.name) after the task's module
@@ -110,6 +118,40 @@ def work(function: str, name: str):
         extra = EXTRAS.get(missing.split(".")[0])
         install = f"pip install 'lenet[{extra}]'" if extra else f"pip install {missing}"
         raise UserError(f"lenet.{name} needs {missing}: {install}") from None
+
+
+@contextlib.contextmanager
+def held(run_dir: Path, name: str):
+    """The run dir held by this process while its work runs (lenet.runs.holder): no other process writes there
+    meanwhile, and a dir that keeps a finished run's record is refused. Yields whether the dir keeps a finished
+    record as it is (a finished job of a continued sweep: lenet.training.fit keeps its results)."""
+    if not holder.is_rank_zero():  # the other ranks of a distributed run write under rank 0's hold
+        yield False
+        return
+    taken_over = holder.take(run_dir)
+    try:
+        if taken_over:
+            log.info("%s: %s", run_dir, taken_over)
+        finished = rundir.finished(run_dir)
+        if finished and not (name == "train" and in_multirun()):
+            raise RunDirTaken(
+                f"{run_dir} holds a finished run ({rundir.METRICS}), kept as it is: run lenet.{name} in a new run dir "
+                "(leave out hydra.run.dir)"
+            )
+        yield finished
+    finally:
+        holder.release(run_dir)
+
+
+def record(run_dir: Path, cfg: DictConfig) -> None:
+    """Hydra's record of the run (.hydra/: its config, Hydra's, the overrides), written once the run dir is this
+    process's and the config is checked: Hydra itself writes none (hydra.output_subdir: null), for it would write over
+    the record of a finished run, or of one another process is running, before any check."""
+    folder = run_dir / RECORD
+    folder.mkdir(exist_ok=True)
+    hydra_config = HydraConfig.instance().cfg
+    for name, node in (("config", cfg), ("hydra", hydra_config), ("overrides", hydra_config.hydra.overrides.task)):
+        atomic.write_text(folder / f"{name}.yaml", OmegaConf.to_yaml(node))
 
 
 def check(cfg: DictConfig, saved: str | None = None) -> None:
@@ -256,6 +298,11 @@ def report_user_errors(task):
             if os.environ.get("HYDRA_FULL_ERROR") == "1":
                 raise
             run_dir = Path(HydraConfig.get().runtime.output_dir)
+            if isinstance(error, RunDirTaken):  # the run dir is another's: its files, its log, stay as they are
+                if in_multirun():
+                    raise SweepError(f"error: {error}") from None
+                print(f"error: {error}", file=sys.stderr)
+                raise SystemExit(1) from None
             if error.exit_status == 1:  # a failure; above 1, an interruption: what it saved continues it
                 rundir.record_failure(run_dir, f"error: {error}")
             if in_multirun() and error.exit_status == 1:
@@ -282,7 +329,7 @@ def _remove_if_empty(run_dir: Path, outputs_dir: Path) -> None:
 
     Its parents under outputs_dir (the day's folder, eval/, predict/) go too when it was all they held.
     """
-    refusal_only = (".hydra", rundir.ERROR)
+    refusal_only = (RECORD, rundir.ERROR)
     if not run_dir.is_dir() or any(p.name not in refusal_only and p.suffix != ".log" for p in run_dir.iterdir()):
         return
     shutil.rmtree(run_dir, ignore_errors=True)

@@ -1,12 +1,15 @@
-"""lenet's Slurm launcher (`hydra/launcher=slurm`): hydra-submitit-launcher's, with two things more.
+"""lenet's Slurm launcher (`hydra/launcher=slurm`): hydra-submitit-launcher's, with what a sweep on a cluster needs.
 
-- A continued sweep (`hydra.sweep.dir=<its dir>`) queues only the jobs that have not finished (lenet.runs.rundir): a
-  sweep of a hundred jobs with three left queues three. (A finished job launched anyway would only keep its
-  results, as it does under the other launchers; here it would also wait in the queue.)
-- sbatch refusing the jobs is one line that says which setting to change, not submitit's traceback.
+- A continued sweep (`hydra.sweep.dir=<its dir>`) queues only the jobs that have not ended and are not still queued or
+  running: a sweep of a hundred jobs with three left queues three, and a job still running since the sweep's first
+  launcher died with its terminal is left alone, not duplicated. Which Slurm job runs each job of the sweep is kept in
+  the sweep dir (lenet.runs.queue), squeue says whether it still runs.
+- `hydra.launcher.wait=false` queues the jobs and returns: submit and leave. The last job to end writes the report.
+- A job out of requeues at its time limit, and sbatch refusing the jobs, are one line that says which setting to
+  change, not submitit's traceback.
 
 Hydra imports every plugin module, this one included, whenever any lenet command starts: submitit is imported
-inside `launch`, as the base class does.
+inside `launch` and `__call__`, as the base class does.
 """
 
 import contextlib
@@ -14,13 +17,34 @@ import io
 import logging
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
-from hydra.core.utils import JobReturn
+from hydra.core.config_store import ConfigStore
+from hydra.core.singleton import Singleton
+from hydra.core.utils import JobReturn, JobStatus, filter_overrides
+from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf, SlurmQueueConf
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher as SubmititSlurmLauncher
+from omegaconf import MISSING, OmegaConf
 
-from lenet.runs import rundir
+from lenet.frame.errors import SweepError
+from lenet.runs import holder, queue, rundir
+
+log = logging.getLogger(__name__)
+POLL_S = 10  # how often a waiting launcher asks squeue about jobs it left alone
+
+
+@dataclass
+class LenetSlurmConf(SlurmQueueConf):
+    """submitit's settings and lenet's `wait` (its default and meaning: conf/hydra/launcher/slurm.yaml)."""
+
+    _target_: str = "hydra_plugins.lenet_launcher.SlurmLauncher"
+    wait: bool = MISSING
+
+
+ConfigStore.instance().store(group="hydra/launcher", name="lenet_slurm", node=LenetSlurmConf, provider="lenet")
 
 # What sbatch says when it refuses a job, and the settings (hydra.launcher.*) that ask for it.
 REFUSALS = {
@@ -44,24 +68,152 @@ FLAGS = {
 
 
 class SlurmLauncher(SubmititSlurmLauncher):
-    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        from submitit.core.utils import FailedJobError
+    def __init__(self, wait: bool = True, **params) -> None:
+        super().__init__(**params)  # submitit's own settings: `wait` is lenet's, which submitit would not take
+        self.wait = wait
 
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         # Without accounting (no slurmdbd) submitit warns at every poll; squeue still tells it how jobs are.
         logging.getLogger("submitit").addFilter(lambda record: "Bypassing sacct error" not in record.getMessage())
         refuse_if_the_cluster_cannot_run(self.params)
         sweep_dir = Path(self.config.hydra.sweep.dir)
-        waiting = [(index, overrides) for index, overrides in enumerate(job_overrides, initial_job_idx)
-                   if not rundir.finished(sweep_dir / str(index))]  # fmt: skip
-        returns = []
+        numbers = range(initial_job_idx, initial_job_idx + len(job_overrides))
+        running = still_running(sweep_dir, numbers)
+        waiting = [(number, overrides) for number, overrides in zip(numbers, job_overrides, strict=True)
+                   if number not in running and not rundir.finished(sweep_dir / str(number))]  # fmt: skip
+        queued = {}
         for start, batch in _runs_of_consecutive_numbers(waiting):
-            try:
-                with contextlib.redirect_stderr(io.StringIO()):  # submitit prints sbatch's refusal: said below
-                    returns += super().launch(batch, initial_job_idx=start)
-            except FailedJobError as error:
-                print(f"error: {advice(str(error), self.params)}", file=sys.stderr)
-                raise SystemExit(1) from None  # as lenet's own refusals end: one line, no traceback from Hydra
+            queued |= dict(zip(range(start, start + len(batch)), self._submit(batch, start), strict=True))
+        queue.record_submitted(sweep_dir, {number: job.job_id for number, job in queued.items()})
+        if not self.wait:
+            say_detached(sweep_dir, queued, running)
+            return [_done() for _ in queued]
+        returns = [self._result(number, job) for number, job in queued.items()]
+        wait_for(running)
         return returns
+
+    def _submit(self, batch: list[Sequence[str]], start: int) -> list:
+        """Queue a batch of consecutive jobs as one array, as submitit's launcher does, without waiting for them."""
+        import submitit
+        from submitit.core.utils import FailedJobError
+
+        settings = {key: value for key, value in self.params.items() if key not in ("submitit_folder", "max_num_timeout")}
+        executor = submitit.AutoExecutor(cluster="slurm", folder=self.params["submitit_folder"],
+                                         slurm_max_num_timeout=self.params["max_num_timeout"])  # fmt: skip
+        base = set(OmegaConf.structured(BaseQueueConf).keys())  # submitit takes the others as slurm_<name>
+        executor.update_parameters(**{key if key in base else f"slurm_{key}": v for key, v in settings.items()})
+        for number, overrides in enumerate(batch, start):
+            log.info(f"\t#{number} : {' '.join(filter_overrides(overrides))}")
+        jobs = [(list(overrides), "hydra.sweep.dir", number, f"job_id_for_{number}", Singleton.get_state())
+                for number, overrides in enumerate(batch, start)]  # fmt: skip
+        try:
+            with contextlib.redirect_stderr(io.StringIO()):  # submitit prints sbatch's refusal: said below
+                return executor.map_array(self, *zip(*jobs, strict=True))
+        except FailedJobError as error:
+            print(f"error: {advice(str(error), self.params)}", file=sys.stderr)
+            raise SystemExit(1) from None  # as lenet's own refusals end: one line, no traceback from Hydra
+
+    def _result(self, number: int, job) -> JobReturn:
+        """The job's result; a job that ended without one (out of requeues at its time limit) as one line."""
+        from submitit.core.utils import UncompletedJobError
+
+        try:
+            return job.results()[0]
+        except UncompletedJobError as error:
+            return _failed(f"job {number} (Slurm job {job.job_id}) {_why_uncompleted(str(error), self.params)}")
+
+    def __call__(self, *args, **kwargs) -> JobReturn:
+        """A job, in its Slurm job: run, then, in a sweep left to run on its own, the report if this job ends it."""
+        from submitit.core.utils import UncompletedJobError
+
+        ended = super().__call__(*args, **kwargs)
+        if ended.status == JobStatus.FAILED and isinstance(ended._return_value, UncompletedJobError):
+            ended = _failed(f"job {args[2]} {_why_uncompleted(str(ended._return_value), self.params)}")
+            log.error("%s", ended._return_value)  # into the job's log: it ends here, not by submitit's traceback
+        if not self.wait:
+            from lenet.runs.sweep_report import sweep_report
+
+            sweep_dir = Path(self.config.hydra.sweep.dir)
+            if all_ended(sweep_dir):
+                sweep_report(sweep_dir)
+        return ended
+
+
+@dataclass(frozen=True)
+class Running:
+    """A job of the sweep still queued or running: its Slurm job, or (queued by another launcher) its run dir's
+    holder."""
+
+    slurm_job: str | None
+    run_dir: Path
+    what: str
+
+    def still(self) -> bool:
+        if self.slurm_job:
+            return self.slurm_job in (queue.alive([self.slurm_job]) or set())
+        held = holder.read(self.run_dir)
+        return held is not None and held.alive() is not False
+
+
+def still_running(sweep_dir: Path, numbers: range) -> dict[int, Running]:
+    """Which of the sweep's jobs `numbers` an earlier launch queued and Slurm still has queued or running, or whose run
+    dir a live process holds. A continuation leaves them alone."""
+    submitted = {number: job for number, job in queue.submitted(sweep_dir).items() if number in numbers}
+    states = queue.states(list(submitted.values())) or {}
+    running = {number: Running(job, sweep_dir / str(number), f"Slurm job {job}, {states[job].lower()}")
+               for number, job in submitted.items() if states.get(job) in queue.ALIVE}  # fmt: skip
+    for number in (n for n in numbers if n not in running):
+        held = holder.read(sweep_dir / str(number))
+        if held is not None and held.alive() is not False:
+            running[number] = Running(None, sweep_dir / str(number), f"held by {held}")
+    return running
+
+
+def all_ended(sweep_dir: Path) -> bool:
+    """Whether every job the sweep queued has ended: by its record (finished, failed), else by leaving Slurm's queue.
+    Each job writes its record before it asks: of two jobs that end together, the later one to ask sees both."""
+    submitted = queue.submitted(sweep_dir)
+    unrecorded = [job for n, job in submitted.items() if not rundir.finished(sweep_dir / str(n))
+                  and not rundir.failure(sweep_dir / str(n)) and job != queue.this_job()]  # fmt: skip
+    return not unrecorded or queue.alive(unrecorded) == set()
+
+
+def say_detached(sweep_dir: Path, queued: dict, running: dict[int, Running]) -> None:
+    ids = ", ".join(f"{number}: {job.job_id}" for number, job in queued.items()) or "none"
+    left = f"; {len(running)} still queued or running from before, left alone" if running else ""
+    print(f"Queued {len(queued)} job(s) of {sweep_dir} in Slurm (job: Slurm job) {ids}{left}.")
+    print(f"Progress: python -m lenet.report {sweep_dir}   (the last job to end writes the report there)")
+
+
+def wait_for(running: dict[int, Running]) -> None:
+    """Until the jobs left alone leave Slurm's queue, or the processes holding their dirs end."""
+    for number, job in running.items():
+        log.info("job %d is still running (%s): waited for, not queued again", number, job.what)
+    while running:
+        time.sleep(POLL_S)
+        running = {number: job for number, job in running.items() if job.still()}
+
+
+def _why_uncompleted(error: str, params: dict) -> str:
+    if "timed-out" in error or "TIMEOUT" in error:
+        return (f"ran out of time {params.get('max_num_timeout', 0) + 1} time(s): raise "
+                f"hydra.launcher.timeout_min={params.get('timeout_min')} or hydra.launcher.max_num_timeout="
+                f"{params.get('max_num_timeout')}, then continue the sweep (it resumes from its last.ckpt)")  # fmt: skip
+    return f"ended without a result ({error.strip().splitlines()[-1] if error.strip() else 'no reason given'})"
+
+
+def _done() -> JobReturn:
+    done = JobReturn()
+    done.status = JobStatus.COMPLETED
+    done.return_value = None
+    return done
+
+
+def _failed(message: str) -> JobReturn:
+    failed = JobReturn()
+    failed.status = JobStatus.FAILED
+    failed.return_value = SweepError(f"error: {message}")
+    return failed
 
 
 def _runs_of_consecutive_numbers(jobs: list[tuple[int, Sequence[str]]]):

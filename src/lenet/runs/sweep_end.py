@@ -22,6 +22,9 @@ class SweepReport(Callback):
     """
 
     def on_multirun_start(self, config, **kwargs) -> None:
+        self.detached = config.hydra.launcher.get("wait") is False  # the jobs run on; the last to end reports
+        if self.detached:
+            return
         # Imported here, when a multirun starts: Hydra makes its callbacks for every command, and the report's
         # matplotlib and TensorBoard reader would slow every single run. Not at exit: then no module can be imported.
         from lenet.runs import sweep_report
@@ -31,6 +34,8 @@ class SweepReport(Callback):
         atexit.register(self._report)
 
     def on_multirun_end(self, config, **kwargs) -> None:
+        if self.detached:
+            return
         atexit.unregister(self._report)
         failed = [job for job in self._report() if job.status == "failed"]
         # Sweepers that go on past failures (Optuna with max_failure_rate) must still exit non-zero. Hydra turns a
