@@ -122,12 +122,16 @@ def test_a_requeued_job_resumes_from_its_last_checkpoint_and_ends_as_if_never_st
     assert process.returncode == 0, stderr.decode()
     log = (job_dir / "train.log").read_text()
     assert f"Resuming {job_dir / 'checkpoints' / 'last.ckpt'} after epoch " in log
+    last = job_dir / "checkpoints" / "last.ckpt"
+    assert f"requeued by Slurm after epoch 1: it resumes from {last} by itself" in log, "not an error: Slurm resumes it"
+    assert "error: interrupted" not in log and "Continue the sweep" not in log
 
     alone = subprocess.run(lenet_command("train", *recipe, f"hydra.run.dir={tmp_path / 'alone'}"), cwd=tmp_path,
                            env=slurm, capture_output=True, text=True, timeout=300)  # fmt: skip
     assert alone.returncode == 0, alone.stderr
-    timings = ("wall_s", "train_images_per_s")
+    timings = ("wall_s", "train_images_per_s", "attempts")
     resumed, uninterrupted = (json.loads((d / "metrics.json").read_text()) for d in (job_dir, tmp_path / "alone"))
+    assert resumed["attempts"] == 2, "its timings cover both attempts"
     assert {k: v for k, v in resumed.items() if k not in timings} == {
         k: v for k, v in uninterrupted.items() if k not in timings
     }

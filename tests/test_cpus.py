@@ -136,3 +136,45 @@ def test_others_running_is_the_fewest_of_a_few_counts_less_this_process(monkeypa
 def test_others_running_is_none_where_the_kernel_does_not_say(monkeypatch, tmp_path):
     monkeypatch.setattr(cpus, "LOADAVG", tmp_path / "no-such-file")
     assert cpus.others_running() is None
+
+
+DDP_ACROSS_NODES = {"strategy": "ddp", "devices": 1, "num_nodes": 2}
+ONE_DEVICE = {"strategy": "auto", "devices": 1, "num_nodes": 1}
+
+
+@pytest.fixture
+def torch_threads():
+    """torch's count and lenet's hold on OMP_NUM_THREADS as they were (the machine fixture restores the variable)."""
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+    cpus.HELD.clear()
+
+
+def test_a_ddp_run_holds_omp_num_threads_at_its_count_until_the_next_run_chooses(machine, torch_threads):
+    """Lightning's DDP gives torch cpu_count // local processes threads unless OMP_NUM_THREADS is set: a DDP run
+    sets it to lenet's count; the next run of the process (a sequential multirun's next job) chooses for itself."""
+    machine(load=0.0)
+    assert str(cpus.set_threads(1, trainer=DDP_ACROSS_NODES)) == "1 thread (threads=1)"
+    assert os.environ["OMP_NUM_THREADS"] == "1"
+    assert str(cpus.set_threads(None, trainer=ONE_DEVICE)) == "2 threads (auto: 2 CPUs, load 0.0 lately, 0 now)"
+    assert "OMP_NUM_THREADS" not in os.environ
+
+
+def test_a_run_on_one_device_leaves_omp_num_threads_alone(machine, torch_threads):
+    machine(load=0.0, OMP_NUM_THREADS="2")
+    cpus.set_threads(1, trainer=ONE_DEVICE)
+    assert os.environ["OMP_NUM_THREADS"] == "2"
+
+
+@pytest.mark.parametrize(
+    ("slurm", "expected"),
+    [
+        ({}, "1 thread (auto: 2 CPUs, load 0.0 lately, 0 now, 2 processes)"),  # Lightning starts both ranks here
+        ({"SLURM_CPUS_PER_TASK": "2"}, "2 threads (auto: 2 CPUs, load 0.0 lately, 0 now)"),  # Slurm gave each its own
+    ],
+    ids=["lightning-starts-the-ranks", "slurm-starts-the-ranks"],
+)
+def test_the_automatic_choice_of_ddp_shares_the_cpus_between_the_local_ranks(machine, torch_threads, slurm, expected):
+    machine(load=0.0, **slurm)
+    assert str(cpus.set_threads(None, trainer={"strategy": "ddp", "devices": 2, "num_nodes": 1})) == expected

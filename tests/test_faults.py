@@ -6,6 +6,7 @@ docs/faults-and-resume.md "Bad input and faults" lists the same cases.
 
 import gzip
 import http.server
+import json
 import re
 import shlex
 import signal
@@ -13,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -202,3 +204,70 @@ def test_full_error_shows_the_traceback_when_asked(tmp_path, monkeypatch):
     monkeypatch.setenv("HYDRA_FULL_ERROR", "1")
     result = run(tmp_path, "optimizer.lr=-1")
     assert result.returncode != 0 and "Traceback" in result.stderr and "ConfigError" in result.stderr
+
+
+def logged_at(log: Path, text: str) -> float:
+    """When the first line of a run's log holding `text` was logged (Hydra's timestamps: local time, milliseconds)."""
+    line = next(line for line in log.read_text().splitlines() if text in line)
+    return datetime.strptime(line[1:24], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+
+
+@pytest.mark.slow  # ~15 s: a run interrupted, then resumed
+def test_a_resumed_runs_timings_cover_every_attempt(flat_root, tmp_path):
+    """wall_s covers the interrupted attempt (to its interruption, past its last save) and the resumed one; the end
+    line and metrics.json say how many attempts the run took."""
+    overrides = [f"data.root={flat_root}", *FIXTURE, "scheduler=none"]
+    first, second = tmp_path / "first", tmp_path / "second"
+    command = lenet_command("train", *overrides, "trainer.max_epochs=30", f"hydra.run.dir={first}")
+    training = subprocess.Popen(command, cwd=tmp_path, stderr=subprocess.PIPE, text=True)
+    last = first / "checkpoints" / "last.ckpt"
+    deadline = time.monotonic() + 120
+    while not last.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(2)  # time spent after a save counts too
+    interrupted_at = time.time()
+    training.send_signal(signal.SIGINT)
+    _, stderr = training.communicate(timeout=120)
+    assert training.returncode == 130, stderr
+    saved = int(re.search(r"(\d+) epoch\(s\) saved", stderr).group(1))
+
+    resumed = run(tmp_path, *overrides, f"trainer.max_epochs={saved + 1}", f"ckpt_path={last}",
+                  f"hydra.run.dir={second}")  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr
+    metrics = json.loads((second / "metrics.json").read_text())
+    # Lower bounds of each attempt's time: from its start line to its interruption, or to its last save.
+    first_s = interrupted_at - logged_at(first / "train.log", "Training on ")
+    second_s = (second / "checkpoints" / "last.ckpt").stat().st_mtime - logged_at(second / "train.log", "Training on ")
+    assert metrics["attempts"] == 2
+    assert metrics["wall_s"] >= first_s + second_s, (metrics["wall_s"], first_s, second_s)
+    assert f"({saved + 1} epochs in 2 attempts, {metrics['wall_s']:.1f} s, " in resumed.stdout
+
+
+@pytest.mark.parametrize(
+    ("timing", "refused"),
+    [
+        (None, False),  # a checkpoint from before the record: it loads, and counts as one attempt of unknown time
+        ({"attempts": 0, "wall_s": 1.0, "train_s": 1.0, "train_images": 10}, True),
+        ({"attempts": 1, "wall_s": float("nan"), "train_s": 1.0, "train_images": 10}, True),
+        ({"attempts": 1, "wall_s": 1.0, "train_s": 1.0, "train_images": "10"}, True),
+        ({"attempts": 1, "wall_s": 1.0, "train_s": 1.0}, True),
+    ],
+    ids=["missing", "no-attempt", "nan", "text", "incomplete"],
+)
+def test_a_checkpoints_timing_record_is_checked_before_a_resume_adds_to_it(timing, refused, glyph_checkpoint, tmp_path):
+    import torch
+
+    from lenet.frame.errors import ModelError
+    from lenet.training.checkpoints import Checkpoint
+
+    contents = torch.load(glyph_checkpoint, map_location="cpu", weights_only=True)
+    assert Checkpoint.open(glyph_checkpoint).timing["attempts"] == 1, "every checkpoint carries it"
+    contents.pop("timing")
+    if timing is not None:
+        contents["timing"] = timing
+    torch.save(contents, tmp_path / "last.ckpt")
+    if refused:
+        with pytest.raises(ModelError, match=r"last.ckpt holds timing=.*, which is not allowed: it must be what its"):
+            Checkpoint.open(tmp_path / "last.ckpt")
+    else:
+        assert Checkpoint.open(tmp_path / "last.ckpt").timing is None

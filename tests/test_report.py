@@ -530,3 +530,48 @@ def test_a_large_resolved_difference_needs_the_seeds_that_resolved_it():
     found = difference(worse, dict.fromkeys(worse, 0.95)).scaled(100)
     assert (round(found.low, 2), round(found.high, 2)) == (-3.17, -1.94) and found.resolved
     assert found.seeds_needed == 3
+
+
+BASIC = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+
+
+def sweep_record(sweep: Path, task: list[str], sweeper: dict, **config) -> None:
+    """A sweep dir's multirun.yaml, as lenet writes it: the whole config, unresolved."""
+    hydra = {"sweeper": sweeper, "overrides": {"task": task, "hydra": []}, "job": {"name": "train"}}
+    (sweep / "multirun.yaml").write_text(yaml.safe_dump({"hydra": hydra, **config}))
+
+
+def test_the_report_counts_the_jobs_a_sweep_has_not_started(tmp_path, capsys):
+    """Its jobs as Hydra expands the sweep's overrides and hydra.sweeper.params; those without a job dir not started."""
+    task = ["optimizer.lr=0.1,0.2", "data.root=${oc.env:HOME}"]  # text to the parser: never resolved
+    sweep_record(tmp_path, task, {"_target_": BASIC, "params": {"seed": "1,2,3"}})
+    fake_run(tmp_path / "0", "optimizer.lr=0.1", "seed=1", metrics=finals(0.9, 0.9))
+    fake_run(tmp_path / "1", "optimizer.lr=0.1", "seed=2")  # interrupted
+    sweep_report.main([str(tmp_path)])
+    md = capsys.readouterr().out
+    assert "6 jobs: 1 done, 0 failed, 1 unfinished, 4 not started." in md
+    assert "- 4 jobs not started: 2-5" in md
+
+
+@pytest.mark.parametrize(
+    ("n_trials", "counted"),
+    [(5, "5 jobs: 1 done, 0 failed, 0 unfinished, 4 not started."),
+     ("${hparams_search.n_trials}", "5 jobs: 1 done, 0 failed, 0 unfinished, 4 not started."),  # lenet's config
+     ("${oc.env:LENET_TEST_SECRET}", "1 job: 1 done, 0 failed, 0 unfinished.")],  # never resolved: not known
+)  # fmt: skip
+def test_the_report_of_an_optuna_search_counts_its_n_trials(n_trials, counted, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("LENET_TEST_SECRET", "7")
+    sweeper = {"_target_": "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper", "n_trials": n_trials}
+    sweep_record(tmp_path, ["hparams_search=optuna"], sweeper, hparams_search={"n_trials": 5})
+    fake_run(tmp_path / "0", "optimizer.lr=0.1", metrics=finals(0.9, 0.9))
+    sweep_report.main([str(tmp_path)])
+    assert counted in capsys.readouterr().out
+
+
+def test_a_resumed_jobs_epochs_say_how_many_attempts_it_took(tmp_path, capsys):
+    fake_run(tmp_path / "0", "optimizer.lr=0.1", metrics=finals(0.9, 0.9) | {"epochs": 5, "attempts": 2})
+    fake_run(tmp_path / "1", "optimizer.lr=0.2", metrics=finals(0.8, 0.8))
+    sweep_report.main([str(tmp_path)])
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith(("| 0 |", "| 1 |"))]
+    assert "| 5 in 2 attempts |" in rows[0] and "attempts" not in rows[1]
+    assert [row["attempts"] for row in read_csv(tmp_path / "report.csv")] == ["2", "1"]

@@ -339,7 +339,8 @@ def continued_sweep(flat_root, tmp_path_factory):
         command = [*CONTINUED, f"data.root={flat_root}", stops(cwd / "stopped"), f"hydra.sweep.dir={cwd / 'sweep'}"]
         first = train(cwd, *command)
         before = {"jobs": sorted(p.name for p in (cwd / "sweep").iterdir() if p.name.isdigit()),
-                  "0": (cwd / "sweep" / "0" / "metrics.json").stat().st_mtime_ns}  # fmt: skip
+                  "0": (cwd / "sweep" / "0" / "metrics.json").stat().st_mtime_ns,
+                  "report": (cwd / "sweep" / "report.md").read_text()}  # fmt: skip
         return {"first": finished(first), "second": finished(train(cwd, *command)), "before": before}
 
     cwd, made = made_once(tmp_path_factory, "continued-sweep", make)
@@ -355,6 +356,13 @@ def test_an_interrupted_sweep_says_how_to_continue_it(continued_sweep):
     assert before["jobs"] == ["0", "1", "2"], "the interrupt ended the sweep"
 
 
+def test_the_report_of_an_interrupted_sweep_counts_the_jobs_not_started(continued_sweep):
+    first, _, _, before = continued_sweep
+    counts = "4 jobs: 1 done, 1 failed, 1 unfinished, 1 not started."
+    assert counts in before["report"] and "- 1 job not started: 3" in before["report"]
+    assert counts in first.stdout + first.stderr, "the line said when the sweep ended"
+
+
 def test_a_continued_sweep_keeps_finished_jobs_reruns_failed_ones_and_resumes_the_interrupted(continued_sweep):
     _, second, sweep, before = continued_sweep
     assert second.returncode == 0, second.stderr
@@ -365,6 +373,7 @@ def test_a_continued_sweep_keeps_finished_jobs_reruns_failed_ones_and_resumes_th
     assert not (sweep / "1" / "error.txt").exists() and metrics(sweep / "1")["epochs"] == 3, "job 1 ran again"
     log = (sweep / "2" / "train.log").read_text()
     assert f"Resuming {sweep / '2' / 'checkpoints' / 'last.ckpt'} after epoch 1." in log
+    assert metrics(sweep / "2")["attempts"] == 2 and "(3 epochs in 2 attempts, " in log
     assert "4 jobs: 4 done, 0 failed, 0 unfinished." in (sweep / "report.md").read_text()
 
 
@@ -376,7 +385,7 @@ def test_a_resumed_job_ends_as_it_would_have_uninterrupted(continued_sweep, tmp_
                   "optimizer.lr=0.03", f"data.root={data}", f"hydra.run.dir={tmp_path / 'alone'}")  # fmt: skip
     assert alone.returncode == 0, alone.stderr
     uninterrupted = metrics(tmp_path / "alone")
-    timings = ("wall_s", "train_images_per_s")
+    timings = ("wall_s", "train_images_per_s", "attempts")
     assert {k: v for k, v in resumed.items() if k not in timings} == {
         k: v for k, v in uninterrupted.items() if k not in timings
     }
@@ -400,7 +409,7 @@ def test_a_run_stopped_between_its_last_epoch_and_its_test_is_tested_when_resume
     by_command = train(tmp_path, *printed[3:], f"hydra.run.dir={tmp_path / 'resumed'}")
     in_its_run_dir = train(tmp_path, *recipe, stop, f"hydra.run.dir={run_dir}")
     alone = train(tmp_path, *recipe, f"hydra.run.dir={tmp_path / 'alone'}")
-    timings = ("wall_s", "train_images_per_s")
+    timings = ("wall_s", "train_images_per_s", "attempts")
     uninterrupted = {k: v for k, v in metrics(tmp_path / "alone").items() if k not in timings}
     for resumed, folder in ((by_command, tmp_path / "resumed"), (in_its_run_dir, run_dir)):
         assert resumed.returncode == 0, resumed.stderr

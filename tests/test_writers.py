@@ -73,7 +73,8 @@ def test_a_refused_attempt_leaves_a_finished_run_dir_byte_identical(flat_root, t
 @pytest.mark.slow
 def test_a_second_process_is_refused_while_the_first_trains_and_takes_over_once_it_is_killed(flat_root, tmp_path):
     """Two terminals, one run dir: the second is refused naming the first (host, pid); once the first is killed
-    (SIGKILL: it could not give the dir back), the next attempt takes it over, says so, and resumes."""
+    (SIGKILL: it could not give the dir back), a resume with a typo is refused and changes nothing (no error.txt,
+    which would make the next attempt start over), and the next attempt takes the dir over, says so, and resumes."""
     run_dir, go = tmp_path / "run", tmp_path / "go"
     recipe = [f"data.root={flat_root}", *QUICK, "trainer.max_epochs=2", holds(go), f"hydra.run.dir={run_dir}"]
     first = subprocess.Popen(lenet_command("train", *recipe), cwd=tmp_path, env=environment(),
@@ -93,6 +94,13 @@ def test_a_second_process_is_refused_while_the_first_trains_and_takes_over_once_
     finally:
         first.kill()
         first.communicate()
+    record = {name: data for name, data in files(run_dir).items() if name not in ("train.log", "holder.json")}
+    for typo in ("optimizer.lr=-1", "model.dropout=0.3"):  # refused by the checks, then by the resume's own check
+        refused = run(tmp_path, "train", *recipe, typo)
+        assert refused.returncode == 1 and len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+        assert refused.stderr.strip() in (run_dir / "train.log").read_text(), "its line goes into the log"
+        after = {name: data for name, data in files(run_dir).items() if name != "train.log"}
+        assert after == record, "a refused resume keeps the record and checkpoints that resume the run"
     go.touch()
     resumed = run(tmp_path, "train", *recipe)
     assert resumed.returncode == 0, resumed.stderr
@@ -157,24 +165,39 @@ def test_a_sweep_continued_after_its_launcher_died_leaves_running_jobs_alone(slu
 
 
 @pytest.mark.slow
-def test_a_sweep_submitted_and_left_is_reported_by_its_last_job(slurm, flat_root, tmp_path):
-    """hydra.launcher.wait=false: the command queues the jobs, says their ids and how to follow them, and exits; the
-    last job to end writes the report."""
-    sweep_dir = tmp_path / "sweep"
+def test_a_sweep_submitted_and_left_shows_each_job_and_is_reported_by_its_last_job(slurm, flat_root, tmp_path):
+    """hydra.launcher.wait=false: the command queues the jobs, says their ids and how to follow them, and exits.
+    lenet.report shows each job queued, running (its epoch) or lost (cancelled); the last job to end writes the
+    report."""
+    sweep_dir, go = tmp_path / "sweep", tmp_path / "go"
     env = {**slurm, "PYTHONPATH": environment()["PYTHONPATH"]}
-    command = slurm_sweep(env, tmp_path, "optimizer.lr=0.05,0.02", "trainer.max_epochs=1", f"data.root={flat_root}",
+    command = slurm_sweep(env, tmp_path, "optimizer.lr=0.05,0.02,0.01", "trainer.max_epochs=2",
+                          f"data.root={flat_root}", holds(go),
                           "hydra.launcher.wait=false", f"hydra.sweep.dir={sweep_dir}")  # fmt: skip
     started = time.monotonic()
     submitted = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert submitted.returncode == 0, submitted.stderr
     assert time.monotonic() - started < 30, "it does not wait for the jobs"
     jobs = json.loads((sweep_dir / "slurm_jobs.json").read_text())
+    assert f"Queued job 0 as {jobs['0']}, job 1 as {jobs['1']}, job 2 as {jobs['2']} in Slurm." in submitted.stdout
     assert f"Progress: python -m lenet.report {sweep_dir}" in submitted.stdout
-    assert all(job in submitted.stdout for job in jobs.values())
-    assert not (sweep_dir / "report.md").exists()
-    report = wait_for(lambda: (sweep_dir / "report.md").is_file() and (sweep_dir / "report.md").read_text(), 300,
-                      "the report")  # fmt: skip
-    assert "2 jobs: 2 done, 0 failed, 0 unfinished." in report
+
+    # Two jobs fit on the node (a CPU each): they hold in their second epoch, the third waits for a CPU.
+    wait_for(lambda: all(_holder(sweep_dir / n).get("epoch") == 1 for n in ("0", "1")), 300, "two jobs in epoch 2")
+    status = run(tmp_path, "report", str(sweep_dir), env=env)
+    assert status.returncode == 0, status.stderr
+    assert "3 jobs: 0 done, 0 failed, 0 unfinished, 1 queued, 2 running." in status.stdout
+    assert "- job 0 running (epoch 1 of 2): no metrics.json yet" in status.stdout
+    assert "- job 2 queued: waiting in Slurm's queue" in status.stdout
+    assert "Continue the sweep" not in status.stdout, "nothing to continue while every job runs"
+
+    subprocess.run(["scancel", jobs["1"]], env=env, check=True)
+    wait_for(lambda: jobs["1"] not in cluster.squeue(), 60, "the cancelled job out of the queue")
+    go.touch()
+    wait_for(lambda: not cluster.squeue(*jobs.values()), 300, "every job ended")
+    report = (sweep_dir / "report.md").read_text()  # lenet.report above wrote one too: the last job's replaced it
+    assert "3 jobs: 2 done, 0 failed, 0 unfinished, 1 lost." in report
+    assert "- job 1 lost: Slurm no longer has it and it left no result: continuing the sweep runs it again" in report
 
 
 @pytest.mark.slow
@@ -197,3 +220,34 @@ def test_a_job_out_of_requeues_at_its_time_limit_is_one_line_naming_the_settings
     assert "hydra.launcher.timeout_min=5" in line and "hydra.launcher.max_num_timeout=0" in line
     assert (sweep_dir / "0" / "checkpoints" / "last.ckpt").is_file()
     assert not (sweep_dir / "0" / "error.txt").exists(), "not a failure: a continuation resumes it"
+
+
+def test_a_search_cannot_be_submitted_and_left(tmp_path):
+    """Optuna chooses each trial from the results before it: a search waits for its trials."""
+    refused = run(tmp_path, "train", "hparams_search=optuna", "hydra/launcher=slurm_cpu", "hydra.launcher.wait=false",
+                  f"hydra.sweep.dir={tmp_path / 'search'}")  # fmt: skip
+    assert refused.returncode == 1
+    assert refused.stderr.strip().splitlines() == [
+        "error: hydra.launcher.wait=false cannot run a search (hparams_search): each trial is chosen from the results "
+        "of those before, so the search waits for them; leave out hydra.launcher.wait=false"
+    ]
+    assert not (tmp_path / "search").exists()
+
+
+@pytest.mark.slow
+def test_a_cancelled_job_ends_the_waiting_sweep_with_one_line(slurm, flat_root, tmp_path):
+    """`scancel`: the job ends without a result. Without Slurm's accounting submitit cannot tell it from a job still
+    running and waited for ever; the sweep now says it in one line, and a continuation resumes the job."""
+    sweep_dir, go = tmp_path / "sweep", tmp_path / "go"
+    env = {**slurm, "PYTHONPATH": environment()["PYTHONPATH"]}
+    command = slurm_sweep(env, tmp_path, "seed=1", "trainer.max_epochs=2", f"data.root={flat_root}", holds(go),
+                          f"hydra.sweep.dir={sweep_dir}")  # fmt: skip
+    launcher = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)  # fmt: skip
+    wait_for(lambda: _holder(sweep_dir / "0").get("epoch") == 1, 300, "epoch 1")
+    job = json.loads((sweep_dir / "slurm_jobs.json").read_text())["0"]
+    subprocess.run(["scancel", job], env=env, check=True)
+    _, stderr = launcher.communicate(timeout=180)
+    assert launcher.returncode != 0 and "Traceback" not in stderr
+    assert f"error: job 0 (Slurm job {job}) ended without a result (cancelled); continue the sweep" in stderr
+    assert (sweep_dir / "0" / "checkpoints" / "last.ckpt").is_file()

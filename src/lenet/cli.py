@@ -32,7 +32,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from lenet.frame import atomic, keys
 from lenet.frame.configs import CONFIG_DIR
-from lenet.frame.errors import SweepError, UserError
+from lenet.frame.errors import ConfigError, DataError, ModelError, SweepError, UserError
 from lenet.frame.full_disk import NoSpace, make_with_room
 from lenet.frame.hydra_job import EXTRAS, METRIC, in_multirun
 from lenet.frame.validate import validate
@@ -86,12 +86,17 @@ def command(name: str):
 
     def run(cfg: DictConfig):
         run_dir = Path(HydraConfig.get().runtime.output_dir)
-        with held(run_dir, name) as kept_as_it_is:
-            asked = copy.deepcopy(cfg)
-            check(cfg, task.saved)
-            if not kept_as_it_is:
-                record(run_dir, asked)
-            result = work(task.work, name)(cfg)
+        with held(run_dir, name) as earlier:
+            if earlier == "none":
+                record(run_dir, cfg)  # as asked, checked or not: a sweep's report lists a refused job by it
+            try:
+                check(cfg, task.saved)
+                if earlier == "failed":
+                    record(run_dir, cfg)  # it starts again, from this config
+                result = work(task.work, name)(cfg)
+            except (ConfigError, DataError, ModelError) as refused:  # refused before it trains
+                refused.keeps_the_earlier_attempt = earlier == "interrupted"  # its checkpoints still resume it
+                raise
         return result.get(task.returns) if task.returns else result
 
     run.__module__ = f"lenet.{name}"  # Hydra names the job (train.log, hydra.job.name) after the task's module
@@ -123,22 +128,23 @@ def work(function: str, name: str):
 @contextlib.contextmanager
 def held(run_dir: Path, name: str):
     """The run dir held by this process while its work runs (lenet.runs.holder): no other process writes there
-    meanwhile, and a dir that keeps a finished run's record is refused. Yields whether the dir keeps a finished
-    record as it is (a finished job of a continued sweep: lenet.training.fit keeps its results)."""
+    meanwhile, and a dir that keeps a finished run's record is refused. Yields what an earlier attempt left there
+    (lenet.runs.rundir.earlier_attempt): a finished job of a continued sweep is kept as it is (lenet.training.fit),
+    an interrupted run's record stays as it is while it resumes."""
     if not holder.is_rank_zero():  # the other ranks of a distributed run write under rank 0's hold
-        yield False
+        yield "ranks"
         return
     taken_over = holder.take(run_dir)
     try:
         if taken_over:
             log.info("%s: %s", run_dir, taken_over)
-        finished = rundir.finished(run_dir)
-        if finished and not (name == "train" and in_multirun()):
+        earlier = rundir.earlier_attempt(run_dir, RECORD)
+        if earlier == "finished" and not (name == "train" and in_multirun()):
             raise RunDirTaken(
                 f"{run_dir} holds a finished run ({rundir.METRICS}), kept as it is: run lenet.{name} in a new run dir "
                 "(leave out hydra.run.dir)"
             )
-        yield finished
+        yield earlier
     finally:
         holder.release(run_dir)
 
@@ -303,7 +309,8 @@ def report_user_errors(task):
                     raise SweepError(f"error: {error}") from None
                 print(f"error: {error}", file=sys.stderr)
                 raise SystemExit(1) from None
-            if error.exit_status == 1:  # a failure; above 1, an interruption: what it saved continues it
+            # A failure; above 1, an interruption, and a refused resume: what was saved continues the run.
+            if error.exit_status == 1 and not getattr(error, "keeps_the_earlier_attempt", False):
                 rundir.record_failure(run_dir, f"error: {error}")
             if in_multirun() and error.exit_status == 1:
                 log.error("error: %s", error)  # into the job's log

@@ -34,6 +34,8 @@ from lenet.runs import holder, queue, rundir
 
 log = logging.getLogger(__name__)
 POLL_S = 10  # how often a waiting launcher asks squeue about jobs it left alone
+RESULT_GRACE_S = 30  # a job out of the queue has written its result by then, if it has one
+SHOWN = 8  # the jobs a sweep left to run names with their Slurm ids; lenet.report lists them all
 
 
 @dataclass
@@ -114,9 +116,12 @@ class SlurmLauncher(SubmititSlurmLauncher):
             raise SystemExit(1) from None  # as lenet's own refusals end: one line, no traceback from Hydra
 
     def _result(self, number: int, job) -> JobReturn:
-        """The job's result; a job that ended without one (out of requeues at its time limit) as one line."""
+        """The job's result; a job that ended without one (cancelled, out of requeues at its time limit) as one
+        line."""
         from submitit.core.utils import UncompletedJobError
 
+        if ended := _ended_without_result(job):
+            return _failed(f"job {number} (Slurm job {job.job_id}) {ended}: see {job.paths.stderr}")
         try:
             return job.results()[0]
         except UncompletedJobError as error:
@@ -179,9 +184,10 @@ def all_ended(sweep_dir: Path) -> bool:
 
 
 def say_detached(sweep_dir: Path, queued: dict, running: dict[int, Running]) -> None:
-    ids = ", ".join(f"{number}: {job.job_id}" for number, job in queued.items()) or "none"
-    left = f"; {len(running)} still queued or running from before, left alone" if running else ""
-    print(f"Queued {len(queued)} job(s) of {sweep_dir} in Slurm (job: Slurm job) {ids}{left}.")
+    named = [f"job {number} as {job.job_id}" for number, job in queued.items()]
+    shown = ", ".join(named[:SHOWN]) + (f", ... ({len(named)} in all)" if len(named) > SHOWN else "")
+    left = f"; {len(running)} job(s) still queued or running from before, left alone" if running else ""
+    print(f"Queued {shown or 'no job'} in Slurm{left}.")
     print(f"Progress: python -m lenet.report {sweep_dir}   (the last job to end writes the report there)")
 
 
@@ -192,6 +198,24 @@ def wait_for(running: dict[int, Running]) -> None:
     while running:
         time.sleep(POLL_S)
         running = {number: job for number, job in running.items() if job.still()}
+
+
+def _ended_without_result(job) -> str | None:
+    """Wait until the job has its result, or Slurm no longer has it queued or running and no result came within
+    RESULT_GRACE_S: then, how it ended. (Without Slurm's accounting submitit cannot tell a job that ended without a
+    result, as a cancelled one does, from one still running, and would wait for ever.)"""
+    gone_since = None
+    while not job.paths.result_pickle.exists():
+        alive = queue.alive([job.job_id])
+        if alive is None or job.job_id in alive:
+            gone_since = None
+        elif gone_since is None:
+            gone_since = time.monotonic()
+        elif time.monotonic() - gone_since > RESULT_GRACE_S:
+            state = (queue.states([job.job_id]) or {}).get(job.job_id, "no longer known to Slurm")
+            return f"ended without a result ({state.lower()}); continue the sweep to run it again"
+        time.sleep(1)
+    return None
 
 
 def _why_uncompleted(error: str, params: dict) -> str:

@@ -327,6 +327,10 @@ HYDRA_KEYS: dict[str, Rule] = {
     "hydra.launcher.cpus_per_task": integer(1),
     "hydra.launcher.gpus_per_node": integer(0),
     "hydra.launcher.mem_gb": POSITIVE,
+    "hydra.launcher.array_parallelism": integer(1),
+    "hydra.launcher.signal_delay_s": integer(0),
+    "hydra.launcher.max_num_timeout": integer(0),
+    "hydra.launcher.wait": BOOLEAN,
     "hydra.sweeper.n_jobs": integer(1),
     "hydra.sweeper.n_trials": integer(1),
 }

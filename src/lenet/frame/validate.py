@@ -84,3 +84,34 @@ def spawned_ddp(trainer) -> str | None:
             "the whole sweep. Sweep with one device per job, or run DDP as a single run or via hydra/launcher=slurm"
         )
     return None
+
+
+# Strategies that start their own processes (Python's multiprocessing) rather than take one per Slurm task.
+SELF_STARTING = ("spawn", "fork", "notebook")
+
+
+def slurm_layout_mismatch(launcher, trainer) -> str | None:
+    """Why a Slurm sweep's jobs would fail once started, or None: Slurm starts tasks_per_node processes on each of
+    `nodes` nodes, and Lightning takes its ranks from them only when trainer.num_nodes and trainer.devices say the
+    same (else its ValueError, in the job's log only, after the job waited in the queue)."""
+    nodes, num_nodes = launcher.get("nodes"), trainer.get("num_nodes", 1)
+    if _count(nodes) and _count(num_nodes) and nodes != num_nodes:
+        return (
+            f"hydra.launcher.nodes={nodes} but trainer.num_nodes={num_nodes}: Lightning would refuse each job once "
+            "it started; set both to the number of nodes a job spans"
+        )
+    tasks, devices = launcher.get("tasks_per_node"), trainer.get("devices")
+    strategy = trainer.get("strategy")
+    name = str(strategy.get("_target_") if isinstance(strategy, DictConfig) else strategy).lower()
+    one_per_device = not any(word in name for word in SELF_STARTING)
+    if _count(tasks) and _count(devices) and tasks != devices and one_per_device:
+        return (
+            f"hydra.launcher.tasks_per_node={tasks} but trainer.devices={devices}: Slurm starts one process per task "
+            "and Lightning runs one per device; set both to the processes per node"
+        )
+    return None
+
+
+def _count(value) -> bool:
+    """A plain positive number (not "auto", -1 or a list of devices, which only Lightning counts)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0

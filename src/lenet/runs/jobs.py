@@ -11,12 +11,16 @@ not stop a report.
 import csv
 import json
 import os
+import re
 import stat
 import struct
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from google.protobuf.message import DecodeError
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
 from tensorboard.compat.proto.event_pb2 import Event
 
 from lenet.frame import keys
@@ -24,6 +28,7 @@ from lenet.frame.hydra_job import command_line
 from lenet.frame.quoting import shown
 from lenet.frame.safe_read import Unreadable, job_name, mapping, read_json, read_text, read_yaml, trusted
 from lenet.runs import rundir
+from lenet.runs.multirun import MULTIRUN, sweep_record
 
 SEED = "seed"  # the one key configurations are pooled over
 CURVE = "val/acc"  # logged once per epoch
@@ -44,14 +49,31 @@ class Job:
     path: Path = Path()
     setting: dict[str, str] = field(default_factory=dict)  # what tells it apart: its overrides, or its recipe
     damaged: bool = False  # its record cannot be read: `error` names the file and why
+    live: str = ""  # of a sweep's job without a result: queued, running (epoch N of M), lost (lenet.runs.liveness)
 
     @property
     def status(self) -> str:
+        """done, failed, unreadable; without a result, queued, running or lost (lenet.runs.liveness), else
+        unfinished (stopped: a continuation resumes it)."""
         if self.damaged:
             return "unreadable"
         if self.metrics:
             return "done"
-        return "failed" if self.error else "unfinished"
+        if self.error:
+            return "failed"
+        return self.live.split(" (")[0] if self.live else "unfinished"
+
+    @property
+    def state(self) -> str:
+        """The status, with a running job's epoch."""
+        return self.live if self.status == self.live.split(" (")[0] else self.status
+
+    @property
+    def attempts(self) -> int:
+        """How many attempts its run took (metrics.json says when it took more than one: resumed after an interruption,
+        a requeue); its timings cover them all."""
+        attempts = self.metrics.get(rundir.ATTEMPTS, 1)
+        return attempts if isinstance(attempts, int) and not isinstance(attempts, bool) and attempts > 1 else 1
 
     @property
     def params(self) -> dict[str, str]:
@@ -168,6 +190,45 @@ def read_runs(folders: list[Path], by_folder: bool = False) -> tuple[str, list[J
     if by_folder and len(folders) > 1:
         jobs = [replace(job, setting={"folder": str(given[job.path])} | job.setting) for job in jobs]
     return title, jobs
+
+
+def planned_jobs(sweep_dir: Path) -> int | None:
+    """How many jobs the sweep in `sweep_dir` runs, from its multirun.yaml read as data: its overrides (and
+    hydra.sweeper.params) expanded as Hydra's basic sweeper does, or an Optuna search's n_trials. None when the record
+    does not say: none there, another sweeper, or sweeps Hydra's parser cannot expand without the configs (glob())."""
+    try:
+        saved, _, task = sweep_record(sweep_dir)
+        sweeper = mapping(saved.get("sweeper") or {}, f"{MULTIRUN}: hydra.sweeper")
+    except Unreadable:
+        return None
+    target = str(sweeper.get("_target_", ""))
+    if target.endswith("BasicSweeper"):
+        params = sweeper.get("params") or {}
+        arguments = [f"{key}={value}" for key, value in params.items()] if isinstance(params, dict) else []
+        try:
+            overrides = OverridesParser.create().parse_overrides([*arguments, *task])
+            return sum(len(batch) for batch in BasicSweeper.split_arguments(overrides, None))
+        except HydraException:  # a glob() sweep needs the configs; a continuous range is no basic sweep
+            return None
+    if "optuna" in target.lower():
+        try:
+            trials = _literal(sweeper.get("n_trials"), sweep_dir)
+        except Unreadable:
+            return None
+        return trials if isinstance(trials, int) and not isinstance(trials, bool) and trials > 0 else None
+    return None
+
+
+def _literal(value, sweep_dir: Path):
+    """`value`, or where it is a reference to another key of the record (`${hparams_search.n_trials}`, as lenet's
+    Optuna config writes it), that key's value as written: looked up as data, never resolved (no resolver runs)."""
+    reference = re.fullmatch(r"\$\{([\w.]+)\}", value) if isinstance(value, str) else None
+    if not reference:
+        return value
+    found = read_yaml(sweep_dir / MULTIRUN, MULTIRUN)
+    for key in reference.group(1).split("."):
+        found = found.get(key) if isinstance(found, dict) else None
+    return found
 
 
 def _job_order(job_dir: Path):

@@ -22,7 +22,7 @@ from lenet.frame import atomic, keys
 from lenet.frame.console import quiet_lightning
 from lenet.frame.full_disk import NoSpace, make_with_room
 from lenet.frame.safe_read import Unreadable, job_name, mapping, read_yaml, trusted
-from lenet.frame.validate import spawned_ddp
+from lenet.frame.validate import slurm_layout_mismatch, spawned_ddp
 from lenet.runs.watchdog import name_sweep_process
 
 MULTIRUN = "multirun.yaml"  # Hydra's record of a sweep, in its sweep dir
@@ -45,8 +45,15 @@ class MultirunCheck(Callback):
                 "ckpt_path=last cannot run in a multirun: each job would resume the newest last.ckpt, which an "
                 "earlier job of this sweep has just written; give a checkpoint path, or resume single runs"
             )
+        elif config.hydra.launcher.get("wait") is False and "optuna" in config.hydra.sweeper._target_:
+            error = (
+                "hydra.launcher.wait=false cannot run a search (hparams_search): each trial is chosen from the "
+                "results of those before, so the search waits for them; leave out hydra.launcher.wait=false"
+            )
         elif "trainer" in config and "SlurmLauncher" not in config.hydra.launcher._target_:
             error = spawned_ddp(_process_layout(config.trainer))
+        elif "trainer" in config:
+            error = slurm_layout_mismatch(config.hydra.launcher, config.trainer)
         if error:
             print(f"error: {error}", file=sys.stderr)
             raise SystemExit(1)
@@ -66,7 +73,8 @@ def _other_overrides(earlier: Path, config) -> str | None:
         before = sweep_record(earlier.parent)[2]
     except Unreadable as error:
         return f"hydra.sweep.dir={earlier.parent}: {error}; give this sweep a new hydra.sweep.dir"
-    if sorted(before) == sorted(config.hydra.overrides.task):
+    # As written: an override may hold an interpolation (`${hydra:job.num}`) that only a job can resolve.
+    if sorted(before) == sorted(OmegaConf.to_container(config.hydra.overrides.task, resolve=False)):
         return None
     return (
         f"hydra.sweep.dir={earlier.parent} holds a sweep of other overrides ({' '.join(before) or 'none'}): continue "

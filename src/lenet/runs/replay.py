@@ -48,7 +48,8 @@ from lenet.runs.jobs import CONFIG, OVERRIDES, Job, read_job
 from lenet.runs.multirun import MULTIRUN
 
 IDENTICAL, DIFFERENT, NOT_COMPARED = 0, 1, 2
-TIMINGS = ("wall_s", "train_images_per_s")  # differ from run to run: never compared
+TIMINGS = ("wall_s", "train_images_per_s")  # differ from run to run: never compared (nor rundir.ATTEMPTS: a rerun
+# is one attempt, whatever the original's)
 SEARCH = "a search's own setting: the rerun is this job alone"
 NOT_ENVIRONMENT = ("command", "threads_chosen")  # env.json keys that say how, not what it ran on
 CAUSES = {  # an environment difference, as a likely cause of different metrics
@@ -155,7 +156,7 @@ def rerun(overrides: list[str]) -> int:
 def metric_differences(original: dict, rerun: dict) -> list[tuple[str, str, str, str]]:
     """(metric, original, rerun, difference) of each metric that differs; the timings and the data's path left out."""
     before, after = keys.flatten(original), keys.flatten(rerun)
-    names = [name for name in {**before, **after} if name not in {*TIMINGS, "data.root"}]
+    names = [name for name in {**before, **after} if name not in {*TIMINGS, rundir.ATTEMPTS, "data.root"}]
     return [_row(name, before.get(name), after.get(name)) for name in names if before.get(name) != after.get(name)]
 
 
@@ -215,7 +216,7 @@ def compare(original: Job, again: Job, given: list[str]) -> int:
     before = environment(original.path)
     env = environment_differences(before, environment(again.path))
     config = config_differences(original, again, given)
-    compared = len(set(keys.flatten(original.metrics)) - {*TIMINGS, "data.root"})
+    compared = len(set(keys.flatten(original.metrics)) - {*TIMINGS, rundir.ATTEMPTS, "data.root"})
     if metrics:
         say(f"Metrics: {len(metrics)} of {compared} {_differ(metrics)}")
         say(table(metrics, ("metric", "original", "rerun", "difference")))

@@ -16,6 +16,7 @@ from lenet.frame.errors import ConfigError
 
 METRICS = "metrics.json"  # a finished run's results (lenet.training.results writes it, lenet.report reads it)
 ERROR = "error.txt"  # a failed run's one-line error (lenet.cli writes it, lenet.report reads it)
+ATTEMPTS = "attempts"  # in metrics.json: how many attempts a resumed run took (written when more than one)
 ENVIRONMENT = "env.json"  # what it ran on (lenet.training.environment)
 CHECKPOINTS = "checkpoints"
 LAST = "last.ckpt"  # saved after every epoch: what a resume starts from
@@ -41,6 +42,14 @@ def failure(run_dir: Path) -> str:
     """Why the run failed, or "" (it has not failed)."""
     path = run_dir / ERROR
     return path.read_text().strip() if path.is_file() else ""
+
+
+def earlier_attempt(run_dir: Path, record: str) -> str:
+    """What an earlier attempt of a run left in `run_dir`: "none" (no `record` folder of Hydra's), "finished",
+    "failed" (it starts again) or "interrupted" (it resumes)."""
+    if not (run_dir / record).is_dir():
+        return "none"
+    return "finished" if finished(run_dir) else "failed" if failure(run_dir) else "interrupted"
 
 
 def finished(run_dir: Path) -> bool:

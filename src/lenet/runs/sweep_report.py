@@ -34,11 +34,19 @@ from lenet.frame.errors import UserError
 from lenet.frame.hydra_job import METRIC, command_line
 from lenet.frame.quoting import markdown_cell, spreadsheet_cell, terminal
 from lenet.frame.safe_read import trusted
+from lenet.runs import liveness
 from lenet.runs.comparison import MOST_SEEDS, Difference, difference
-from lenet.runs.jobs import CURVE, SEED, Job, curve, read_runs
+from lenet.runs.jobs import CURVE, SEED, Job, curve, planned_jobs, read_runs
 from lenet.runs.multirun import MULTIRUN, continue_command
 
 log = logging.getLogger(__name__)
+# What a job without a result is waiting for, in report.md's "Not finished" list.
+WHY = {
+    "unfinished": "no metrics.json",
+    liveness.QUEUED: "waiting in Slurm's queue",
+    liveness.RUNNING: "no metrics.json yet",
+    liveness.LOST: "Slurm no longer has it and it left no result: continuing the sweep runs it again",
+}
 
 COLUMNS = {  # metrics.json key -> how the markdown shows it
     METRIC: "{:.4f}",
@@ -148,9 +156,10 @@ def _or(value, default):
 def rows(jobs: list[Job]) -> list[dict]:
     params = swept(jobs)
     return [
-        {"job": job.name, "status": job.status}
+        {"job": job.name, "status": job.state}
         | {key: job.setting.get(key, "") for key in params}
         | {name: job.metrics.get(name, "") for name in COLUMNS}
+        | {"attempts": job.attempts if job.metrics else ""}
         | {"error": job.error, "overrides": " ".join(job.overrides)}
         for job in jobs
     ]
@@ -206,9 +215,12 @@ def _csv_cell(value):
     return spreadsheet_cell(value) if isinstance(value, str) and not NUMBER.fullmatch(value) else value
 
 
-def markdown(title: str, jobs: list[Job], configs: list[Configuration], continued_by=None) -> str:
-    """report.md. `continued_by`: for a sweep, what returns the command that continues it (a UserError: why not)."""
-    lines = [f"# {title}", "", _counts(jobs), ""]  # the folders as the user named them
+def markdown(
+    title: str, jobs: list[Job], configs: list[Configuration], continued_by=None, planned: int | None = None
+) -> str:
+    """report.md. `continued_by`: for a sweep, what returns the command that continues it (a UserError: why not);
+    `planned`: how many jobs the sweep runs, when its record says (lenet.runs.jobs.planned_jobs)."""
+    lines = [f"# {title}", "", _counts(jobs, planned), ""]  # the folders as the user named them
     pooled = any(len(config.done) > 1 for config in configs)
     if pooled:
         lines += ["## Pooled over seeds", "", *_pooled_table(configs), ""]
@@ -226,10 +238,15 @@ def markdown(title: str, jobs: list[Job], configs: list[Configuration], continue
         if confidence := _confidence(configs):  # after the best job's command: what one seed cannot tell
             lines += ["", *confidence[:-1]]  # its closing blank line: the end, or the next section's own
     problems = [job for job in jobs if job.status != "done"]
-    if problems:
+    waiting = not_started(jobs, planned)
+    if problems or waiting:
         lines += ["", "Not finished:", ""]
-        lines += [f"- job {_md(job.name)} {job.status}: {_md(job.error or 'no metrics.json')}" for job in problems]
-        if continued_by:  # a sweep: its finished jobs are kept, the interrupted resume, the failed run again
+        lines += [f"- job {_md(job.name)} {job.state}: {_md(job.error or WHY.get(job.status, ''))}" for job in problems]
+        if waiting:
+            lines.append(f"- {_counted(len(waiting), 'job')} not started: {_md(_spans(waiting))}")
+        stopped = [job for job in problems if job.status not in (liveness.QUEUED, liveness.RUNNING)]
+        if continued_by and (stopped or waiting):  # its finished jobs are kept, the interrupted resume, the failed
+            # run again; those still queued or running are left alone
             lines += ["", *_command("Continue the sweep", continued_by)]
     return terminal("\n".join(lines) + "\n")  # control characters shown as escapes, in the commands too
 
@@ -304,8 +321,10 @@ def _jobs_table(jobs: list[Job]) -> list[str]:
     lines = [_row(["job", "status", *map(_md, params), *COLUMNS]), "|" + "---|" * (2 + len(params) + len(COLUMNS))]
     for job in jobs:
         values = [_cell(job.metrics.get(name), spec) for name, spec in COLUMNS.items()]
+        if job.attempts > 1:  # its wall_s and images/s are those of every attempt
+            values[list(COLUMNS).index("epochs")] += f" in {job.attempts} attempts"
         settings = [_md(job.setting.get(key, "")) for key in params]
-        lines.append(_row([_md(job.name), job.status, *settings, *values]))
+        lines.append(_row([_md(job.name), job.state, *settings, *values]))
     return lines
 
 
@@ -330,12 +349,38 @@ def _mean_std(config: Configuration, name: str) -> str:
     return f"{mean:.4f}" if std is None else f"{mean:.4f} ± {std:.4f}"
 
 
-def _counts(jobs: list[Job]) -> str:
-    """`3 jobs: 2 done, 1 failed, 0 unfinished.`, and how many are unreadable when any are."""
+def _counts(jobs: list[Job], planned: int | None = None) -> str:
+    """`3 jobs: 2 done, 1 failed, 0 unfinished.`, how many are unreadable when any are, and, of a sweep stopped
+    before every job started (`planned` jobs in all), how many are not started: `4 jobs: 1 done, 0 failed,
+    1 unfinished, 2 not started.`"""
     counts = {status: sum(job.status == status for job in jobs) for status in ("done", "failed", "unfinished")}
-    if unreadable := sum(job.status == "unreadable" for job in jobs):
-        counts["unreadable"] = unreadable
-    return f"{_counted(len(jobs), 'job')}: {', '.join(f'{n} {status}' for status, n in counts.items())}."
+    for status in (liveness.QUEUED, liveness.RUNNING, liveness.LOST, "unreadable"):  # said when there are any
+        if count := sum(job.status == status for job in jobs):
+            counts[status] = count
+    if waiting := len(not_started(jobs, planned)):
+        counts["not started"] = waiting
+    total = len(jobs) + waiting
+    return f"{_counted(total, 'job')}: {', '.join(f'{n} {status}' for status, n in counts.items())}."
+
+
+def not_started(jobs: list[Job], planned: int | None) -> list[int]:
+    """The numbers of a sweep's jobs that have no job dir yet (a sweep runs jobs 0 to `planned` - 1, each in the dir
+    of its number)."""
+    if not planned:
+        return []
+    started = {job.name for job in jobs}
+    return [number for number in range(planned) if str(number) not in started][: max(planned - len(jobs), 0)]
+
+
+def _spans(numbers: list[int]) -> str:
+    """`2-3, 7`: runs of consecutive numbers."""
+    spans: list[list[int]] = []
+    for number in numbers:
+        if spans and number == spans[-1][-1] + 1:
+            spans[-1].append(number)
+        else:
+            spans.append([number])
+    return ", ".join(f"{span[0]}-{span[-1]}" if len(span) > 1 else str(span[0]) for span in spans)
 
 
 def _counted(number: int, noun: str) -> str:
@@ -456,17 +501,23 @@ def report(folders: list[Path], out: Path, by_folder: bool = False) -> list[Job]
     """Write report.csv, report_by_config.csv, report.md and report.png into `out`; return the jobs (none: nothing
     written)."""
     title, jobs = read_runs(folders, by_folder)
-    jobs = best_first(jobs)
+    sweep = sweep_of(folders)
+    jobs = best_first(liveness.with_states(jobs, sweep) if sweep else jobs)
     if jobs:
         configs = configurations(jobs)
         out.mkdir(parents=True, exist_ok=True)
         write_csv(rows(jobs), out / "report.csv")
         write_csv(config_rows(configs), out / "report_by_config.csv")
-        sweep = folders[0] if len(folders) == 1 and os.path.lexists(folders[0] / MULTIRUN) else None
         continued_by = (lambda: continue_command(sweep)) if sweep else None
-        atomic.write_text(out / "report.md", markdown(title, jobs, configs, continued_by))
+        planned = planned_jobs(sweep) if sweep else None
+        atomic.write_text(out / "report.md", markdown(title, jobs, configs, continued_by, planned))
         plot(jobs, configs, out / "report.png")
     return jobs
+
+
+def sweep_of(folders: list[Path]) -> Path | None:
+    """The sweep dir a report is of: one folder, holding a sweep's record."""
+    return folders[0] if len(folders) == 1 and os.path.lexists(folders[0] / MULTIRUN) else None
 
 
 def default_out(folders: list[Path]) -> Path:
@@ -482,7 +533,8 @@ def sweep_report(sweep_dir: Path) -> list[Job]:
         log.warning("no sweep report: %s: %s", type(error).__name__, error)
         return []
     if jobs:
-        log.info("%s\nSweep report: %s", _counts(jobs), sweep_dir / "report.md")
+        planned = planned_jobs(sweep_dir) if sweep_of([sweep_dir]) else None
+        log.info("%s\nSweep report: %s", _counts(jobs, planned), sweep_dir / "report.md")
     return jobs
 
 

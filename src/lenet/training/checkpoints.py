@@ -4,6 +4,7 @@
 import inspect
 import io
 import logging
+import math
 import pickle
 import shutil
 import zipfile
@@ -13,7 +14,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from lenet.frame import keys, quoting
+from lenet.frame import atomic, keys, quoting
 from lenet.frame.errors import ConfigError, ModelError
 from lenet.frame.model_bytes import read_model_file
 from lenet.runs import rundir
@@ -85,6 +86,12 @@ class Checkpoint:
         """Its epoch's metrics (train, val, the learning rate), as lenet.training.results reports a fit's; {} for older
         checkpoints."""
         return self.contents.get("metrics", {})
+
+    @property
+    def timing(self) -> dict | None:
+        """What the run's attempts up to this checkpoint took (TIMING: attempts, wall_s, train_s, train_images), which a
+        resume adds its own to; None for older checkpoints."""
+        return self.contents.get("timing")
 
     @property
     def threads(self) -> int | None:
@@ -280,6 +287,19 @@ def _are_metrics(metrics) -> bool:
     return isinstance(metrics, dict) and all(isinstance(k, str) and isinstance(v, float) for k, v in metrics.items())
 
 
+# What a run's attempts took, carried from checkpoint to checkpoint across resumes (lenet.training.results.RunSummary).
+TIMING = {"attempts": int, "wall_s": float, "train_s": float, "train_images": int}
+
+
+def _is_timing(record) -> bool:
+    return (
+        isinstance(record, dict)
+        and record.keys() == TIMING.keys()
+        and all(type(record[name]) is kind and 0 <= record[name] < math.inf for name, kind in TIMING.items())
+        and record["attempts"] >= 1
+    )
+
+
 def _is_random_state(state) -> bool:
     return isinstance(state, torch.Tensor) and state.dtype == torch.uint8 and state.shape == torch.get_rng_state().shape
 
@@ -291,6 +311,7 @@ RECORDS = {
     "data": keys.Rule(_is_data_record, "a record of the data it was trained on (dataset, root, test_labels_sha256)"),
     "metrics": keys.Rule(_are_metrics, "metrics, names and numbers"),
     "threads": keys.integer(1),
+    "timing": keys.Rule(_is_timing, "what its attempts took: attempts >= 1, wall_s, train_s, train_images >= 0"),
     "torch_rng_state": keys.Rule(_is_random_state, "torch's random state"),
 }
 
@@ -299,12 +320,12 @@ class CheckpointContents(L.Callback):
     """What lenet adds to every checkpoint, and takes back on a resume: the run's whole config (what a resume is
     checked against), the data it was trained on (what lenet.eval compares), torch's random state (dropout
     draws from it, so a resume continues it), its thread count (results are identical only with the same count,
-    so a resume reuses it: lenet.training.cpus) and its epoch's metrics (what a run resumed after its last epoch
-    reports).
+    so a resume reuses it: lenet.training.cpus), its epoch's metrics (what a run resumed after its last epoch
+    reports) and, given `timing` (RunSummary.timing), what the run's attempts took so far (what a resume adds to).
     Checkpoint reads them."""
 
-    def __init__(self, config: dict):
-        self.config = config
+    def __init__(self, config: dict, timing=None):
+        self.config, self.timing = config, timing
 
     def on_save_checkpoint(self, trainer, module, checkpoint):
         checkpoint["config"] = self.config
@@ -312,11 +333,21 @@ class CheckpointContents(L.Callback):
         checkpoint["torch_rng_state"] = torch.get_rng_state()
         checkpoint["threads"] = torch.get_num_threads()
         checkpoint["metrics"] = {name: float(value) for name, value in trainer.callback_metrics.items()}
+        if self.timing:
+            checkpoint["timing"] = self.timing(trainer, module)
 
     def on_load_checkpoint(self, trainer, module, checkpoint):
         if "torch_rng_state" in checkpoint:
             torch.set_rng_state(checkpoint["torch_rng_state"])
             module.seed_this_rank()  # the checkpoint holds rank 0's state
+
+
+def record_timing(path: Path, timing: dict) -> None:
+    """Replace the timing record of the checkpoint at `path`, the rest as it is: an interrupted attempt adds the time
+    it spent after its last save. Written whole (lenet.frame.atomic), as every checkpoint is."""
+    contents = Checkpoint.open(path).contents
+    with atomic.replacing(path, "wb") as file:
+        torch.save({**contents, "timing": timing}, file)
 
 
 def check_resume(checkpoint: Checkpoint, config: dict) -> int:

@@ -45,10 +45,15 @@ def idx_files(root: Path, dataset: str) -> dict[str, tuple[Path, Path]] | None:
 
 
 def download_if_missing(root: Path, dataset: str) -> None:
-    """Download the data set into `root` unless its files are there; parallel jobs share one download."""
+    """Download the data set into `root` unless its files are there; parallel jobs and DDP ranks share one download:
+    the first takes a lock file beside the files, the others wait for it, then find the files.
+
+    A folder that holds the files is only read, never written (no lock either): a read-only shared folder works.
+    """
     if idx_files(root, dataset):
         return
     created = not root.exists()  # only a download may create data.root, and only for good
+    _writable(root, dataset)
     root.mkdir(parents=True, exist_ok=True)
     lock = root / ".download.lock"
     try:
@@ -59,6 +64,21 @@ def download_if_missing(root: Path, dataset: str) -> None:
         # A failed download leaves the user's folder as it found it (and removes one it made).
         shutil.rmtree(root, ignore_errors=True) if created else lock.unlink(missing_ok=True)
         raise
+
+
+def _writable(root: Path, dataset: str) -> None:
+    """Refused in one line: a download into a folder this process cannot write (a read-only mount, another user's
+    folder), or cannot create."""
+    existing = next(folder for folder in (root, *root.parents) if folder.exists())
+    if os.access(existing, os.W_OK):
+        return
+    files = ", ".join(f"{file}.gz" for file in ALL_FILES)
+    name, raw = DATASETS[dataset].torchvision, raw_folder(root, dataset)
+    missing = f"holds no {name} files (nor {raw}), and it" if existing == root else f"does not exist, and {existing}"
+    raise DataError(
+        f"data.root={root} {missing} is not writable (read-only), so nothing can be downloaded there. "
+        f"Put {files} in a folder and pass data.root=FOLDER"
+    )
 
 
 def _download(root: Path, dataset: str, created: bool) -> None:

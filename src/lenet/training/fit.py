@@ -8,6 +8,10 @@ it names what is built). The configs reach them checked (lenet.frame.validate).
 
 import json
 import logging
+import os
+import re
+import shutil
+import subprocess
 import sys
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -33,6 +37,7 @@ from lenet.training.checkpoints import Checkpoint, CheckpointContents, check_res
 from lenet.training.cpus import set_threads
 from lenet.training.hparams import logged_hparams, overrides_and_swept, shown_hparams
 from lenet.training.module import LeNetModule
+from lenet.training.progress import Progress
 from lenet.training.results import RunSummary
 from lenet.training.saving import WholeCheckpointIO
 from lenet.training.tracking import Tracking, loggers
@@ -60,7 +65,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         check_resume(saved, plain)
     stop_when_sweep_ends()  # in a joblib sweep's worker: killing the sweep ends its jobs too (lenet.runs.watchdog)
     quiet_threads()  # a full disk in TensorBoard's writer thread: lenet's one line (full_disk_reported), no traceback
-    threads = set_threads(cfg.threads, saved=saved.threads if saved else None)
+    threads = set_threads(cfg.threads, saved=saved.threads if saved else None, trainer=cfg.trainer)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
 
     datamodule = instantiate(cfg.data, num_classes=cfg.model.num_classes)
@@ -77,14 +82,15 @@ def train(cfg: DictConfig) -> dict[str, float]:
     trainer = instantiate(
         cfg.trainer,
         logger=loggers(cfg) or False,
-        callbacks=[*callbacks.values(), summary, CheckpointContents(plain), Tracking(run_dir, hparams)],
+        callbacks=[*callbacks.values(), summary, CheckpointContents(plain, summary.timing), Tracking(run_dir, hparams),
+                   Progress(run_dir)],
         enable_progress_bar=interactive,
         plugins=plugins(),
     )
     if in_multirun() and (refusal := spawned_ddp(trainer)):
         raise ConfigError(refusal)
 
-    with interruptible(run_dir), full_disk_reported(run_dir, resume):
+    with interruptible(run_dir, summary), full_disk_reported(run_dir, resume):
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume, weights_only=True)
     best = callbacks.get("checkpoint")
     # None: the final weights (experiment=original has no validation to pick a best epoch by)
@@ -93,20 +99,53 @@ def train(cfg: DictConfig) -> dict[str, float]:
     # the average; the test would measure those, not the average that was validated and saved. Test without it.
     trainer.callbacks = [callback for callback in trainer.callbacks if not isinstance(callback, WeightAveraging)]
     # after the last epoch, before metrics.json: a resume tests it
-    with interruptible(run_dir), full_disk_reported(run_dir, resume):
+    with interruptible(run_dir, summary), full_disk_reported(run_dir, resume):
         trainer.test(module, datamodule=datamodule, ckpt_path=best_path or None, verbose=False, weights_only=True)
     return summary.metrics
 
 
 @contextmanager
-def interruptible(run_dir: Path):
-    """Ctrl-C or SIGTERM, which Lightning turns into SystemExit, as lenet's one line that says how to resume."""
+def interruptible(run_dir: Path, summary: RunSummary | None = None):
+    """Ctrl-C or SIGTERM, which Lightning turns into SystemExit, as lenet's one line that says how to resume; the
+    time the attempt spent since its last save kept for the next one (RunSummary.keep_time_of_interruption).
+
+    A sweep job that Slurm requeued (a preemption; or its time limit near, on which submitit requeues it) says so
+    instead, not as an error: it starts again by itself and resumes from its last.ckpt."""
     try:
         yield
     except SystemExit as stop:  # how Lightning ends on Ctrl-C (status 1) and on SIGTERM (status 0)
+        status = 143 if isinstance(stop, SIGTERMException) else 130
+        if summary:
+            with suppress(OSError, UserError):  # the interruption is what the user must hear of, not this
+                summary.keep_time_of_interruption()
+        if in_multirun() and requeued_by_slurm():
+            log.warning(requeue_note(run_dir))
+            raise SystemExit(status) from None
         interrupted = TrainingInterrupted(resume_hint(run_dir))
-        interrupted.exit_status = 143 if isinstance(stop, SIGTERMException) else 130
+        interrupted.exit_status = status
         raise interrupted from None
+
+
+def requeued_by_slurm() -> bool:
+    """Whether this Slurm job has been requeued, rather than cancelled (scancel sends the same SIGTERM): Slurm counts
+    a requeue in the job's restarts before it signals the job, and SLURM_RESTART_COUNT is the count this attempt
+    started with."""
+    job = os.environ.get("SLURM_JOB_ID")
+    if not job or not shutil.which("scontrol"):
+        return False
+    try:
+        shown = subprocess.run(["scontrol", "-o", "show", "job", job], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    restarts = re.search(r"\bRestarts=(\d+)", shown.stdout)
+    return bool(restarts) and int(restarts.group(1)) > int(os.environ.get("SLURM_RESTART_COUNT") or 0)
+
+
+def requeue_note(run_dir: Path) -> str:
+    last = rundir.last_checkpoint(run_dir)
+    if not last.is_file():
+        return "requeued by Slurm before the first epoch ended: it starts again by itself"
+    return f"requeued by Slurm after epoch {Checkpoint.open(last).epochs}: it resumes from {last} by itself"
 
 
 @contextmanager

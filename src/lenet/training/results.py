@@ -13,7 +13,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lenet.frame import atomic
 from lenet.runs import rundir
 from lenet.training import environment
-from lenet.training.checkpoints import Checkpoint
+from lenet.training.checkpoints import Checkpoint, record_timing
 from lenet.training.cpus import Threads
 from lenet.training.hparams import HPARAM_METRICS, log_hparams
 
@@ -26,7 +26,10 @@ class RunSummary(L.Callback):
     It also records what the run ran on: `env.json` (lenet.training.environment).
 
     `metrics.json` holds every final metric under its logged name, the test confusion matrix, the data it used
-    (dataset, root, split sizes), and the timings.
+    (dataset, root, split sizes), and the timings. A resumed run's timings cover every attempt (`attempts`, written
+    when there were several): each checkpoint carries what the attempts so far took (`timing`), a resume adds its
+    own, and an interrupted attempt adds the time it spent after its last save to its last.ckpt
+    (`keep_time_of_interruption`).
     """
 
     def __init__(
@@ -41,13 +44,16 @@ class RunSummary(L.Callback):
         self.path, self.hparams, self.resumed, self.command = Path(run_dir) / rundir.METRICS, hparams, resumed, command
         self.shown, self.session_end, self.threads = shown, None, threads
         self.started = time.perf_counter()
-        self.train_s, self.train_images, self._epoch_started = 0.0, 0, None
+        self.train_s, self.train_images, self._epoch_started, self._epoch_counted = 0.0, 0, None, True
+        self.before = _timing_before(resumed)  # what the attempts before this one took
+        self.saved, self.rank_zero = False, False  # whether this attempt saved a checkpoint; it writes the run's files
         self.metrics: dict = {}
 
     def _tensorboards(self, trainer):
         return [logger for logger in trainer.loggers if isinstance(logger, TensorBoardLogger)]
 
     def on_fit_start(self, trainer, module):
+        self.rank_zero = trainer.is_global_zero
         resuming = f" Resuming {self.resumed.path} after epoch {self.resumed.epochs}." if self.resumed else ""
         run, on = f" Run dir: {self.path.parent}.", where(trainer, self.threads)
         self._say(trainer, f"Training on {on}: {data_line(trainer.datamodule)}.{resuming}{run}")
@@ -57,7 +63,7 @@ class RunSummary(L.Callback):
 
     # Training time excludes validation, which Lightning runs inside the training epoch.
     def on_train_epoch_start(self, trainer, module):
-        self._epoch_started = time.perf_counter()
+        self._epoch_started, self._epoch_counted = time.perf_counter(), False
 
     def _stop_clock(self):
         if self._epoch_started is not None:
@@ -70,7 +76,34 @@ class RunSummary(L.Callback):
     def on_train_epoch_end(self, trainer, module):
         # Runs before the module's own hook, which resets its totals; counted here, not in a per-batch hook.
         self._stop_clock()
-        self.train_images += module.totals["train"].images * trainer.world_size  # every rank trains on as many
+        self.train_images += _epoch_images(trainer, module)
+        self._epoch_counted = True
+
+    def timing(self, trainer=None, module=None) -> dict:
+        """What the run's attempts have taken so far, this one included (lenet.training.checkpoints.TIMING): what
+        CheckpointContents saves in each checkpoint, given the trainer and module that save it."""
+        images = self.train_images
+        if module is not None:
+            self.saved = True
+            if not self._epoch_counted:  # saved after validation, before on_train_epoch_end counts the epoch
+                images += _epoch_images(trainer, module)
+        return {
+            "attempts": self.before["attempts"] + 1,
+            "wall_s": self.before["wall_s"] + time.perf_counter() - self.started,
+            "train_s": self.before["train_s"] + self.train_s,
+            "train_images": self.before["train_images"] + images,
+        }
+
+    def keep_time_of_interruption(self) -> None:
+        """Add the time this interrupted attempt spent since its last save to its run dir's last.ckpt, which the next
+        attempt resumes from: its wall_s then covers every second spent. The epoch cut short is not counted as
+        trained (its images and training time): the next attempt trains it again."""
+        last = rundir.last_checkpoint(self.path.parent)
+        resumed_here = self.resumed is not None and Path(self.resumed.path).resolve() == last.resolve()
+        if not (self.rank_zero and (self.saved or resumed_here) and last.is_file()):
+            return
+        trained = (Checkpoint.open(last).timing if self.saved else None) or self.before
+        record_timing(last, self.timing() | {name: trained[name] for name in ("train_s", "train_images")})
 
     def on_fit_end(self, trainer, module):
         self._stop_clock()
@@ -87,9 +120,12 @@ class RunSummary(L.Callback):
         self.metrics.update(_floats(trainer.callback_metrics))
         self.metrics["test/confusion_matrix"] = module.test_counts.tolist()
         self.metrics["data"] = trainer.datamodule.describe()
-        self.metrics["wall_s"] = round(time.perf_counter() - self.started, 3)
-        if self.train_s:
-            self.metrics["train_images_per_s"] = round(self.train_images / self.train_s, 1)
+        spent = self.timing()
+        self.metrics["wall_s"] = round(spent["wall_s"], 3)
+        if spent["train_s"]:
+            self.metrics["train_images_per_s"] = round(spent["train_images"] / spent["train_s"], 1)
+        if spent["attempts"] > 1:  # a resumed run: its timings are every attempt's
+            self.metrics[rundir.ATTEMPTS] = spent["attempts"]
         final = {tag: self.metrics[name] for tag, name in HPARAM_METRICS.items() if name in self.metrics}
         for logger in self._tensorboards(trainer) if trainer.is_global_zero else ():
             logger.log_metrics(final, step=trainer.global_step)
@@ -136,9 +172,25 @@ def result_line(metrics: dict) -> str:
     if "epochs" not in metrics:
         return finals
     epochs = f"{metrics['epochs']} epoch{'s' * (metrics['epochs'] != 1)}"
-    # none when this process trained no epoch (resumed after the last one, to be tested)
+    if metrics.get(rundir.ATTEMPTS, 1) > 1:
+        epochs += f" in {metrics[rundir.ATTEMPTS]} attempts"
+    # none when no attempt trained an epoch that was timed (a checkpoint older than the timing record, resumed after
+    # its last epoch)
     speed = f", {metrics['train_images_per_s']:,.0f} train images/s" if "train_images_per_s" in metrics else ""
     return f"{finals}  ({epochs}, {metrics['wall_s']:.1f} s{speed})"
+
+
+def _epoch_images(trainer, module) -> int:
+    """The images of the epoch under way so far: every rank trains on as many."""
+    return module.totals["train"].images * trainer.world_size
+
+
+def _timing_before(resumed: Checkpoint | None) -> dict:
+    """What the attempts before this one took, as the checkpoint it resumes carries it. A checkpoint older than that
+    record counts as one attempt of unknown time."""
+    if resumed is None:
+        return {"attempts": 0, "wall_s": 0.0, "train_s": 0.0, "train_images": 0}
+    return resumed.timing or {"attempts": 1, "wall_s": 0.0, "train_s": 0.0, "train_images": 0}
 
 
 def to_json(metrics: dict) -> str:
