@@ -317,3 +317,17 @@ def glyph_checkpoint(tmp_path_factory) -> Path:
             recipe = ["trainer.max_epochs=4", "optimizer.lr=0.05", "logger=none"]  # sure of the glyphs in 4 epochs
             train(compose_config(*fixture_overrides(root, run_dir), *recipe))
     return checkpoint
+
+
+@pytest.fixture(scope="session")
+def slurm() -> dict[str, str]:
+    """The one-node Slurm cluster (tests/slurm.py), started if it is not: the environment of a process that uses it,
+    with this folder on PYTHONPATH for the callbacks tests give its jobs."""
+    import slurm as cluster
+
+    try:
+        env = cluster.start()
+    except cluster.Unavailable as why:
+        pytest.skip(f"no Slurm cluster here: {why}")
+    tests = str(Path(__file__).parent)
+    return {**env, "PYTHONPATH": os.pathsep.join(filter(None, [tests, os.environ.get("PYTHONPATH")]))}

@@ -15,19 +15,9 @@ import pytest
 import slurm as cluster
 from conftest import VAL_SIZE, lenet_command
 
-TESTS = Path(__file__).parent
 # Jobs small enough for the one 2-core node: one CPU each, so two run at once.
 ON_THE_NODE = ["hydra/launcher=slurm_cpu", "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=2"]
 TRAINING = [f"data.val_size={VAL_SIZE}", "data.batch_size=32", "callbacks.progress_bar.refresh_rate=0", "threads=1"]
-
-
-@pytest.fixture(scope="session")
-def slurm() -> dict[str, str]:
-    try:
-        env = cluster.start()
-    except cluster.Unavailable as why:
-        pytest.skip(f"no Slurm cluster here: {why}")
-    return {**env, "PYTHONPATH": os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")]))}
 
 
 def sweep(env: dict, cwd: Path, *overrides: str, timeout: int = 600) -> subprocess.CompletedProcess:

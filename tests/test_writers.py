@@ -14,7 +14,7 @@ import pytest
 
 import slurm as cluster
 from conftest import VAL_SIZE, lenet_command
-from test_cluster import ON_THE_NODE, TRAINING, slurm, wait_for  # noqa: F401 (slurm: the fixture)
+from test_cluster import ON_THE_NODE, TRAINING, wait_for
 
 QUICK = [f"data.val_size={VAL_SIZE}", "data.batch_size=32", "callbacks.progress_bar.refresh_rate=0", "threads=1"]
 
@@ -120,7 +120,7 @@ def _holder(run_dir: Path) -> dict:
 # --- On Slurm ---
 
 
-def slurm_sweep(env: dict, cwd: Path, *overrides: str) -> list[str]:
+def slurm_sweep(*overrides: str) -> list[str]:
     return lenet_command("train", "-m", *ON_THE_NODE, *TRAINING, *overrides)
 
 
@@ -135,18 +135,23 @@ def test_a_sweep_continued_after_its_launcher_died_leaves_running_jobs_alone(slu
     recipe = ["optimizer.lr=0.05,0.02,0.01", "trainer.max_epochs=2", f"data.root={flat_root}",
               f"+callbacks.hold={{_target_:test_writers.HoldsUntil,go:{go}/${{hydra:job.num}}}}",
               f"hydra.sweep.dir={sweep_dir}"]  # fmt: skip
-    env = {**slurm, "PYTHONPATH": environment()["PYTHONPATH"]}
-    launcher = subprocess.Popen(slurm_sweep(env, tmp_path, *recipe), cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+    launcher = subprocess.Popen(slurm_sweep(*recipe), cwd=tmp_path, env=slurm, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE)  # fmt: skip
-    wait_for(lambda: (sweep_dir / "0" / "metrics.json").is_file() and all(
-        _holder(sweep_dir / str(n)).get("epoch") == 1 for n in (1, 2)), 300, "job 0 done, jobs 1 and 2 held")
+    wait_for(
+        lambda: (
+            (sweep_dir / "0" / "metrics.json").is_file()
+            and all(_holder(sweep_dir / str(n)).get("epoch") == 1 for n in (1, 2))
+        ),
+        300,
+        "job 0 done, jobs 1 and 2 held",
+    )
     launcher.send_signal(signal.SIGHUP)
     launcher.communicate(timeout=60)
     submitted = json.loads((sweep_dir / "slurm_jobs.json").read_text())
     assert set(cluster.squeue(*submitted.values()).values()) == {"RUNNING"}, "the jobs outlive their launcher"
     finished_job = files(sweep_dir / "0")
 
-    continued = subprocess.Popen(slurm_sweep(env, tmp_path, *recipe), cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+    continued = subprocess.Popen(slurm_sweep(*recipe), cwd=tmp_path, env=slurm, stdout=subprocess.PIPE,
                                  stderr=subprocess.PIPE, text=True)  # fmt: skip
     time.sleep(15)  # what it queues, it queues at once
     assert json.loads((sweep_dir / "slurm_jobs.json").read_text()) == submitted, "nothing queued again"
@@ -170,12 +175,11 @@ def test_a_sweep_submitted_and_left_shows_each_job_and_is_reported_by_its_last_j
     lenet.report shows each job queued, running (its epoch) or lost (cancelled); the last job to end writes the
     report."""
     sweep_dir, go = tmp_path / "sweep", tmp_path / "go"
-    env = {**slurm, "PYTHONPATH": environment()["PYTHONPATH"]}
-    command = slurm_sweep(env, tmp_path, "optimizer.lr=0.05,0.02,0.01", "trainer.max_epochs=2",
+    command = slurm_sweep("optimizer.lr=0.05,0.02,0.01", "trainer.max_epochs=2",
                           f"data.root={flat_root}", holds(go),
                           "hydra.launcher.wait=false", f"hydra.sweep.dir={sweep_dir}")  # fmt: skip
     started = time.monotonic()
-    submitted = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    submitted = subprocess.run(command, cwd=tmp_path, env=slurm, capture_output=True, text=True, timeout=120)
     assert submitted.returncode == 0, submitted.stderr
     assert time.monotonic() - started < 30, "it does not wait for the jobs"
     jobs = json.loads((sweep_dir / "slurm_jobs.json").read_text())
@@ -184,14 +188,14 @@ def test_a_sweep_submitted_and_left_shows_each_job_and_is_reported_by_its_last_j
 
     # Two jobs fit on the node (a CPU each): they hold in their second epoch, the third waits for a CPU.
     wait_for(lambda: all(_holder(sweep_dir / n).get("epoch") == 1 for n in ("0", "1")), 300, "two jobs in epoch 2")
-    status = run(tmp_path, "report", str(sweep_dir), env=env)
+    status = run(tmp_path, "report", str(sweep_dir), env=slurm)
     assert status.returncode == 0, status.stderr
     assert "3 jobs: 0 done, 0 failed, 0 unfinished, 1 queued, 2 running." in status.stdout
     assert "- job 0 running (epoch 1 of 2): no metrics.json yet" in status.stdout
     assert "- job 2 queued: waiting in Slurm's queue" in status.stdout
     assert "Continue the sweep" not in status.stdout, "nothing to continue while every job runs"
 
-    subprocess.run(["scancel", jobs["1"]], env=env, check=True)
+    subprocess.run(["scancel", jobs["1"]], env=slurm, check=True)
     wait_for(lambda: jobs["1"] not in cluster.squeue(), 60, "the cancelled job out of the queue")
     go.touch()
     wait_for(lambda: not cluster.squeue(*jobs.values()), 300, "every job ended")
@@ -205,11 +209,10 @@ def test_a_job_out_of_requeues_at_its_time_limit_is_one_line_naming_the_settings
     """USR2 before the time limit, with no requeue left (max_num_timeout=0): one line naming timeout_min and
     max_num_timeout, not submitit's traceback; the job keeps its last.ckpt, which a continuation resumes."""
     sweep_dir, go = tmp_path / "sweep", tmp_path / "go"
-    env = {**slurm, "PYTHONPATH": environment()["PYTHONPATH"]}
-    command = slurm_sweep(env, tmp_path, "seed=1", "trainer.max_epochs=2", f"data.root={flat_root}", holds(go),
+    command = slurm_sweep("seed=1", "trainer.max_epochs=2", f"data.root={flat_root}", holds(go),
                           "hydra.launcher.max_num_timeout=0", "hydra.launcher.timeout_min=5",
                           f"hydra.sweep.dir={sweep_dir}")  # fmt: skip
-    launcher = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    launcher = subprocess.Popen(command, cwd=tmp_path, env=slurm, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 text=True)  # fmt: skip
     wait_for(lambda: _holder(sweep_dir / "0").get("epoch") == 1, 300, "epoch 1")
     cluster.signal(json.loads((sweep_dir / "slurm_jobs.json").read_text())["0"], "USR2")
@@ -239,14 +242,13 @@ def test_a_cancelled_job_ends_the_waiting_sweep_with_one_line(slurm, flat_root, 
     """`scancel`: the job ends without a result. Without Slurm's accounting submitit cannot tell it from a job still
     running and waited for ever; the sweep now says it in one line, and a continuation resumes the job."""
     sweep_dir, go = tmp_path / "sweep", tmp_path / "go"
-    env = {**slurm, "PYTHONPATH": environment()["PYTHONPATH"]}
-    command = slurm_sweep(env, tmp_path, "seed=1", "trainer.max_epochs=2", f"data.root={flat_root}", holds(go),
+    command = slurm_sweep("seed=1", "trainer.max_epochs=2", f"data.root={flat_root}", holds(go),
                           f"hydra.sweep.dir={sweep_dir}")  # fmt: skip
-    launcher = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    launcher = subprocess.Popen(command, cwd=tmp_path, env=slurm, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 text=True)  # fmt: skip
     wait_for(lambda: _holder(sweep_dir / "0").get("epoch") == 1, 300, "epoch 1")
     job = json.loads((sweep_dir / "slurm_jobs.json").read_text())["0"]
-    subprocess.run(["scancel", job], env=env, check=True)
+    subprocess.run(["scancel", job], env=slurm, check=True)
     _, stderr = launcher.communicate(timeout=180)
     assert launcher.returncode != 0 and "Traceback" not in stderr
     assert f"error: job 0 (Slurm job {job}) ended without a result (cancelled); continue the sweep" in stderr

@@ -9,7 +9,6 @@ UserError ends the command with one line.
 """
 
 import contextlib
-import copy
 import difflib
 import functools
 import importlib

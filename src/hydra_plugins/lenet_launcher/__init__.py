@@ -99,7 +99,9 @@ class SlurmLauncher(SubmititSlurmLauncher):
         import submitit
         from submitit.core.utils import FailedJobError
 
-        settings = {key: value for key, value in self.params.items() if key not in ("submitit_folder", "max_num_timeout")}
+        settings = {
+            key: value for key, value in self.params.items() if key not in ("submitit_folder", "max_num_timeout")
+        }
         executor = submitit.AutoExecutor(cluster="slurm", folder=self.params["submitit_folder"],
                                          slurm_max_num_timeout=self.params["max_num_timeout"])  # fmt: skip
         base = set(OmegaConf.structured(BaseQueueConf).keys())  # submitit takes the others as slurm_<name>
@@ -220,9 +222,11 @@ def _ended_without_result(job) -> str | None:
 
 def _why_uncompleted(error: str, params: dict) -> str:
     if "timed-out" in error or "TIMEOUT" in error:
-        return (f"ran out of time {params.get('max_num_timeout', 0) + 1} time(s): raise "
-                f"hydra.launcher.timeout_min={params.get('timeout_min')} or hydra.launcher.max_num_timeout="
-                f"{params.get('max_num_timeout')}, then continue the sweep (it resumes from its last.ckpt)")  # fmt: skip
+        limit, requeues = params.get("timeout_min"), params.get("max_num_timeout") or 0
+        return (
+            f"ran out of time {requeues + 1} time(s): raise hydra.launcher.timeout_min={limit} or "
+            f"hydra.launcher.max_num_timeout={requeues}, then continue the sweep (it resumes from its last.ckpt)"
+        )
     return f"ended without a result ({error.strip().splitlines()[-1] if error.strip() else 'no reason given'})"
 
 

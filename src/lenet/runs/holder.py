@@ -46,7 +46,8 @@ class Holder:
 
     def __str__(self) -> str:
         job = f", Slurm job {self.slurm_job}" if self.slurm_job else ""
-        return f"pid {self.pid} on {self.host}{job}, since {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(self.since))}"
+        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.since))
+        return f"pid {self.pid} on {self.host}{job}, since {since}"
 
     def alive(self) -> bool | None:
         """Whether it may still run: True, False, or None when nothing here can tell (another host, no squeue)."""
@@ -101,7 +102,9 @@ def take(run_dir: Path) -> str:
         if before is not None and (alive := before.alive()) is not False:
             raise RunDirTaken(_held(run_dir, before, alive))
         if _move_aside(run_dir, before):
-            taken_over = f"taken over from {before}, which has ended" if before else "taken over from a damaged holder.json"
+            taken_over = (
+                f"taken over from {before}, which has ended" if before else "taken over from a damaged holder.json"
+            )
     raise RunDirTaken(f"{run_dir} is being taken by another process at this moment: try again")
 
 

@@ -25,7 +25,8 @@ def with_states(jobs: list[Job], sweep_dir: Path) -> list[Job]:
 
 
 def live_states(sweep_dir: Path) -> dict[str, str]:
-    """Job name (its number) -> queued, running (epoch N of M), or lost, for the jobs of `sweep_dir` without a result."""
+    """Job name (its number): queued, running (epoch N of M), or lost, for the jobs of `sweep_dir` without a
+    result."""
     submitted = queue.submitted(sweep_dir)
     slurm = queue.states(list(submitted.values()))  # None: squeue cannot be asked here
     numbers = sorted({*submitted, *(int(p.name) for p in rundir.job_dirs(sweep_dir))})

@@ -8,6 +8,7 @@ the controller does not answer), `states` returns None and its callers say they 
 
 import json
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -74,3 +75,18 @@ def record_submitted(sweep_dir: Path, jobs: dict[int, str]) -> None:
     if jobs:
         everyone = submitted(sweep_dir) | jobs
         atomic.write_text(sweep_dir / SUBMITTED, json.dumps({str(n): everyone[n] for n in sorted(everyone)}, indent=1))
+
+
+def requeued() -> bool:
+    """Whether this Slurm job has been requeued, rather than cancelled (scancel sends the same SIGTERM): Slurm counts
+    a requeue in the job's restarts before it signals the job, and SLURM_RESTART_COUNT is the count this attempt
+    started with."""
+    job = os.environ.get("SLURM_JOB_ID")
+    if not job or not shutil.which("scontrol"):
+        return False
+    try:
+        shown = subprocess.run(["scontrol", "-o", "show", "job", job], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    restarts = re.search(r"\bRestarts=(\d+)", shown.stdout)
+    return bool(restarts) and int(restarts.group(1)) > int(os.environ.get("SLURM_RESTART_COUNT") or 0)

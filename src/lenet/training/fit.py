@@ -8,10 +8,6 @@ it names what is built). The configs reach them checked (lenet.frame.validate).
 
 import json
 import logging
-import os
-import re
-import shutil
-import subprocess
 import sys
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -30,7 +26,7 @@ from lenet.frame.full_disk import NoSpace, disk_of, full_disk_error, quiet_threa
 from lenet.frame.hydra_job import in_multirun, this_command
 from lenet.frame.quoting import terminal
 from lenet.frame.validate import spawned_ddp
-from lenet.runs import rundir
+from lenet.runs import queue, rundir
 from lenet.runs.multirun import continue_command
 from lenet.runs.watchdog import stop_when_sweep_ends
 from lenet.training.checkpoints import Checkpoint, CheckpointContents, check_resume, check_same_run
@@ -82,8 +78,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
     trainer = instantiate(
         cfg.trainer,
         logger=loggers(cfg) or False,
-        callbacks=[*callbacks.values(), summary, CheckpointContents(plain, summary.timing), Tracking(run_dir, hparams),
-                   Progress(run_dir)],
+        callbacks=[
+            *callbacks.values(),
+            summary,
+            CheckpointContents(plain, summary.timing),
+            Tracking(run_dir, hparams),
+            Progress(run_dir),
+        ],
         enable_progress_bar=interactive,
         plugins=plugins(),
     )
@@ -118,27 +119,12 @@ def interruptible(run_dir: Path, summary: RunSummary | None = None):
         if summary:
             with suppress(OSError, UserError):  # the interruption is what the user must hear of, not this
                 summary.keep_time_of_interruption()
-        if in_multirun() and requeued_by_slurm():
+        if in_multirun() and queue.requeued():
             log.warning(requeue_note(run_dir))
             raise SystemExit(status) from None
         interrupted = TrainingInterrupted(resume_hint(run_dir))
         interrupted.exit_status = status
         raise interrupted from None
-
-
-def requeued_by_slurm() -> bool:
-    """Whether this Slurm job has been requeued, rather than cancelled (scancel sends the same SIGTERM): Slurm counts
-    a requeue in the job's restarts before it signals the job, and SLURM_RESTART_COUNT is the count this attempt
-    started with."""
-    job = os.environ.get("SLURM_JOB_ID")
-    if not job or not shutil.which("scontrol"):
-        return False
-    try:
-        shown = subprocess.run(["scontrol", "-o", "show", "job", job], capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    restarts = re.search(r"\bRestarts=(\d+)", shown.stdout)
-    return bool(restarts) and int(restarts.group(1)) > int(os.environ.get("SLURM_RESTART_COUNT") or 0)
 
 
 def requeue_note(run_dir: Path) -> str:
