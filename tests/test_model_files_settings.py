@@ -367,5 +367,6 @@ def test_a_resume_that_changes_several_settings_names_them_all_in_one_line(glyph
     assert str(refused.value) == (
         f"ckpt_path={glyph_checkpoint}: a resume continues its run, so data.batch_size cannot change (32 in the "
         "checkpoint, 64 now); trainer.max_epochs cannot change (4 in the checkpoint, 6 now: OneCycleLR spans the "
-        "run). Resume with the checkpoint's values, or start a new run to change them"
+        "run). Resume with the checkpoint's values, or start a new run to change them "
+        f"(init_from={glyph_checkpoint} starts one from its weights)"
     )

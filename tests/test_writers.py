@@ -62,7 +62,8 @@ def test_a_refused_attempt_leaves_a_finished_run_dir_byte_identical(flat_root, t
         assert refused.returncode == 1
         assert refused.stderr.strip().splitlines() == [
             f"error: {run_dir} holds a finished run (metrics.json), kept as it is: run lenet.train in a new run dir "
-            "(leave out hydra.run.dir)"
+            f"(leave out hydra.run.dir); to train it longer or on other data, start that run from its weights: "
+            f"init_from={run_dir}"
         ]
         assert files(run_dir) == before, "not .hydra/, not metrics.json, not the log: nothing changed"
     evaluated = run(tmp_path, "eval", f"ckpt_path={run_dir}", f"hydra.run.dir={run_dir}")

@@ -44,6 +44,14 @@ RECORD = ".hydra"  # Hydra's name for the folder of a run's record
 register_job_dirs()  # every job process loads this frame: a continued search's job dirs resolve there too
 
 
+def _options(group: str) -> str:
+    """`${options_of:data}`: a group's options, as a command's --help lists them (conf/eval.yaml), from conf/ itself."""
+    return ", ".join(sorted(path.stem for path in (Path(CONFIG_DIR) / group).glob("*.yaml")))
+
+
+OmegaConf.register_new_resolver("options_of", _options, replace=True)
+
+
 @dataclass(frozen=True)
 class Task:
     """What a command runs: `work`, the function (`module:function`) called with the config `config` (default: the
@@ -65,6 +73,13 @@ COMMANDS = {
     "predict": Task("lenet.inference.classify:predict"),
     "serve": Task("lenet.inference.http_api:serve"),
 }
+# The settings a command takes, where its config holds more than it uses: lenet.eval composes training's groups
+# (data=NAME brings a whole training data option, trainer=NAME every Trainer argument) but tests with the checkpoint's
+# model and data settings. Any other override is refused in one line naming these; --help lists them (conf/eval.yaml).
+TAKES = {
+    "eval": ("ckpt_path", "data", "data.root", "data.eval_batch_size", "trainer", "trainer.accelerator",
+             "trainer.devices", "trainer.precision", "trainer.limit_test_batches", "outputs_dir"),
+}  # fmt: skip
 # Hydra's own flags: what they do is Hydra's business, and --help and tab completion must stay instant.
 HYDRA_FLAGS = {
     "-h", "--help", "--hydra-help", "--version", "-c", "--cfg", "--resolve", "-p", "--package", "-r", "--run", "-m",
@@ -139,9 +154,10 @@ def held(run_dir: Path, name: str):
             log.info("%s: %s", run_dir, taken_over)
         earlier = rundir.earlier_attempt(run_dir, RECORD)
         if earlier == "finished" and not (name == "train" and in_multirun()):
+            longer = f"; to train it longer or on other data, start that run from its weights: init_from={run_dir}"
             raise RunDirTaken(
                 f"{run_dir} holds a finished run ({rundir.METRICS}), kept as it is: run lenet.{name} in a new run dir "
-                "(leave out hydra.run.dir)"
+                f"(leave out hydra.run.dir){longer if name == 'train' else ''}"
             )
         yield earlier
     finally:
@@ -181,6 +197,8 @@ def command_line_refusal(config_name: str, args: list[str]) -> str | None:
         parsed = OverridesParser.create().parse_overrides(overrides)
     except HydraException:
         return None  # a syntax error: Hydra's own message shows where
+    if config_name in TAKES and (not_taken := _not_taken(config_name, parsed)):
+        return not_taken
     choices = [o for o in parsed if _is_group(o.key_or_group)]
     if choices and (unknown := _unknown_option(config_name, choices)):
         return unknown
@@ -194,6 +212,24 @@ def command_line_refusal(config_name: str, args: list[str]) -> str | None:
     nodes = {key.rsplit(".", depth)[0] for key in settings for depth in range(1, key.count(".") + 1)}
     missing = next((key for key in given if key not in settings.keys() | nodes), None)
     return _unknown_key(missing, settings) if missing else None
+
+
+def _not_taken(config_name: str, parsed: list) -> str | None:
+    """`optimizer.lr=0.1` on lenet.eval: a setting its config may hold but the command does not use, and what it
+    takes (TAKES). Hydra's own settings (hydra.run.dir, hydra/launcher=...) are Hydra's business."""
+    takes = TAKES[config_name]
+    for override in parsed:
+        key = override.key_or_group
+        if key.split("/")[0].split(".")[0] == "hydra" or override.type.name == "DEL":
+            continue
+        if key in takes and override.type.name != "CHANGE":  # +data=NAME: the option is there to choose
+            return f"{key} is a setting of lenet.{config_name} already: pass {key}={_first(override)}, without +"
+        if key not in takes:
+            close = difflib.get_close_matches(key, takes, n=1, cutoff=0.8)
+            meant = f": did you mean {close[0]}?" if close else ""
+            shown = ", ".join(f"{take}=NAME" if _is_group(take) else take for take in takes)
+            return f"{key} is not a setting of lenet.{config_name}{meant} (it takes {shown})"
+    return None
 
 
 def _modes(args: list[str]) -> str | None:

@@ -138,6 +138,10 @@ KEYS: dict[str, Key] = {
         resume=CHANGEABLE,
         not_rerun="the rerun trains from the start; a resumed run ends as the uninterrupted one would",
     ),
+    # A new run's first weights: a checkpoint or a run dir's best.ckpt (lenet.training.checkpoints.InitialWeights).
+    # Part of the recipe, and a rerun starts from the same file. A resume takes its weights from its checkpoint:
+    # init_from with ckpt_path is refused (lenet.training.fit), and a resumed run keeps its checkpoint's init_from.
+    "init_from": Key(NULL | TEXT, resume=CHANGEABLE),
     # null: chosen from the CPUs free at start (lenet.training.cpus), a resume's taken from its checkpoint; N on a
     # resume wins
     "threads": Key(NULL | integer(1), recipe=False, resume=CHANGEABLE),

@@ -1,5 +1,6 @@
 """Checkpoints of lenet.train: the one reader (Checkpoint), the one writer of what lenet adds to them
-(CheckpointContents), what a resume may change, and the best epoch kept across a resume."""
+(CheckpointContents), what a resume may change, the weights a new run starts from (InitialWeights, init_from), and
+the best epoch kept across a resume."""
 
 import inspect
 import io
@@ -8,11 +9,14 @@ import math
 import pickle
 import shutil
 import zipfile
+from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
+from torch import nn
 
 from lenet.frame import atomic, keys, quoting
 from lenet.frame.errors import ConfigError, ModelError
@@ -356,7 +360,9 @@ def check_resume(checkpoint: Checkpoint, config: dict) -> int:
     run_length = check_same_run(checkpoint, config)
     done, max_epochs = checkpoint.epochs, keys.flatten(config)["trainer.max_epochs"]
     if done >= max_epochs and not rundir.untested(checkpoint.path):
-        more = "start a new run to train longer" if run_length else "pass a larger trainer.max_epochs to train longer"
+        new_run = f"start a new run to train longer: init_from={checkpoint.path} starts one from its weights"
+        longer = f"pass a larger trainer.max_epochs to train longer (its run goes on), or {new_run}"
+        more = f"{new_run}, with a fresh schedule" if run_length else longer
         raise ConfigError(
             f"ckpt_path={checkpoint.path} has trained all {done} epochs of trainer.max_epochs={max_epochs}: {more}"
         )
@@ -383,7 +389,8 @@ def check_same_run(checkpoint: Checkpoint, config: dict) -> bool:
     if changed:
         raise ConfigError(
             f"ckpt_path={checkpoint.path}: a resume continues its run, so {'; '.join(changed)}. Resume with the "
-            "checkpoint's values, or start a new run to change them"
+            f"checkpoint's values, or start a new run to change them (init_from={checkpoint.path} starts one from its "
+            "weights)"
         )
     return run_length
 
@@ -403,6 +410,101 @@ def _text(value) -> str:
     """A value of a run's config, from a file, shown on the console as text: no control sequences, no screenful."""
     text = quoting.terminal(str(value))
     return text if len(text) <= 80 else f"{text[:77]}..."
+
+
+@dataclass(frozen=True)
+class InitialWeights:
+    """The trained weights a new run starts from (`init_from`): a checkpoint, or a run dir's best.ckpt, read by
+    Checkpoint.open (every part checked), checked to fit the model this run builds from its own settings.
+
+    Not a resume: nothing else of the checkpoint is taken (no optimizer, schedule, epoch, config). Nothing in the file
+    chooses what is built: the run builds its own LeNet and the weights are copied into it, layer by layer, each layer
+    named by its kind and place among its kind (conv1, norm1, fc3): settings that add no weights (activation, pooling,
+    dropout, which shifts the layers' indices) may differ. A head for another class count is left as this run built
+    it (`head`: the checkpoint's classes, and this run's); every other layer must have the same shapes.
+    """
+
+    checkpoint: Checkpoint
+    head: tuple[int, int] | None = None
+
+    @classmethod
+    def open(cls, init_from: str, outputs_dir: Path, model: dict) -> "InitialWeights":
+        """The checkpoint `init_from` names, refused in one line unless its weights fit a LeNet of `model`."""
+        path = Path(init_from)
+        if not path.exists():
+            raise ConfigError(f"init_from={init_from}: no such checkpoint file or run dir")
+        try:
+            path = rundir.model_file(str(path.absolute()), outputs_dir, prefer="best")
+        except ConfigError as error:  # its line names the key it was given as: ckpt_path
+            raise ConfigError(str(error).replace("ckpt_path=", "init_from=", 1)) from None
+        checkpoint = Checkpoint.open(path)
+        theirs, ours = checkpoint.contents["hyper_parameters"]["model"], {**model, "compile": False}
+        classes = (theirs.get("num_classes", 10), ours.get("num_classes", 10))
+        weights = cls(checkpoint, classes if classes[0] != classes[1] else None)
+        if refusal := weights._misfit(ours):
+            raise ConfigError(f"init_from={path}: {refusal}")
+        return weights
+
+    @property
+    def path(self) -> Path:
+        return self.checkpoint.path
+
+    def load_into(self, module: LeNetModule) -> None:
+        """Copy the weights into `module`'s network, built from this run's settings (not its head, if rebuilt)."""
+        theirs, ours = _layers(self._their_net()), _layers(module.net)
+        state = self.checkpoint.contents["state_dict"]
+        copied = {
+            f"{ours[label][0]}.{name}": state[f"net.{theirs[label][0]}.{name}"]
+            for label in self._copied(ours)
+            for name in ours[label][1]
+        }
+        module.net.load_state_dict(copied, strict=False)  # strict would want the rebuilt head too
+
+    def _misfit(self, model: dict) -> str | None:
+        """The first layer whose weights differ in shape between the checkpoint and a LeNet of `model`, with both
+        shapes, as the rest of a line naming the checkpoint; None when every layer but a rebuilt head fits."""
+        with torch.device("meta"):  # allocates nothing
+            ours = _layers(LeNetModule(model=model).net)
+        theirs = _layers(self._their_net())
+        for label in [*self._copied(ours), *(label for label in theirs if label not in ours)]:
+            if _shapes(theirs.get(label)) != _shapes(ours.get(label)):
+                settings = self.checkpoint.contents["hyper_parameters"]["model"]
+                return (
+                    f"its weights do not fit this run's {_lenet(model)}: its {label} is {_shapes(theirs.get(label))} "
+                    f"there, {_shapes(ours.get(label))} here. Only the head may differ (model.num_classes): build the "
+                    f"model it was trained as, {_lenet(settings)}"
+                )
+        return None
+
+    def _their_net(self) -> nn.Module:
+        with torch.device("meta"):
+            return LeNetModule(model={**self.checkpoint.contents["hyper_parameters"]["model"], "compile": False}).net
+
+    def _copied(self, ours: dict) -> list[str]:
+        """This run's layers that take the checkpoint's weights: all but a rebuilt head (the last linear layer)."""
+        head = [label for label in ours if label.startswith("fc")][-1]
+        return [label for label in ours if not (self.head and label == head)]
+
+
+LAYER_KINDS = {nn.Conv2d: "conv", nn.Linear: "fc", nn.BatchNorm2d: "norm", nn.BatchNorm1d: "norm"}
+
+
+def _layers(net: nn.Module) -> dict[str, tuple[str, dict[str, torch.Size]]]:
+    """LeNet's layers that hold weights by their names (conv1, conv2, fc1, ..., norm1, ...), in order: each with its
+    name in `net` (its index) and its weights' shapes."""
+    counts, layers = Counter(), {}
+    for place, layer in net.named_children():
+        if kind := LAYER_KINDS.get(type(layer)):
+            counts[kind] += 1
+            layers[f"{kind}{counts[kind]}"] = (place, {name: w.shape for name, w in layer.state_dict().items()})
+    return layers
+
+
+def _shapes(layer: tuple[str, dict[str, torch.Size]] | None) -> str:
+    """A layer's weights and their shapes: "weight 6x1x5x5, bias 6"; "absent"."""
+    if layer is None:
+        return "absent"
+    return ", ".join(f"{name} {'x'.join(map(str, shape)) or 'a scalar'}" for name, shape in layer[1].items())
 
 
 class ResumableCheckpoint(ModelCheckpoint):

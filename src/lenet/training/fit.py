@@ -1,9 +1,10 @@
 """Training and testing with Lightning: what `python -m lenet.train` and `python -m lenet.eval` run.
 
 `train(cfg)` builds everything from the config (data, callbacks, loggers, trainer: each by Hydra's instantiate; the
-model by LeNetModule, from LeNet's settings), fits, tests the best checkpoint on the official test set and writes
-`metrics.json`. `evaluate(cfg)` tests a checkpoint, rebuilt from the checkpoint's checked settings alone (nothing in
-it names what is built). The configs reach them checked (lenet.frame.validate).
+model by LeNetModule, from LeNet's settings, its weights from `init_from`'s checkpoint when given), fits, tests the
+best checkpoint on the official test set and writes `metrics.json`. `evaluate(cfg)` tests a checkpoint, rebuilt from
+the checkpoint's checked settings alone (nothing in it names what is built). The configs reach them checked
+(lenet.frame.validate).
 """
 
 import json
@@ -24,12 +25,19 @@ from lenet.frame.console import quiet_lightning
 from lenet.frame.errors import ConfigError, UserError
 from lenet.frame.full_disk import NoSpace, disk_of, full_disk_error, quiet_threads
 from lenet.frame.hydra_job import in_multirun, this_command
+from lenet.frame.mnist_family import DATASETS
 from lenet.frame.quoting import terminal
 from lenet.frame.validate import spawned_ddp
 from lenet.runs import queue, rundir
 from lenet.runs.multirun import continue_command
 from lenet.runs.watchdog import stop_when_sweep_ends
-from lenet.training.checkpoints import Checkpoint, CheckpointContents, check_resume, check_same_run
+from lenet.training.checkpoints import (
+    Checkpoint,
+    CheckpointContents,
+    InitialWeights,
+    check_resume,
+    check_same_run,
+)
 from lenet.training.cpus import set_threads
 from lenet.training.hparams import logged_hparams, overrides_and_swept, shown_hparams
 from lenet.training.module import LeNetModule
@@ -55,10 +63,19 @@ def train(cfg: DictConfig) -> dict[str, float]:
     rundir.remove_partial_writes(run_dir)  # an earlier attempt's, killed while it saved
     if rundir.finished(run_dir):  # an earlier attempt of this run finished it (a sweep continued)
         return kept(run_dir, plain)
+    if cfg.init_from and cfg.ckpt_path:
+        raise ConfigError(
+            f"init_from={cfg.init_from} with ckpt_path={cfg.ckpt_path}: a resume goes on with its own run's weights, "
+            "init_from starts a new run from another's; pass one of them"
+        )
     resume = rundir.model_file(cfg.ckpt_path, Path(cfg.outputs_dir), prefer="last") or rundir.resume_or_restart(run_dir)
     saved = Checkpoint.open(resume) if resume else None
     if saved:
         check_resume(saved, plain)
+        plain["init_from"] = saved.config.get("init_from")  # where the resumed run started: its record goes on
+    initial = None  # a resume, of a run started from init_from too (a requeued job, a continued sweep), has its weights
+    if cfg.init_from and not saved:
+        initial = InitialWeights.open(cfg.init_from, Path(cfg.outputs_dir), plain["model"])
     stop_when_sweep_ends()  # in a joblib sweep's worker: killing the sweep ends its jobs too (lenet.runs.watchdog)
     quiet_threads()  # a full disk in TensorBoard's writer thread: lenet's one line (full_disk_reported), no traceback
     threads = set_threads(cfg.threads, saved=saved.threads if saved else None, trainer=cfg.trainer)
@@ -68,9 +85,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
     datamodule.prepare_data()
     datamodule.load()  # every data error comes now, before the run writes anything
     module = LeNetModule(model=plain["model"], optimizer=plain["optimizer"], scheduler=plain["scheduler"])
+    if initial:
+        initial.load_into(module)
     overrides, swept = overrides_and_swept()
     hparams, shown = logged_hparams(cfg, overrides), shown_hparams(overrides, swept)
-    summary = RunSummary(run_dir, hparams, saved, this_command("train"), shown=shown, threads=threads)
+    summary = RunSummary(run_dir, hparams, saved, this_command("train"), shown=shown, threads=threads, initial=initial)
     callbacks = {name: instantiate(callback) for name, callback in cfg.callbacks.items() if callback}
     # Piped or logged output gets no progress bar: it would be carriage returns, kilobytes of them per run.
     interactive = sys.stdout.isatty()
@@ -195,11 +214,16 @@ def how_to_go_on(last: Path) -> str:
 
 
 def evaluate(cfg: DictConfig) -> dict:
-    """Test a checkpoint on its data set's test images; `cfg.data` (data.root, data.eval_batch_size) replaces what
-    the checkpoint saved. Writes `metrics.json` in `cfg.run_dir`; returns the metrics."""
+    """Test a checkpoint on its data set's test images, or on those of `data=NAME` if its classes are the model's.
+    What eval takes of `cfg.data` (EVAL_DATA: the data set, data.root, data.eval_batch_size) replaces what the
+    checkpoint saved; the rest of a data option is training's, and the checkpoint's own holds (its normalization
+    above all: the model's). Writes `metrics.json` in `cfg.run_dir`; returns the metrics."""
     quiet_lightning()
     checkpoint = Checkpoint.open(rundir.model_file(cfg.ckpt_path, Path(cfg.outputs_dir)))
-    module, datamodule = checkpoint.module(), checkpoint.datamodule(cfg.data)
+    given = {key: cfg.data[key] for key in EVAL_DATA if cfg.data.get(key) is not None}
+    if refusal := other_classes(checkpoint.data_settings["dataset"], given.get("dataset")):
+        raise ConfigError(refusal)
+    module, datamodule = checkpoint.module(), checkpoint.datamodule(given)
     datamodule.prepare_data()
     datamodule.load()
     summary = RunSummary(Path(cfg.run_dir), command=this_command("eval"))
@@ -208,15 +232,41 @@ def evaluate(cfg: DictConfig) -> dict:
         cfg.trainer, logger=False, callbacks=[summary], enable_checkpointing=False, enable_progress_bar=interactive
     )
     trainer.test(module, datamodule=datamodule, verbose=False)
-    warn_if_other_data(checkpoint.path, checkpoint.trained_on, summary.metrics["data"])
+    if "dataset" not in given:  # data=NAME asks for other data on purpose: its start line and metrics.json name it
+        warn_if_other_data(checkpoint.path, checkpoint.trained_on, summary.metrics["data"])
     return summary.metrics
 
 
+EVAL_DATA = ("dataset", "root", "eval_batch_size")  # what lenet.eval takes of data (conf/eval.yaml), null: as saved
+
+
+def other_classes(trained: str, chosen: str | None) -> str | None:
+    """Why a model trained on `trained` cannot be tested on the data set `chosen`: other classes (an MNIST model on
+    Fashion-MNIST) make its accuracy meaningless. None when the classes are the same (or no data set was chosen)."""
+    if chosen is None or chosen == trained:
+        return None
+    mine, theirs = class_names(trained), class_names(chosen)
+    if mine == theirs:
+        return None
+    return (
+        f"the model's classes are {trained}'s ({mine}); {chosen}'s are others ({theirs}): test it on data of its own "
+        f"classes (data={trained} data.root=FOLDER)"
+    )
+
+
+def class_names(dataset: str) -> str:
+    """A data set's class names, as its record lists them (lenet.frame.mnist_family), shown on one line."""
+    names = DATASETS[dataset].classes
+    return ", ".join(names[:12]) + (f", ... ({len(names)} classes)" if len(names) > 12 else "")
+
+
 def warn_if_other_data(ckpt: Path, trained_on: dict, data: dict) -> None:
-    """A checkpoint tested on another data set (Fashion-MNIST's on MNIST's files) gets a number that means nothing."""
+    """A checkpoint tested on other test images than it was made with, without data=NAME saying so on purpose (a
+    data.root holding other files of its data set): its number may measure what the user did not mean to."""
     if trained_on and trained_on["test_labels_sha256"] != data["test_labels_sha256"]:
         made_with = f"{terminal(trained_on['dataset'])} from {terminal(trained_on['root'])}"  # the file's text
         log.warning(
-            "The test images in %s are not those %s was made with (%s): its test/acc here measures other data",
-            data["root"], ckpt, made_with,
+            "The test images in %s are not those %s was made with (%s): its test/acc here measures other data "
+            "(data=%s says you mean that)",
+            data["root"], ckpt, made_with, data["dataset"],
         )  # fmt: skip

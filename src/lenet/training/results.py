@@ -13,7 +13,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lenet.frame import atomic
 from lenet.runs import rundir
 from lenet.training import environment
-from lenet.training.checkpoints import Checkpoint, record_timing
+from lenet.training.checkpoints import Checkpoint, InitialWeights, record_timing
 from lenet.training.cpus import Threads
 from lenet.training.hparams import HPARAM_METRICS, log_hparams
 
@@ -40,8 +40,10 @@ class RunSummary(L.Callback):
         command: str | None = None,
         shown: set[str] = frozenset(),
         threads: Threads | None = None,
+        initial: InitialWeights | None = None,
     ):
         self.path, self.hparams, self.resumed, self.command = Path(run_dir) / rundir.METRICS, hparams, resumed, command
+        self.initial = initial  # the weights a new run started from (init_from)
         self.shown, self.session_end, self.threads = shown, None, threads
         self.started = time.perf_counter()
         self.train_s, self.train_images, self._epoch_started, self._epoch_counted = 0.0, 0, None, True
@@ -56,7 +58,8 @@ class RunSummary(L.Callback):
         self.rank_zero = trainer.is_global_zero
         resuming = f" Resuming {self.resumed.path} after epoch {self.resumed.epochs}." if self.resumed else ""
         run, on = f" Run dir: {self.path.parent}.", where(trainer, self.threads)
-        self._say(trainer, f"Training on {on}: {data_line(trainer.datamodule)}.{resuming}{run}")
+        origin = resuming or starting(self.initial)
+        self._say(trainer, f"Training on {on}: {data_line(trainer.datamodule)}.{origin}{run}")
         self._record_environment(trainer)
         for logger in self._tensorboards(trainer) if trainer.is_global_zero else ():
             self.session_end = log_hparams(logger, self.hparams, self.shown)
@@ -139,6 +142,8 @@ class RunSummary(L.Callback):
         if trainer.is_global_zero:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             record = environment.environment(self.command, trainer.strategy.root_device, threads_chosen(self.threads))
+            if self.initial:  # where its weights came from: the checkpoint as found (a run dir's best.ckpt)
+                record["init_from"] = str(self.initial.path.resolve())
             atomic.write_text(self.path.parent / rundir.ENVIRONMENT, json.dumps(record, indent=2) + "\n")
 
     @staticmethod
@@ -154,6 +159,14 @@ def where(trainer, chosen: Threads | None = None) -> str:
     cpu = f"cpu, {chosen}" if threads_chosen(chosen) else f"cpu, {threads} thread{'s' * (threads > 1)}"
     name = environment.device_name(device) if device.type == "cuda" else cpu
     return f"{name}, {trainer.world_size} processes" if trainer.world_size > 1 else name
+
+
+def starting(initial: InitialWeights | None) -> str:
+    """Where a new run's weights come from, as the start line says it: "" when it starts from scratch."""
+    if initial is None:
+        return ""
+    head = f"; the head rebuilt for {initial.head[1]} classes: it had {initial.head[0]}" if initial.head else ""
+    return f" Starting from {initial.path} (its weights{head})."
 
 
 def threads_chosen(chosen: Threads | None) -> str | None:
