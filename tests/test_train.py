@@ -326,10 +326,10 @@ def load_on_2_cpus(monkeypatch):
     before = torch.get_num_threads()
 
     def load(busy: int):
-        monkeypatch.setattr(os, "getloadavg", lambda: (float(busy), 0.0, 0.0))
-        monkeypatch.setattr(cpus, "others_running", lambda: busy)
+        """`busy` of the 2 CPUs kept busy by other processes over the 6 s since the command started."""
+        busy_cpus = (float(busy), 2, f"{busy:.1f} busy over the last 6.0 s")
+        monkeypatch.setattr(cpus, "busy_cpus", lambda machine: busy_cpus)
 
-    monkeypatch.setattr(cpus, "own_load", lambda: 0.0)  # this test process's earlier runs: none in the load above
     yield load
     torch.set_num_threads(before)
 
@@ -341,7 +341,7 @@ def test_the_start_line_env_json_and_checkpoints_say_the_automatic_thread_count(
     torch.set_num_threads(2)  # torch's count before: the run's must be the one chosen
     caplog.set_level(logging.INFO)
     train(compose_config(*fixture_overrides(flat_root, tmp_path), "trainer.max_epochs=1"))
-    how = "auto: 2 CPUs, load 1.0 lately, 1 now"
+    how = "auto: 2 CPUs, 1.0 busy over the last 6.0 s"
     assert f"Training on cpu, 1 thread ({how}): mnist from " in caplog.text
     env = json.loads((tmp_path / "env.json").read_text())
     assert (env["threads"], env["threads_chosen"]) == (1, how)
@@ -451,13 +451,16 @@ def test_gradient_clipping_and_accumulation_take_effect(flat_root, tmp_path):
     assert max(norm for _, norm in GradientSpy.seen) > 0.05, "unclipped, they are larger"
 
 
+@pytest.mark.slow  # 200 epochs: 9 s
 def test_debug_overfit_memorizes_its_batches(flat_root, tmp_path):
     overrides = [o for o in fixture_overrides(flat_root, tmp_path) if not o.startswith("trainer.max_epochs")]
     metrics = train(compose_config(*overrides, "debug=overfit"))
     assert metrics["epochs"] == 200 and metrics["train/acc"] >= 0.99
 
 
-@pytest.mark.parametrize("precision", ["bf16-true", "bf16-mixed", "16-true", "64-true"])
+@pytest.mark.parametrize(
+    "precision", ["bf16-true", "bf16-mixed", pytest.param("16-true", marks=pytest.mark.slow), "64-true"]
+)  # 16-true: float16 matmuls are slow on a CPU (11 s)
 def test_every_precision_trains_on_the_cpu(precision, flat_root, tmp_path):
     cfg = compose_config(*fixture_overrides(flat_root, tmp_path), f"trainer.precision={precision}")
     metrics = train(cfg)

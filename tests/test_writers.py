@@ -14,7 +14,7 @@ import pytest
 
 import slurm as cluster
 from conftest import VAL_SIZE, lenet_command
-from test_cluster import ON_THE_NODE, TRAINING, wait_for
+from test_cluster import ON_THE_NODE, TRAINING, job_ids, wait_for
 
 QUICK = [f"data.val_size={VAL_SIZE}", "data.batch_size=32", "callbacks.progress_bar.refresh_rate=0", "threads=1"]
 
@@ -156,7 +156,9 @@ def test_a_sweep_continued_after_its_launcher_died_leaves_running_jobs_alone(slu
                                  stderr=subprocess.PIPE, text=True)  # fmt: skip
     time.sleep(15)  # what it queues, it queues at once
     assert json.loads((sweep_dir / "slurm_jobs.json").read_text()) == submitted, "nothing queued again"
-    assert sorted(cluster.squeue()) == sorted(submitted[n] for n in ("1", "2")), "no duplicate in the queue"
+    assert sorted(job_ids(sweep_dir)) == sorted(submitted.values()), "nothing submitted again (.submitit)"
+    queued = cluster.squeue(*submitted.values())  # other tests' jobs may share the cluster: this sweep's only
+    assert queued == {submitted["1"]: "RUNNING", submitted["2"]: "RUNNING"}, "no duplicate in the queue"
     for n in (1, 2):
         (go / str(n)).touch()
     stdout, stderr = continued.communicate(timeout=300)

@@ -29,6 +29,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+import lenet.frame.cpu_use  # noqa: F401  the first look at the CPUs' work, for the automatic thread count
 from lenet.frame import atomic, keys
 from lenet.frame.configs import CONFIG_DIR
 from lenet.frame.errors import ConfigError, DataError, ModelError, SweepError, UserError

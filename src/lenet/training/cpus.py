@@ -6,16 +6,15 @@ Slurm job the machine's CPUs are not the job's. So when `threads` is null, lenet
 
 - usable: the CPUs of this process's affinity mask, and inside a Slurm job at most its allocation
   (SLURM_CPUS_PER_TASK, else SLURM_CPUS_ON_NODE);
-- busy: the larger of the 1-minute load average, less what this process put there itself (its start-up, a
-  multirun's earlier jobs), and the tasks running now besides this one. Too many threads cost 5x and more, one too
-  few at most what that thread adds (1.6x on 2 cores), so work counts when it kept CPUs busy lately (work that
-  comes and goes: a snapshot can miss it) or does now (work that began seconds ago: the average has not seen it
-  yet). The load is the whole machine's: the part of it that fits on the CPUs this process may not use is taken to
-  run there;
-- threads: usable less the busy CPUs (one more than half busy counts), at least 1.
-
-The average still counts another process's run for a minute after it ended: a run started right after one takes
-fewer threads, the cheap mistake.
+- busy: the cores other processes kept busy on the CPUs of the mask, on average over the seconds since lenet started
+  (lenet.frame.cpu_use's first look at /proc/stat, as Hydra composes the config and torch loads), less this
+  process's own CPU time; at least MIN_WINDOW_S: a run chosen sooner after the look waits the rest. Work that ended
+  before this process started is not counted (the 1-minute load average still counted it for a minute: a run started
+  right after another took fewer threads on an idle machine); work that began a second before the choice counts
+  only its share of the window. Without /proc/stat (not Linux): the 1-minute load average, less what this process
+  put there itself, the part of it that fits on the CPUs this process may not use taken to run there;
+- threads: usable less the busy CPUs (one more than half busy counts), at least 1. Too many threads cost 5x and
+  more, one too few at most what that thread adds (1.6x on 2 cores).
 
 A run's metrics are identical only when its thread count is (bitwise, on a CPU), so the count is chosen once, at
 start, and recorded; a resume takes the count saved in its checkpoint. `threads=N` or OMP_NUM_THREADS fix it.
@@ -30,16 +29,20 @@ import math
 import os
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
-LOADAVG = Path("/proc/loadavg")  # Linux: "0.52 0.61 0.70 2/317 12345", the 4th field counting running tasks
-SNAPSHOTS, SNAPSHOT_GAP_S = 5, 0.01  # running tasks are counted this many times, the fewest kept: a blip is no load
+from lenet.frame import cpu_use
+
+# The shortest window busy CPUs are measured over: /proc/stat counts in ticks of 10 ms, a few of them say little.
+MIN_WINDOW_S = 0.25
+# A look older than this says little about now (a multirun's later jobs, after the one before ran): a fresh one is
+# taken, and the run waits MIN_WINDOW_S.
+STALE_S = 60
 # Inside a Slurm job: the CPUs of each task (--cpus-per-task), else of the whole job on this node.
 SLURM = ("SLURM_CPUS_PER_TASK", "SLURM_CPUS_ON_NODE")
 DISTRIBUTED = ("ddp", "fsdp", "deepspeed")  # Lightning's strategies that read OMP_NUM_THREADS as they start
-LOAD_WINDOW_S = 60  # the kernel's 1-minute load average decays as exp(-t / 60 s)
+LOAD_WINDOW_S = 60  # the kernel's 1-minute load average decays as exp(-t / 60 s), read where /proc/stat is not
 # When this process started, and its CPU time then: its start-up before this import (Python importing torch and
 # Lightning) kept one CPU busy, so it began that much CPU time ago.
 STARTED = time.monotonic() - time.process_time(), 0.0
@@ -124,21 +127,45 @@ def omp_num_threads() -> int | None:
 def automatic(processes: int = 1) -> Threads:
     usable, limit = usable_cpus()
     machine = max(os.cpu_count() or usable, usable)
-    lately, now = max(0.0, os.getloadavg()[0] - own_load()), others_running()
-    busy = lately if now is None else max(lately, now)
+    busy, measured_on, load = busy_cpus(machine)
     cpus = f"{usable} of {machine} CPUs" if usable < machine else f"{usable} CPU{'s' * (usable > 1)}"
-    load = f"load {lately:.1f}" if now is None else f"load {lately:.1f} lately, {now} now"
     shared = f", {processes} processes" if processes > 1 else ""
-    count = max(1, threads_for(usable, machine, busy) // processes)
+    count = max(1, threads_for(usable, measured_on, busy) // processes)
     return Threads(count, f"auto: {cpus}{limit}, {load}{shared}")
 
 
-def threads_for(usable: int, machine: int, busy: float) -> int:
-    """One thread per usable CPU that the load leaves free. The load is counted on the whole machine; what fits on
-    the CPUs this process may not use runs there: a Slurm job's or a container's CPUs are its own, and elsewhere the
-    kernel moves threads to idle CPUs."""
-    on_ours = max(0.0, busy - (machine - usable))
+def threads_for(usable: int, measured_on: int, busy: float) -> int:
+    """One thread per usable CPU that the busy ones leave free. `busy` was measured on `measured_on` CPUs (the
+    affinity mask's, or the whole machine's); what fits on those beyond the usable ones runs there: a Slurm job's CPUs
+    are its own, and the kernel moves threads to idle CPUs."""
+    on_ours = max(0.0, busy - (measured_on - usable))
     return max(1, usable - int(on_ours + 0.5))
+
+
+# The last look at the CPUs: lenet's first, then the one each automatic choice of this process took.
+LAST_LOOK = [cpu_use.FIRST]
+
+
+def busy_cpus(machine: int) -> tuple[float, int, str]:
+    """The cores other processes keep busy, the number of CPUs that was measured on, and how it was measured."""
+    first = LAST_LOOK[0]
+    if first.busy is None:  # not Linux: the load average
+        load = max(0.0, os.getloadavg()[0] - own_load())
+        return load, machine, f"load {load:.1f}"
+    if time.monotonic() - first.at > STALE_S:
+        first = cpu_use.look()
+    time.sleep(max(0.0, first.at + MIN_WINDOW_S - time.monotonic()))
+    second = LAST_LOOK[0] = cpu_use.look()
+    mask = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(second.busy)
+    busy = others_busy(first, second, mask)
+    return busy, len(mask), f"{busy:.1f} busy over the last {second.at - first.at:.1f} s"
+
+
+def others_busy(first: cpu_use.Look, second: cpu_use.Look, cpus: set[int]) -> float:
+    """The cores other processes kept busy between two looks, on average, on `cpus`: the busy seconds of those CPUs
+    less this process's own CPU seconds (its threads run there too), per second."""
+    spent = sum(second.busy[cpu] - first.busy.get(cpu, second.busy[cpu]) for cpu in cpus if cpu in second.busy)
+    return max(0.0, (spent - (second.own - first.own)) / (second.at - first.at))
 
 
 def usable_cpus() -> tuple[int, str]:
@@ -150,21 +177,8 @@ def usable_cpus() -> tuple[int, str]:
 
 
 def own_load() -> float:
-    """What this process still adds to the load average: its start-up, and in a multirun the jobs before this one.
-    Its CPU time since it started, as a steady rate, decayed as the kernel decays the average."""
+    """Where the load average is read: what this process still adds to it, its start-up and in a multirun the jobs
+    before this one. Its CPU time since it started, as a steady rate, decayed as the kernel decays the average."""
     wall = time.monotonic() - STARTED[0]
     rate = (time.process_time() - STARTED[1]) / wall if wall > 0 else 0.0
     return rate * (1 - math.exp(-wall / LOAD_WINDOW_S))
-
-
-def others_running() -> int | None:
-    """The tasks running or waiting for a CPU now, besides this one: the fewest of a few counts. None where the
-    kernel does not say (not Linux)."""
-    counts = []
-    for snapshot in range(SNAPSHOTS):
-        time.sleep(SNAPSHOT_GAP_S if snapshot else 0)
-        try:
-            counts.append(int(LOADAVG.read_text().split()[3].split("/")[0]) - 1)
-        except (OSError, IndexError, ValueError):
-            return None
-    return max(0, min(counts))
