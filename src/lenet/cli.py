@@ -167,8 +167,9 @@ def held(run_dir: Path, name: str):
 
 def record(run_dir: Path, cfg: DictConfig) -> None:
     """Hydra's record of the run (.hydra/: its config, Hydra's, the overrides), written once the run dir is this
-    process's and the config is checked: Hydra itself writes none (hydra.output_subdir: null), for it would write over
-    the record of a finished run, or of one another process is running, before any check."""
+    process's (`run` says when: a new dir's at once, a failed attempt's once the config is checked, an interrupted
+    one's never). Hydra itself writes none (hydra.output_subdir: null): it would write over the record of a finished
+    run, or of one another process is running, before any check."""
     folder = run_dir / RECORD
     folder.mkdir(exist_ok=True)
     hydra_config = HydraConfig.instance().cfg

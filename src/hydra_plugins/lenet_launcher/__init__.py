@@ -158,8 +158,7 @@ class Running:
     def still(self) -> bool:
         if self.slurm_job:
             return self.slurm_job in (queue.alive([self.slurm_job]) or set())
-        held = holder.read(self.run_dir)
-        return held is not None and held.alive() is not False
+        return _live_holder(self.run_dir) is not None
 
 
 def still_running(sweep_dir: Path, numbers: range) -> dict[int, Running]:
@@ -170,10 +169,15 @@ def still_running(sweep_dir: Path, numbers: range) -> dict[int, Running]:
     running = {number: Running(job, sweep_dir / str(number), f"Slurm job {job}, {states[job].lower()}")
                for number, job in submitted.items() if states.get(job) in queue.ALIVE}  # fmt: skip
     for number in (n for n in numbers if n not in running):
-        held = holder.read(sweep_dir / str(number))
-        if held is not None and held.alive() is not False:
+        if held := _live_holder(sweep_dir / str(number)):
             running[number] = Running(None, sweep_dir / str(number), f"held by {held}")
     return running
+
+
+def _live_holder(run_dir: Path) -> holder.Holder | None:
+    """The process holding `run_dir`, unless it has ended (one that cannot be asked may still run)."""
+    held = holder.read(run_dir)
+    return held if held is not None and held.alive() is not False else None
 
 
 def all_ended(sweep_dir: Path) -> bool:

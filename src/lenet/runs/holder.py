@@ -111,18 +111,20 @@ def take(run_dir: Path) -> str:
 def progress(run_dir: Path, epoch: int, max_epochs: int | None) -> None:
     """How far this holder's training has come, for lenet.report. Best effort: a full disk must not stop training."""
     current = read(run_dir)
-    if current is None or (current.host, current.pid) != (socket.gethostname(), os.getpid()):
-        return
-    with contextlib.suppress(OSError):
-        _write(run_dir, replace(current, epoch=epoch, max_epochs=max_epochs))
+    if _mine(current):
+        with contextlib.suppress(OSError):
+            _write(run_dir, replace(current, epoch=epoch, max_epochs=max_epochs))
 
 
 def release(run_dir: Path) -> None:
     """Give `run_dir` back, if this process still holds it."""
-    current = read(run_dir)
-    if current is not None and (current.host, current.pid) == (socket.gethostname(), os.getpid()):
+    if _mine(read(run_dir)):
         with contextlib.suppress(OSError):
             (run_dir / HOLDER).unlink()
+
+
+def _mine(holder: Holder | None) -> bool:
+    return holder is not None and (holder.host, holder.pid) == (socket.gethostname(), os.getpid())
 
 
 def _held(run_dir: Path, holder: Holder, alive: bool | None) -> str:
