@@ -7,14 +7,14 @@ From the checkpoint's test images (its own data root, or --data-root) it makes "
 times larger, off-centre on a larger page, as dark ink on tinted paper with uneven light and noise, RGB, JPEG
 quality 70-92; in three lights: even (brighter at one end), a shadow across half the page, a flash's fall-off.
 It reports the accuracy on the 28x28 originals, on the photos with a plain resize to 28x28, and on the photos
-prepared (lenet.inference.preparation.prepare) with each dataset's layout. Then it exports the checkpoint to
+prepared (lenet.images.preparation.prepare) with each dataset's layout. Then it exports the checkpoint to
 ONNX and .pt2 (the parity figures) and times `python -m lenet.predict` on a folder of --n PNG photos with the
 checkpoint and with the ONNX file: whole process, and images/s once started (the log's own count).
 
 --make-digits writes scikit-learn's 1,797 handwritten digits (UCI, 8x8, 16 grey levels; needs `pip install
 scikit-learn`) as MNIST's four IDX files (1,300 to train, 497 to test), made by MNIST's published recipe: each
 bitmap blown up, cropped to its ink, fitted to 20x20 keeping the aspect ratio, centred by centre of mass in
-28x28. That recipe is written out here on purpose, apart from lenet.inference.preparation: the set stands in for MNIST,
+28x28. That recipe is written out here on purpose, apart from lenet.images.preparation: the set stands in for MNIST,
 which cannot be downloaded here, and must not borrow the code it is used to check. Train on it with
 `python -m lenet.train data.root=FOLDER data.val_size=200 data.batch_size=32 trainer.max_epochs=60 optimizer.lr=0.05`.
 """
@@ -32,7 +32,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from lenet.inference import preparation as lc
+from lenet.frame.mnist_family import LAYOUTS
+from lenet.images import preparation as lc
 from lenet.inference.model_files import load
 from lenet.inference.trained_model import Predictor
 from lenet.training.checkpoints import Checkpoint
@@ -114,7 +115,7 @@ def measure(args) -> None:
     print(f"| the 28x28 originals | {accuracy(model, list(images), labels):.2%} |")
     resized = [accuracy(model, [lc.resize(p) for p in kind], labels) for kind in photos.values()]
     print(f"| photos, plain resize to 28x28 | {' | '.join(f'{a:.2%}' for a in resized)} |")
-    for name, layout in lc.LAYOUTS.items():
+    for name, layout in LAYOUTS.items():
         if name == "kmnist":
             continue  # laid out as MNIST
         cells = []
@@ -123,7 +124,7 @@ def measure(args) -> None:
             prepared = [lc.prepare(p, layout) for p in kind]
             per_image = (time.perf_counter() - start) / len(kind) * 1000
             cells.append(f"{accuracy(model, prepared, labels):.2%} ({per_image:.2f} ms/image)")
-        mark = " (this model's)" if layout == model.layout else ""
+        mark = " (this model's)" if name == model.layout else ""
         print(f"| photos, prepared, {name} layout{mark} | {' | '.join(cells)} |")
     photos = photos["even"]
 

@@ -253,7 +253,7 @@ def glyph_split(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Digits drawn with Pillow's own font at random sizes, weights, positions and slants, laid out as MNIST's."""
     from PIL import Image, ImageDraw, ImageFont
 
-    from lenet.inference.preparation import prepare
+    from lenet.images.preparation import prepare
 
     rng = np.random.default_rng(seed)
     labels = rng.integers(0, 10, n)
@@ -266,6 +266,20 @@ def glyph_split(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
         ImageDraw.Draw(canvas).text(position, str(label), fill=255, font=font, stroke_width=weight, stroke_fill=255)
         image[:] = prepare(canvas.rotate(float(rng.uniform(-15, 15)), resample=Image.Resampling.BILINEAR))
     return images, labels
+
+
+@pytest.fixture(scope="session")
+def glyph_folder(tmp_path_factory) -> Path:
+    """The glyphs as a user's own images (data=images): one folder per class, 0 ... 9, of PNG files, dark on light,
+    56 pixels a side, as a scan would be."""
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("glyph_folder")
+    images, labels = glyph_split(300, seed=5)
+    for i, (image, label) in enumerate(zip(images, labels, strict=True)):
+        (root / str(label)).mkdir(exist_ok=True)
+        Image.fromarray(255 - image).resize((56, 56)).save(root / str(label) / f"{i}.png")
+    return root
 
 
 def shared(tmp_path_factory, name: str):

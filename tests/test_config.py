@@ -24,7 +24,7 @@ def options(group: str) -> list[str]:
 
 def test_every_group_has_options():
     assert all(options(group) for group in GROUPS)
-    assert options("data") == ["fashion_mnist", "kmnist", "mnist"]
+    assert options("data") == ["fashion_mnist", "images", "kmnist", "mnist"]
     assert options("optimizer") == ["adam", "adamw", "sgd"]
     assert options("scheduler") == ["cosine", "none", "onecycle", "step"]
 
@@ -32,9 +32,10 @@ def test_every_group_has_options():
 @pytest.mark.parametrize(
     "override", [f"{g}={o}" for g in GROUPS for o in options(g) if g != "trainer"] + ["trainer=cpu"]
 )
-def test_every_option_composes_and_trains(override, flat_root, tmp_path):
+def test_every_option_composes_and_trains(override, flat_root, tmp_path, request):
     quick = [] if override.startswith("debug=") else ["debug=fast_dev_run"]
-    cfg = compose_config(*fixture_overrides(flat_root, tmp_path), override, *quick)
+    own = [f"data.root={request.getfixturevalue('glyph_folder')}"] if override == "data=images" else []
+    cfg = compose_config(*fixture_overrides(flat_root, tmp_path), override, *own, *quick)
     metrics = train(cfg)
     assert metrics["epochs"] >= 1 and 0 <= metrics["test/acc"] <= 1
     missing = [name for name, value in logged_hparams(cfg).items() if value is None]
@@ -102,7 +103,7 @@ def test_data_root_defaults_to_data_and_follows_LENET_DATA(monkeypatch):
         ),
         ("model.activation=gelu", "model.activation='gelu' is not allowed: it must be one of relu, tanh"),
         ("model.dropout=1.5", "model.dropout=1.5 is not allowed: it must be a number in [0, 1)"),
-        ("model.num_classes=1", "model.num_classes=1 is not allowed: it must be an integer >= 2"),
+        ("model.num_classes=1", "model.num_classes=1 is not allowed: it must be null, or an integer >= 2"),
         ("scheduler.pct_start=0", "scheduler.pct_start=0 is not allowed: it must be a number in (0, 1)"),
         ("threads=0", "threads=0 is not allowed: it must be null, or an integer >= 1"),
         ("trainer.precision=16-mixed", "trainer.precision=16-mixed needs a GPU; on the CPU use bf16-mixed"),

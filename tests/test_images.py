@@ -1,4 +1,4 @@
-"""Preparing a user's image (lenet.inference.preparation.prepare): an odd file is one ImageError, and uneven light is
+"""Preparing a user's image (lenet.images.preparation.prepare): an odd file is one ImageError, and uneven light is
 not ink."""
 
 import io
@@ -13,7 +13,7 @@ from PIL import ExifTags, Image
 
 from conftest import glyph_split
 from lenet.inference.model_files import load
-from lenet.inference.preparation import ImageError, ImageTooLarge, open_image, prepare
+from lenet.images.preparation import ImageError, ImageTooLarge, open_image, prepare
 
 MB = 2**20
 
@@ -129,7 +129,7 @@ def test_an_image_that_would_take_more_memory_than_max_bytes_is_refused_from_its
 MEASURE_PEAK = """
 import re, sys
 from pathlib import Path
-from lenet.inference.preparation import prepare
+from lenet.images.preparation import prepare
 def peak():  # this process's highest RSS; ru_maxrss would count the parent's, from before exec
     return int(re.search(r"VmHWM:\\s+(\\d+) kB", Path("/proc/self/status").read_text())[1]) * 1024
 png = Path(sys.argv[1]).read_bytes()

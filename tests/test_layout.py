@@ -81,10 +81,11 @@ GRAPH = {module: lenet_imports(tree) | STRING_LINKS[module] for module, tree in 
 MAY_IMPORT = {
     "frame": set(),  # keys, validate, errors: what everything stands on
     "runs": {"frame"},  # run dirs, sweeps, reports: what runs leave behind, read as data, never training's code
-    "training": {"frame", "runs"},  # runs: a run dir's layout (rundir), a sweep's job dirs (multirun)
-    "inference": {"frame", "runs", "training"},  # training: export and a .ckpt start from training.checkpoints
-    "cli": {"frame", "runs", "training", "inference"},  # training, inference: their work, named in COMMANDS only
-    "commands": {"frame", "runs", "training", "inference", "cli"},
+    "images": {"frame"},  # a user's image prepared as a data set made its own: for training and for predicting
+    "training": {"frame", "runs", "images"},  # runs: a run dir's layout (rundir), a sweep's job dirs (multirun)
+    "inference": {"frame", "runs", "images", "training"},  # training: export and a .ckpt start from its checkpoints
+    "cli": {"frame", "runs", "images", "training", "inference"},  # training, inference: named in COMMANDS only
+    "commands": {"frame", "runs", "images", "training", "inference", "cli"},
 }
 # Links up a floor, each for a reason.
 UPWARD = {

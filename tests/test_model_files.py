@@ -191,12 +191,11 @@ def test_a_foreign_file_as_checkpoint_is_one_line(tmp_path):
     [
         ({"std": 0}, "holds std=0, which is not allowed: it must be a number > 0"),
         ({"mean": "abc"}, "holds mean='abc', which is not allowed: it must be a number in [0, 1)"),
-        ({"dataset": "emnist"},
-         "holds dataset='emnist', which is not allowed: it must be one of mnist, fashion_mnist, kmnist"),
+        ({"layout": "upright"}, "holds layout='upright', which is not allowed: it must be one of strokes, object"),
         ({"classes": "0123456789"},
          "holds classes='0123456789', which is not allowed: it must be a list of two or more class names"),
     ],
-    ids=["std-0", "mean-abc", "unknown-dataset", "classes-a-string"],
+    ids=["std-0", "mean-abc", "unknown-layout", "classes-a-string"],
 )  # fmt: skip
 def test_an_exported_file_with_odd_metadata_is_one_line(edit, line, pt2_file, tmp_path):
     """Its metadata feeds the normalization and the class names: checked by the rules of the settings it came from."""

@@ -299,7 +299,7 @@ INF = torch.zeros(10).index_fill_(0, torch.tensor([3]), float("-inf"))
         (data_setting("mean", "abc"),
          "holds data.mean='abc', which is not allowed: it must be a number in [0, 1)"),
         (data_setting("dataset", "emnist"),
-         "holds data.dataset='emnist', which is not allowed: it must be one of mnist, fashion_mnist, kmnist"),
+         "holds data.dataset='emnist', which is not allowed: it must be one of mnist, fashion_mnist, kmnist, images"),
         (data_setting("transform", "x"),
          "holds data.transform, which is not a setting of lenet.training.datamodule.MNISTDataModule"),
         (model_setting("dropout", float("nan")),

@@ -1,4 +1,4 @@
-"""lenet.predict and the image preparation of lenet.inference.preparation, on files made as users' photos and scans
+"""lenet.predict and the image preparation of lenet.images.preparation, on files made as users' photos and scans
 would be."""
 
 import contextlib
@@ -35,7 +35,8 @@ from lenet.inference.classify import (
 )
 from lenet.inference.input_files import InputError
 from lenet.inference.model_files import load
-from lenet.inference.preparation import LAYOUTS, ImageError, prepare
+from lenet.frame.mnist_family import LAYOUTS
+from lenet.images.preparation import ImageError, prepare
 from lenet.inference.trained_model import Predictor
 
 
@@ -106,7 +107,7 @@ def transparent(glyph: Image.Image, ink: tuple[int, int, int]) -> Image.Image:
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_prepared_user_images_are_classified_as_their_28x28_originals(classifier, originals, variant):
     images, expected = originals
-    prepared = np.stack([prepare(VARIANTS[variant](image)[0], classifier.layout) for image in images])
+    prepared = np.stack([classifier.prepare(VARIANTS[variant](image)[0]) for image in images])
     assert classifier.probabilities(prepared).argmax(axis=1).tolist() == expected.tolist()
 
 
@@ -124,7 +125,7 @@ def test_preparation_lays_a_digit_out_as_mnist_does(originals):
 def test_fashion_mnist_images_fill_the_frame_centred_by_their_box():
     shirt = np.zeros((60, 40), dtype=np.uint8)
     shirt[5:55, 2:38] = 200
-    image = prepare(encoded(inverted(Image.fromarray(shirt)), "PNG"), LAYOUTS["fashion_mnist"])
+    image = prepare(encoded(inverted(Image.fromarray(shirt)), "PNG"), LAYOUTS["object"])
     rows, cols = np.flatnonzero(image.any(axis=1)), np.flatnonzero(image.any(axis=0))
     assert (rows[0], rows[-1]) == (0, 27) and abs((cols[0] + cols[-1]) / 2 - 13.5) <= 0.5
 

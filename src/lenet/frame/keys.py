@@ -9,7 +9,9 @@ A key's roles:
   (RUN_LENGTH): Lightning restores the optimizer and schedule over whatever the config says;
 - `own`: read by lenet itself, not an argument of its group's `_target_`;
 - `search`: a search's own setting, left out of the command lines lenet prints;
-- `not_rerun`: why lenet.reproduce leaves it out of the rerun of a run (empty: the rerun repeats it).
+- `not_rerun`: why lenet.reproduce leaves it out of the rerun of a run (empty: the rerun repeats it);
+- `from_data`: null asks for the data's own value, filled in when the data loads (lenet.training.datamodule) and
+  recorded so; a resume's null matches the value the run recorded.
 
 A role left out is the nearest enclosing key's (`trainer.precision` is CHANGEABLE because `trainer` is), the root's
 being recipe, FIXED, not own, not search. A key may be a pattern (`callbacks.*.dirpath`). Adding a key to lenet is
@@ -28,7 +30,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from lenet.frame.mnist_family import DATASETS  # their records: data.dataset takes their names
+from lenet.frame.mnist_family import DATA_SET_NAMES, LAYOUTS, OWN_IMAGES  # what data.dataset, data.layout take
 
 CHANGEABLE, FIXED, RUN_LENGTH = "changeable", "fixed", "run length"
 
@@ -83,10 +85,16 @@ def strings(test: Callable[[str], bool], text: str) -> Rule:
     return Rule(lambda v: isinstance(v, list) and all(isinstance(s, str) and test(s) for s in v), text)
 
 
+CLASS_NAMES = Rule(
+    lambda v: isinstance(v, list | tuple) and len(v) >= 2 and len(set(v)) == len(v)
+    and all(isinstance(name, str) and name for name in v),
+    "a list of two or more different class names",
+)  # fmt: skip
 BOOLEAN = Rule(lambda v: isinstance(v, bool), "true or false")
 TEXT = Rule(lambda v: isinstance(v, str) and v != "", "a non-empty string")
 NULL = Rule(lambda v: v is None, "null")
 POSITIVE = number(0, strict=True)
+MEAN = number(0, below=1)  # of pixels in [0, 1]
 NON_NEGATIVE = number(0)
 FRACTION = number(0, below=1)
 BETAS = Rule(
@@ -126,9 +134,10 @@ class Key:
     search: bool | None = None
     why_fixed: str | None = None  # said when a resume would change it
     not_rerun: str | None = None  # why lenet.reproduce leaves it out of a rerun ("": a rerun repeats it)
+    from_data: bool | None = None
 
 
-ROOT = Key(recipe=True, resume=FIXED, own=False, search=False, not_rerun="")
+ROOT = Key(recipe=True, resume=FIXED, own=False, search=False, not_rerun="", from_data=False)
 KEYS: dict[str, Key] = {
     # lenet.train
     "seed": Key(integer(), hparam="seed"),
@@ -153,17 +162,21 @@ KEYS: dict[str, Key] = {
     "model.pooling": Key(one_of(*POOLINGS), hparam="pooling"),
     "model.batch_norm": Key(BOOLEAN, hparam="batch_norm"),
     "model.dropout": Key(FRACTION, hparam="dropout"),
-    "model.num_classes": Key(integer(2)),
+    "model.num_classes": Key(NULL | integer(2), from_data=True),  # null: the data's class count
     "model.compile": Key(BOOLEAN, own=True, resume=CHANGEABLE),
     "model.channels_last": Key(BOOLEAN, own=True, resume=CHANGEABLE),
     "data": Key(hparam="dataset"),  # data=fashion_mnist shows as its dataset
-    "data.dataset": Key(one_of(*DATASETS), hparam="dataset"),
-    "data.root": Key(TEXT, resume=CHANGEABLE),
+    "data.dataset": Key(one_of(*DATA_SET_NAMES), hparam="dataset"),
+    "data.root": Key(NULL | TEXT, resume=CHANGEABLE),  # null (data=images' default): required, CONSTRAINTS say so
     "data.batch_size": Key(integer(1), hparam="batch_size"),
     "data.eval_batch_size": Key(integer(1), resume=CHANGEABLE),
     "data.val_size": Key(VAL_SIZE),
-    "data.mean": Key(number(0, below=1)),
-    "data.std": Key(POSITIVE),
+    "data.mean": Key(NULL | MEAN, from_data=True),  # null: the training images' own
+    "data.std": Key(NULL | POSITIVE, from_data=True),
+    "data.classes": Key(NULL | CLASS_NAMES, from_data=True),
+    "data.layout": Key(one_of(*LAYOUTS)),
+    # A share of a folder's images kept for testing, or a count; 1.0: all (lenet.eval on a folder of test images)
+    "data.test_size": Key(number(0, strict=True, below=1) | integer(1) | one_of(1.0)),
     "data.split_seed": Key(integer()),
     "data.seed": Key(integer()),
     "data.augment": Key(BOOLEAN),
@@ -249,6 +262,12 @@ KEYS: dict[str, Key] = {
 
 # Rules between two keys of a group: (group, test of the group's node, what to do instead).
 CONSTRAINTS: list[tuple[str, Callable[[Any], bool], str]] = [
+    (
+        "data",
+        lambda d: d.get("root") is not None or d.get("dataset") != OWN_IMAGES,  # lenet.eval: null, the model's
+        "data.root is required: a folder holding one folder of images per class, or a CSV of path,label "
+        "(docs/your-own-data.md), e.g. data.root=my-images",
+    ),
     (
         "optimizer",
         lambda o: not o.get("nesterov") or (o.get("momentum", 0) > 0 and not o.get("dampening", 0)),

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class Layout:
     """How a dataset placed its objects in 28x28, as far as preparing a user's image goes
-    (lenet.inference.preparation)."""
+    (lenet.images.preparation)."""
 
     box: int  # the object's longer side, in pixels
     by_mass: bool  # centred by its centre of mass (MNIST) or by its bounding box
@@ -30,15 +30,27 @@ class DataSet:
     test_counts: tuple[int, ...]  # its published test set's images per class ...
     test_grey: float  # ... and their mean grey level (0..1): how lenet recognises that test set in a data.root
     classes: tuple[str, ...]  # the names people expect, one per label 0..n-1
-    layout: Layout  # how its images look: a user's image is prepared to look the same
+    layout: str  # how its images look (a name in LAYOUTS): a user's image is prepared to look the same
 
     def __post_init__(self):
-        if not (isinstance(self.layout, Layout) and 0 <= self.mean < 1 and self.std > 0 and 0 < self.test_grey < 1):
+        if not (self.layout in LAYOUTS and 0 <= self.mean < 1 and self.std > 0 and 0 < self.test_grey < 1):
             raise ValueError(f"data set {self.name}: its layout, mean, std or test_grey is missing or out of range")
         if len(self.classes) < 2 or len(self.classes) != len(self.test_counts):
             count = len(self.test_counts)
             raise ValueError(f"data set {self.name}: {len(self.classes)} class names for {count} classes")
 
+
+# How images are laid out in 28x28, by the names data.layout takes: each data set's record names its own, and a folder
+# of a user's own images (data=images) picks one.
+LAYOUTS = {
+    # Thin strokes on paper: digits, letters, drawings. LeCun et al.: MNIST's digits fit a 20x20 box keeping their
+    # aspect ratio, then their centre of mass goes to the centre.
+    "strokes": Layout(box=20, by_mass=True, strokes=True),
+    # An object that fills its frame: clothes, things photographed. Xiao et al.: Fashion-MNIST's are trimmed, their
+    # longest edge resized to 28; measured on its test set, 99.98% of them have a 27-28 pixel side and their bounding
+    # boxes are centred (13.6 +- 0.2), their centres of mass are not.
+    "object": Layout(box=28, by_mass=False, strokes=False),
+}
 
 DATASETS = {
     data.name: data
@@ -47,28 +59,29 @@ DATASETS = {
             "mnist", "MNIST", mean=0.1307, std=0.3081,
             test_counts=(980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009), test_grey=0.1325,  # as published
             classes=tuple("0123456789"),  # torchvision says "0 - zero": the digit is the name
-            # LeCun et al.: digits fit a 20x20 box keeping their aspect ratio, then their centre of mass goes to the
-            # centre.
-            layout=Layout(box=20, by_mass=True, strokes=True),
+            layout="strokes",
         ),
         DataSet(
             "fashion_mnist", "FashionMNIST", mean=0.2860, std=0.3530,
             test_counts=(1000,) * 10, test_grey=0.2868,  # measured on Debian's copy
             classes=("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
                      "Ankle boot"),
-            # Xiao et al.: trimmed, longest edge resized to 28. Measured on its test set: 99.98% of the images have a
-            # 27-28 pixel side, and their bounding boxes are centred (13.6 +- 0.2), their centres of mass are not.
-            layout=Layout(box=28, by_mass=False, strokes=False),
+            layout="object",
         ),
         DataSet(
             "kmnist", "KMNIST", mean=0.1918, std=0.3483,
             test_counts=(1000,) * 10, test_grey=0.19,  # near its training set's 0.1918
             classes=("o", "ki", "su", "tsu", "na", "ha", "ma", "ya", "re", "wo"),
-            # Clanuwat et al. made KMNIST "in the MNIST format"; not measured here (no KMNIST data on this machine).
-            layout=Layout(box=20, by_mass=True, strokes=True),
+            layout="strokes",  # Clanuwat et al. made KMNIST "in the MNIST format"; not measured here
         ),
     )
 }  # fmt: skip
+
+
+# data=images: a folder (or a CSV) of a user's own labelled images (lenet.training.image_folder). No record: its class
+# names come from its folders, its mean and std from its training images, its layout from data.layout.
+OWN_IMAGES = "images"
+DATA_SET_NAMES = (*DATASETS, OWN_IMAGES)  # what data.dataset takes
 
 
 def normalize(pixels, mean: float, std: float):

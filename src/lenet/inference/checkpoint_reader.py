@@ -7,7 +7,6 @@ from pathlib import Path
 from lenet.inference.torch_forward import device_of, forward_numpy
 from lenet.inference.trained_model import Predictor
 from lenet.training.checkpoints import Checkpoint
-from lenet.training.datasets import class_names
 
 
 def read(path: Path, device: str = "auto") -> Predictor:
@@ -21,6 +20,6 @@ def predictor(checkpoint: Checkpoint, device: str = "auto") -> Predictor:
     net = checkpoint.module().net.eval().to(torch_device)
     data = checkpoint.data_settings
     return Predictor(
-        class_names(data["dataset"]), data["mean"], data["std"], data["dataset"], checkpoint.path,
+        checkpoint.classes, data["mean"], data["std"], data["dataset"], checkpoint.layout, checkpoint.path,
         str(checkpoint.path), net, forward_numpy(net, torch_device),
     )  # fmt: skip

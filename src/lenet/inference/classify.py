@@ -1,6 +1,6 @@
 """A user's own images classified: what `python -m lenet.predict` runs.
 
-Each image is prepared the way the model's dataset was made (`lenet.inference.preparation.prepare`), then classified in
+Each image is prepared the way the model's dataset was made (`lenet.images.preparation.prepare`), then classified in
 batches.
 Writes a CSV (path, prediction, confidence, the top-k classes with their probabilities, error) batch by batch, so
 that Ctrl-C, a kill or a crash keeps the rows so far; with `preview=true`, also a grid of images as the model saw
@@ -30,9 +30,9 @@ from tqdm import tqdm
 
 from lenet.frame.errors import UserError
 from lenet.frame.quoting import spreadsheet_cell
+from lenet.images.preparation import ImageError, open_image, resize
 from lenet.inference.input_files import InputError, Reader, image_paths, path_text, read_image
 from lenet.inference.model_files import load
-from lenet.inference.preparation import ImageError, open_image, resize
 from lenet.inference.trained_model import Predictor
 from lenet.runs.rundir import model_file
 

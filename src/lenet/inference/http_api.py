@@ -53,8 +53,8 @@ from starlette.requests import ClientDisconnect
 from starlette.requests import Request as StarletteRequest
 
 from lenet.frame.errors import UserError
+from lenet.images.preparation import ImageError, ImageTooLarge, limit_png_text
 from lenet.inference.model_files import load
-from lenet.inference.preparation import ImageError, ImageTooLarge, limit_png_text, prepare
 from lenet.inference.request_limits import HostAndOrigin, allowed_hosts, with_header_timeout
 from lenet.inference.trained_model import Predictor
 from lenet.runs.rundir import model_file
@@ -172,7 +172,7 @@ def listen(host: str, port: int) -> socket.socket:
 
 def answer(classifier: Predictor, file: BinaryIO, max_pixels: int, max_decoded: int) -> dict:
     """The JSON of /predict for one uploaded image (runs in a worker thread)."""
-    image = prepare(file, classifier.layout, max_pixels, max_decoded)
+    image = classifier.prepare(file, max_pixels, max_decoded)
     probabilities = classifier.probabilities(image[None])[0]
     best = int(probabilities.argmax())
     png = BytesIO()

@@ -18,7 +18,7 @@ import numpy as np
 from omegaconf import ListConfig
 
 from lenet.frame.errors import UserError
-from lenet.inference.preparation import IMAGE_SUFFIXES, ImageError
+from lenet.images.preparation import IMAGE_SUFFIXES, ImageError
 
 NOT_FILES = {
     stat.S_IFDIR: "a folder",

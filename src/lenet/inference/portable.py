@@ -27,8 +27,6 @@ from lenet.inference.model_files import EXPORTED, load
 from lenet.inference.trained_model import METADATA_FILE, properties
 from lenet.runs.rundir import model_file
 from lenet.training.checkpoints import Checkpoint
-from lenet.training.datasets import raw_folder
-from lenet.training.idx import read_idx
 
 log = logging.getLogger(__name__)
 
@@ -114,11 +112,8 @@ def write_pt2(net, metadata: dict, output: Path) -> None:
 def parity_images(datamodule) -> tuple[np.ndarray, str]:
     """The checkpoint's test images when they can be read, else GENERATED random ones; and what they are."""
     try:
-        files = datamodule.idx_files()
-        if files:
-            images = read_idx(files["test"][0], "images").numpy()
-            return images, f"the {len(images)} test images of {files['test'][0]}"
-        reason = f"no IDX files in {datamodule.root} or {raw_folder(datamodule.root, datamodule.hparams.dataset)}"
+        images, source = datamodule.test_images()
+        return images.numpy(), f"the {len(images)} test images of {source}"
     except DataError as error:
         reason = str(error)
     log.info("Parity on random images: %s", reason)

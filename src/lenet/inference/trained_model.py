@@ -13,8 +13,8 @@ import numpy as np
 
 from lenet.frame import keys
 from lenet.frame.errors import ModelError
-from lenet.frame.mnist_family import normalize
-from lenet.inference.preparation import LAYOUTS, Layout, prepare
+from lenet.frame.mnist_family import DATASETS, LAYOUTS, normalize
+from lenet.images.preparation import prepare
 
 # What an exported file promises, written into its metadata.
 INPUT = "float32 N x 1 x 28 x 28: pixels 0..255, light on dark, normalized as (pixel - 255 * mean) / (255 * std)"
@@ -31,18 +31,16 @@ class Predictor:
     classes: list[str]
     mean: float
     std: float
-    dataset: str
+    dataset: str  # a data set's name (lenet.frame.mnist_family), or `images`: a folder of the user's own
+    layout: str  # how its images are laid out (a name in LAYOUTS): how a user's image is prepared for it
     source: Path  # the file it was loaded from
     checkpoint: str  # the lenet.train checkpoint it came from (the source itself for a .ckpt)
     model: Any
     forward: Callable[[np.ndarray], np.ndarray]  # normalized float32 N x 1 x 28 x 28 -> N x classes logits
 
-    @property
-    def layout(self) -> Layout:
-        return LAYOUTS[self.dataset]
-
-    def prepare(self, image, max_pixels: int | None = None) -> np.ndarray:
-        return prepare(image, self.layout, max_pixels)
+    def prepare(self, image, max_pixels: int | None = None, max_bytes: int | None = None) -> np.ndarray:
+        """A user's image as its data set's images were made (lenet.images.preparation.prepare)."""
+        return prepare(image, LAYOUTS[self.layout], max_pixels, max_bytes)
 
     def normalize(self, images: np.ndarray) -> np.ndarray:
         """uint8 N x 28 x 28 -> float32 N x 1 x 28 x 28, by the function training normalizes with."""
@@ -60,6 +58,7 @@ class Predictor:
         """What an exported file carries so that it can be used alone."""
         return {
             "dataset": self.dataset,
+            "layout": self.layout,
             "classes": self.classes,
             "mean": self.mean,
             "std": self.std,
@@ -83,6 +82,7 @@ def from_metadata(path: Path, metadata: dict, model, forward) -> Predictor:
         float(metadata["mean"]),
         float(metadata["std"]),
         metadata["dataset"],
+        layout_of(metadata),
         path,
         metadata.get("checkpoint", ""),
         model,
@@ -92,19 +92,28 @@ def from_metadata(path: Path, metadata: dict, model, forward) -> Predictor:
 
 def _metadata_refusal(metadata: dict) -> str | None:
     """Why the metadata an exported file carries is not what lenet.export writes, naming the key; None if it is.
-    Its numbers are checked by the rules of the data settings they come from (lenet.frame.keys)."""
-    for key in ("mean", "std"):
-        value, rule = metadata[key], keys.KEYS[f"data.{key}"].rule
+    Its numbers are checked by the rules of the data settings they come from (lenet.frame.keys), null excluded."""
+    for key, rule in (("mean", keys.MEAN), ("std", keys.POSITIVE)):  # numbers: a data's own, filled in
+        value = metadata[key]
         if not rule.test(value):
             return f"holds {key}={value!r:.60}, which is not allowed: it must be {rule.text}"
-    if not isinstance(metadata["dataset"], str) or metadata["dataset"] not in LAYOUTS:  # those lenet prepares for
-        return (
-            f"holds dataset={metadata['dataset']!r:.60}, which is not allowed: it must be one of {', '.join(LAYOUTS)}"
-        )
+    if not isinstance(metadata["dataset"], str):
+        return f"holds dataset={metadata['dataset']!r:.60}, which is not allowed: it must be a data set's name"
+    layout = layout_of(metadata)  # how lenet prepares images for it
+    if layout is None:
+        return f"holds dataset={metadata['dataset']!r:.60} without a layout: export it again with lenet.export"
+    if layout not in LAYOUTS:
+        return f"holds layout={layout!r:.60}, which is not allowed: it must be one of {', '.join(LAYOUTS)}"
     classes = metadata["classes"]
     if not (isinstance(classes, list) and len(classes) >= 2 and all(isinstance(name, str) for name in classes)):
         return f"holds classes={classes!r:.60}, which is not allowed: it must be a list of two or more class names"
     return None
+
+
+def layout_of(metadata: dict):
+    """The layout an exported file names; files exported before they named it have their data set's."""
+    record = DATASETS.get(metadata["dataset"])
+    return metadata.get("layout", record.layout if record else None)
 
 
 def properties(metadata: dict) -> dict[str, str]:

@@ -20,6 +20,7 @@ from torch import nn
 
 from lenet.frame import atomic, keys, quoting
 from lenet.frame.errors import ConfigError, ModelError
+from lenet.frame.mnist_family import DATASETS
 from lenet.frame.model_bytes import read_model_file
 from lenet.runs import rundir
 from lenet.training.datamodule import MNISTDataModule
@@ -62,6 +63,7 @@ class Checkpoint:
             or _settings_refusal("data", data, DATA_SETTINGS, needed=PREDICTOR_NEEDS)
             or _classes_refusal(hparams["model"], data)
             or _weights_refusal(self.contents["state_dict"], hparams["model"])
+            or _data_refusal(hparams["model"], data)
             or _records_refusal(self.contents)
         )
 
@@ -79,6 +81,17 @@ class Checkpoint:
     def data_settings(self) -> dict:
         """The data module's settings: dataset, root, batch sizes, mean, std, ..."""
         return self.contents["datamodule_hyper_parameters"]
+
+    @property
+    def classes(self) -> list[str]:
+        """Its model's class names, one per output, as its data module recorded them; its data set's record's for
+        checkpoints from before they were recorded."""
+        return list(self.data_settings.get("classes") or DATASETS[self.data_settings["dataset"]].classes)
+
+    @property
+    def layout(self) -> str:
+        """How its data's images are laid out (lenet.frame.mnist_family.LAYOUTS): how a user's image is prepared."""
+        return self.data_settings.get("layout") or DATASETS[self.data_settings["dataset"]].layout
 
     @property
     def trained_on(self) -> dict:
@@ -118,7 +131,8 @@ class Checkpoint:
         """
         classes = self.contents["hyper_parameters"]["model"].get("num_classes", 10)
         given = {key: value for key, value in settings.items() if value is not None}
-        data = {"num_classes": classes, **self.data_settings, **given}
+        own = {"classes": self.classes, "layout": self.layout, "test_size": TEST_SIZE}  # older checkpoints lack them
+        data = {"num_classes": classes, **self.data_settings, **own, **given}
         if missing := [f"data.{key}" for key in DATA_SETTINGS if key not in data]:
             raise ModelError(f"{self.path} lacks {', '.join(missing)}, which its data module needs")
         return MNISTDataModule(**data)
@@ -135,7 +149,11 @@ MODEL_SETTINGS = (*LENET_SETTINGS, *OWN_MODEL_SETTINGS, "_target_")
 DATA_SETTINGS = tuple(inspect.signature(MNISTDataModule).parameters)
 BUILT = {"model": LENET, "data": f"{MNISTDataModule.__module__}.{MNISTDataModule.__qualname__}"}  # from each group
 PREDICTOR_NEEDS = ("dataset", "mean", "std")  # the data settings every use of a checkpoint reads
-RULES = {"data.num_classes": "model.num_classes"}  # a key checked by another key's rule (lenet.frame.keys)
+TEST_SIZE = 0.142857  # data.test_size, for checkpoints older than it: they were of IDX data sets, which ignore it
+# What a trained model's settings hold where a config may hold null: the data's own, filled in (lenet.frame.keys'
+# from_data). The other settings are checked by their keys' rules.
+FILLED = {"model.num_classes": keys.integer(2), "data.num_classes": keys.integer(2), "data.mean": keys.MEAN,
+          "data.std": keys.POSITIVE, "data.classes": keys.CLASS_NAMES}  # fmt: skip
 
 
 def _load(path: Path, data: bytes) -> dict:
@@ -207,9 +225,27 @@ def _settings_refusal(group: str, settings, known: tuple[str, ...], needed: tupl
                 shown = quoting.shown(value, 60)
                 return f"holds {name}={shown}, which is not allowed: it must be {LENET}, lenet's own network"
             continue
-        rule = keys.KEYS[RULES.get(name, name)].rule
-        if not isinstance(value, PLAIN) or not rule.test(value):
+        rule = FILLED.get(name) or keys.KEYS[name].rule
+        if not _plain(value) or not rule.test(value):
             return f"holds {name}={quoting.shown(value, 60)}, which is not allowed: it must be {rule.text}"
+    return None
+
+
+def _plain(value) -> bool:
+    """A plain value, or a list of them (data.classes)."""
+    return isinstance(value, PLAIN) or (isinstance(value, list) and all(isinstance(item, PLAIN) for item in value))
+
+
+def _data_refusal(model: dict, data: dict) -> str | None:
+    """What a model needs of its data settings beyond their rules: a class name per output, and the class names and
+    layout of a data set without a record (data=images)."""
+    if data["dataset"] not in DATASETS and not (data.get("classes") and data.get("layout")):
+        return f"holds data.dataset={data['dataset']} without its class names and layout (data.classes, data.layout)"
+    outputs = model.get("num_classes", 10)
+    if data.get("classes") and len(data["classes"]) != outputs:
+        return (
+            f"holds {len(data['classes'])} class names (data.classes) for model.num_classes={outputs}: they must agree"
+        )
     return None
 
 
@@ -369,6 +405,10 @@ def check_resume(checkpoint: Checkpoint, config: dict) -> int:
     return done
 
 
+# Keys that older checkpoints' configs lack: their runs had what these give for an MNIST-family data set.
+CAME_LATER = ("data.classes", "data.layout", "data.test_size")
+
+
 def check_same_run(checkpoint: Checkpoint, config: dict) -> bool:
     """Refuse a config that changes what the saved run is, naming every setting that differs; return whether its
     schedule spans the whole run.
@@ -384,7 +424,10 @@ def check_same_run(checkpoint: Checkpoint, config: dict) -> bool:
     changed = [
         f"{key} cannot change ({_text(before.get(key))} in the checkpoint, {_text(now.get(key))} now{why})"
         for key in sorted(before.keys() | now.keys() if before else ())
-        if before.get(key) != now.get(key) and (why := _why_fixed(key, run_length, now)) is not None
+        if before.get(key) != now.get(key)
+        and not (key not in before and key in CAME_LATER)
+        and not (now.get(key) is None and keys.role(key).from_data)  # null: what the data gave, as recorded
+        and (why := _why_fixed(key, run_length, now)) is not None
     ]
     if changed:
         raise ConfigError(

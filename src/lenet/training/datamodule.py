@@ -1,5 +1,6 @@
-"""MNIST-family data in memory: the IDX files decoded once into uint8 tensors, split, placed on the run's device,
-batched by slicing, normalized (and augmented) per batch where they live."""
+"""The data in memory: an MNIST-family data set's IDX files, or a folder of the user's own images prepared as predict
+prepares an image (data=images), decoded once into uint8 tensors, split, placed on the run's device, batched by
+slicing, normalized (and augmented) per batch where they live."""
 
 import hashlib
 import math
@@ -10,21 +11,27 @@ import torch
 import torch.nn.functional as F
 
 from lenet.frame.errors import DataError
-from lenet.frame.mnist_family import normalize
+from lenet.frame.mnist_family import DATASETS, OWN_IMAGES, normalize
 from lenet.training import datasets
 from lenet.training.batches import InMemoryLoader
 from lenet.training.idx import FIX, read_idx
+from lenet.training.image_folder import listing
+from lenet.training.prepared_images import prepared_splits
 
 AUGMENT_SEED_OFFSET = 1_000_003  # the augmentation's generator starts from seed + this, apart from the shuffling's
 
 
 class MNISTDataModule(L.LightningDataModule):
-    """MNIST, Fashion-MNIST or KMNIST from `root`.
+    """MNIST, Fashion-MNIST or KMNIST from `root`, or the user's own images (dataset=images).
 
-    `root` is either torchvision's layout (`root/MNIST/raw/...`, downloaded there when missing) or a plain folder
-    holding the four IDX files. Validation is carved from the official training set with a fixed `split_seed`:
-    `val_size` is a share of it (0 <= f < 1; 0: no validation, as in the original script) or a count of images. The
-    official test set is only ever used for testing. Labels must lie in 0..num_classes-1.
+    For the MNIST family, `root` is either torchvision's layout (`root/MNIST/raw/...`, downloaded there when missing)
+    or a plain folder holding the four IDX files; the official test set is only ever used for testing. For images,
+    `root` is a folder of class folders or a CSV (lenet.training.image_folder); what the user did not split is split by
+    `split_seed`, `test_size` of it for testing. Validation is carved from the training images with a fixed
+    `split_seed`: `val_size` is a share of them (0 <= f < 1; 0: no validation, as in the original script) or a count.
+
+    What is null is the data's own, filled in by `load` (and so saved in checkpoints): `classes` (the record's names,
+    or the folders'), `num_classes` (their count), `mean` and `std` (of the training images' pixels).
     """
 
     def __init__(  # no defaults: conf/data/ holds them
@@ -35,11 +42,14 @@ class MNISTDataModule(L.LightningDataModule):
         batch_size: int,
         eval_batch_size: int,
         val_size: float,
-        mean: float,
-        std: float,
+        mean: float | None,
+        std: float | None,
         split_seed: int,
         seed: int,
-        num_classes: int,
+        num_classes: int | None,
+        classes: list[str] | None,
+        layout: str,
+        test_size: float,
         augment: bool,
         augment_degrees: float,
         augment_shift: float,
@@ -47,56 +57,114 @@ class MNISTDataModule(L.LightningDataModule):
     ):
         super().__init__()
         self.save_hyperparameters(logger=False)
+        self.hparams.classes = list(classes) if classes is not None else None  # a plain list: checkpoints hold those
         self.shuffle = torch.Generator().manual_seed(seed)
         self.augmenter: torch.Generator | None = None  # made in setup, on the run's device, when augment is on
-        self.loaded: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # the files' train and test sets
+        self.loaded: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # the files' train and test sets (and val)
         self.splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # train, val, test: on the run's device
 
     @property
     def root(self) -> Path:
         return Path(self.hparams.root).expanduser()
 
+    @property
+    def own_images(self) -> bool:
+        return self.hparams.dataset == OWN_IMAGES
+
     def idx_files(self) -> dict[str, tuple[Path, Path]] | None:
         return datasets.idx_files(self.root, self.hparams.dataset)
 
     def prepare_data(self):
-        datasets.download_if_missing(self.root, self.hparams.dataset)
+        if not self.own_images:
+            datasets.download_if_missing(self.root, self.hparams.dataset)
 
-    def load(self) -> None:
-        """Read and check the IDX files into memory, on the CPU.
+    def load(self, training: bool = True) -> None:
+        """Read and check the data into memory, on the CPU, and fill in what is the data's own (classes, num_classes,
+        mean, std).
 
         The entry points call this before the run starts, so every data error comes before anything is written;
-        Lightning's `setup` then only splits and places the tensors.
+        Lightning's `setup` then only splits and places the tensors. `training=False` (lenet.eval) needs test images
+        only.
         """
         if self.loaded or self.splits:
             return
+        self.loaded = self._read_images() if self.own_images else self._read_idx()
+        train_images, train_labels = self.loaded["train"]
+        if training and "val" not in self.loaded:
+            self.val_count(len(train_labels))
+        if training and not len(train_labels):
+            raise DataError(f"data.test_size={self.hparams.test_size} leaves no training images in {self.root}")
+        self._check_labels()
+        if self.hparams.mean is None or self.hparams.std is None:  # of the pixels in [0, 1], as the records' are
+            pixels = train_images.float() / 255
+            self.hparams.mean = round(float(pixels.mean()), 4) if self.hparams.mean is None else self.hparams.mean
+            self.hparams.std = round(float(pixels.std()), 4) if self.hparams.std is None else self.hparams.std
+
+    def test_images(self) -> tuple[torch.Tensor, str]:
+        """The test images alone (N x 28 x 28 uint8, as the model sees them before normalizing) and where they are:
+        lenet.export's parity check."""
+        if self.own_images:
+            self.load(training=False)
+            return self.loaded["test"][0][:, 0], str(self.root)
+        files = self.idx_files()
+        if not files:
+            raise DataError(f"no IDX files in {self.root} or {datasets.raw_folder(self.root, self.hparams.dataset)}")
+        return read_idx(files["test"][0], "images"), str(files["test"][0])
+
+    def _read_images(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """The user's own images, prepared with data.layout, and their class names."""
+        found = listing(self.root, self.hparams.classes)
+        self.hparams.classes = found.classes
+        hp = self.hparams
+        return prepared_splits(found, hp.layout, hp.val_size, hp.test_size, hp.split_seed)
+
+    def _read_idx(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """An MNIST-family data set's IDX files; its class names are its record's."""
+        record = DATASETS[self.hparams.dataset]
+        if self.hparams.classes is None:
+            self.hparams.classes = list(record.classes)
         files = self.idx_files()
         if not files:
             raw = datasets.raw_folder(self.root, self.hparams.dataset)
             raise DataError(f"no IDX files in {self.root} or {raw}: pass data.root=FOLDER")
-        self.loaded = {split: self._read(*files[split]) for split in ("train", "test")}
-        self.val_count(len(self.loaded["train"][1]))
-        found = datasets.known_test_set(*self.loaded["test"])
+        loaded = {split: self._read(*files[split]) for split in ("train", "test")}
+        found = datasets.known_test_set(*loaded["test"])
         if found and found != self.hparams.dataset:
             raise DataError(
                 f"data.root={self.root} holds {found}'s files, not {self.hparams.dataset}'s: pass data={found} "
                 f"(or a data.root holding {self.hparams.dataset})"
+            )
+        return loaded
+
+    def _check_labels(self) -> None:
+        """Labels within the model's outputs; num_classes, when null, the data's class count."""
+        found = len(self.hparams.classes)
+        if self.hparams.num_classes is None:
+            self.hparams.num_classes = found
+        elif self.own_images and self.hparams.num_classes != found:
+            raise DataError(
+                f"{self.root} holds {found} classes, but model.num_classes={self.hparams.num_classes}: leave "
+                f"model.num_classes out (null: the data's) or set it to {found}"
             )
 
     def setup(self, stage: str | None = None):
         if self.splits:
             return  # `setup` runs once per stage; the tensors are already in memory
         self.load()
-        (train_x, train_y), test = self.loaded["train"], self.loaded["test"]
-        order = torch.randperm(len(train_y), generator=torch.Generator().manual_seed(self.hparams.split_seed))
-        val_count = self.val_count(len(train_y))
-        val, train = order[:val_count], order[val_count:]
+        splits = self.loaded if "val" in self.loaded else self._with_val(self.loaded)
         device = self.trainer.strategy.root_device if self.trainer else torch.device("cpu")
-        splits = {"train": (train_x[train], train_y[train]), "val": (train_x[val], train_y[val]), "test": test}
         self.splits = {name: (x.to(device), y.to(device)) for name, (x, y) in splits.items()}
         self.loaded = {}  # the splits hold the images now
         if self.hparams.augment:  # a stream of its own: the shuffling order stays what it is without augmentation
             self.augmenter = torch.Generator(device).manual_seed(self.hparams.seed + AUGMENT_SEED_OFFSET)
+
+    def _with_val(self, loaded: dict) -> dict:
+        """Validation carved from the official training set, by split_seed."""
+        (train_x, train_y), test = loaded["train"], loaded["test"]
+        order = torch.randperm(len(train_y), generator=torch.Generator().manual_seed(self.hparams.split_seed))
+        val_count = self.val_count(len(train_y)) if len(train_y) else 0
+        val, train = order[:val_count], order[val_count:]
+        return {"train": (train_x[train], train_y[train]), "val": (train_x[val], train_y[val]), "test": test}
 
     def val_count(self, n: int) -> int:
         """`val_size` as a number of the `n` training images: a share (at least one image), or a count."""
@@ -110,7 +178,7 @@ class MNISTDataModule(L.LightningDataModule):
         images, labels = read_idx(images_path, "images"), read_idx(labels_path, "labels")
         if len(images) != len(labels):
             raise DataError(f"{images_path} has {len(images)} images but {labels_path} {len(labels)} labels; {FIX}")
-        classes = self.hparams.num_classes
+        classes = self.hparams.num_classes or len(self.hparams.classes)
         if len(labels) and labels.max() >= classes:
             raise DataError(
                 f"{labels_path} has label {labels.max()}, but model.num_classes={classes} allows 0..{classes - 1}: "

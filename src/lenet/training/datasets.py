@@ -23,10 +23,6 @@ MEAN_TOLERANCE = 0.03  # the three means lie 0.06 and more apart
 log = logging.getLogger(__name__)
 
 
-def class_names(dataset: str) -> list[str]:
-    return list(DATASETS[dataset].classes)
-
-
 def torchvision_class(dataset: str) -> type[datasets.MNIST]:
     """The torchvision class that downloads `dataset` (FashionMNIST and KMNIST are MNIST's subclasses)."""
     return getattr(datasets, DATASETS[dataset].torchvision)

@@ -73,9 +73,6 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if saved:
         check_resume(saved, plain)
         plain["init_from"] = saved.config.get("init_from")  # where the resumed run started: its record goes on
-    initial = None  # a resume, of a run started from init_from too (a requeued job, a continued sweep), has its weights
-    if cfg.init_from and not saved:
-        initial = InitialWeights.open(cfg.init_from, Path(cfg.outputs_dir), plain["model"])
     stop_when_sweep_ends()  # in a joblib sweep's worker: killing the sweep ends its jobs too (lenet.runs.watchdog)
     quiet_threads()  # a full disk in TensorBoard's writer thread: lenet's one line (full_disk_reported), no traceback
     threads = set_threads(cfg.threads, saved=saved.threads if saved else None, trainer=cfg.trainer)
@@ -84,6 +81,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
     datamodule = instantiate(cfg.data, num_classes=cfg.model.num_classes)
     datamodule.prepare_data()
     datamodule.load()  # every data error comes now, before the run writes anything
+    with_the_datas_own(plain, datamodule)
+    initial = None  # a resume, of a run started from init_from too (a requeued job, a continued sweep), has its weights
+    if cfg.init_from and not saved:
+        initial = InitialWeights.open(cfg.init_from, Path(cfg.outputs_dir), plain["model"])
     module = LeNetModule(model=plain["model"], optimizer=plain["optimizer"], scheduler=plain["scheduler"])
     if initial:
         initial.load_into(module)
@@ -122,6 +123,14 @@ def train(cfg: DictConfig) -> dict[str, float]:
     with interruptible(run_dir, summary), full_disk_reported(run_dir, resume):
         trainer.test(module, datamodule=datamodule, ckpt_path=best_path or None, verbose=False, weights_only=True)
     return summary.metrics
+
+
+def with_the_datas_own(config: dict, datamodule) -> None:
+    """The run's config as it trains: what was null is the data's own, as the data module filled it in (its class
+    names and count, its mean and std), so its checkpoints record what the model was trained with."""
+    data = datamodule.hparams
+    config["model"]["num_classes"] = data.num_classes
+    config["data"].update(classes=list(data.classes), mean=data.mean, std=data.std)
 
 
 @contextmanager
@@ -221,11 +230,13 @@ def evaluate(cfg: DictConfig) -> dict:
     quiet_lightning()
     checkpoint = Checkpoint.open(rundir.model_file(cfg.ckpt_path, Path(cfg.outputs_dir)))
     given = {key: cfg.data[key] for key in EVAL_DATA if cfg.data.get(key) is not None}
-    if refusal := other_classes(checkpoint.data_settings["dataset"], given.get("dataset")):
+    if refusal := other_classes(checkpoint, given.get("dataset")):
         raise ConfigError(refusal)
+    if other_folder(checkpoint, given):
+        given["test_size"] = 1.0  # a folder of test images: all of them (or its test/ folder) are tested
     module, datamodule = checkpoint.module(), checkpoint.datamodule(given)
     datamodule.prepare_data()
-    datamodule.load()
+    datamodule.load(training=False)
     summary = RunSummary(Path(cfg.run_dir), command=this_command("eval"))
     interactive = sys.stdout.isatty()
     trainer = instantiate(
@@ -240,24 +251,34 @@ def evaluate(cfg: DictConfig) -> dict:
 EVAL_DATA = ("dataset", "root", "eval_batch_size")  # what lenet.eval takes of data (conf/eval.yaml), null: as saved
 
 
-def other_classes(trained: str, chosen: str | None) -> str | None:
-    """Why a model trained on `trained` cannot be tested on the data set `chosen`: other classes (an MNIST model on
-    Fashion-MNIST) make its accuracy meaningless. None when the classes are the same (or no data set was chosen)."""
-    if chosen is None or chosen == trained:
+def other_classes(checkpoint: Checkpoint, chosen: str | None) -> str | None:
+    """Why the checkpoint's model cannot be tested on the data set `chosen`: other classes (an MNIST model on
+    Fashion-MNIST) make its accuracy meaningless. None when the classes are the same, or no data set of the MNIST
+    family was chosen (a folder's classes are checked against the model's as it is read)."""
+    trained = checkpoint.data_settings["dataset"]
+    if chosen is None or chosen == trained or chosen not in DATASETS:
         return None
-    mine, theirs = class_names(trained), class_names(chosen)
+    mine, theirs = checkpoint.classes, list(DATASETS[chosen].classes)
     if mine == theirs:
         return None
+    whose = f"{trained}'s" if trained in DATASETS else "its own images'"
     return (
-        f"the model's classes are {trained}'s ({mine}); {chosen}'s are others ({theirs}): test it on data of its own "
-        f"classes (data={trained} data.root=FOLDER)"
+        f"the model's classes are {whose} ({one_line(mine)}); {chosen}'s are others ({one_line(theirs)}): test it "
+        f"on data of its own classes (data={terminal(trained)} data.root=FOLDER)"
     )
 
 
-def class_names(dataset: str) -> str:
-    """A data set's class names, as its record lists them (lenet.frame.mnist_family), shown on one line."""
-    names = DATASETS[dataset].classes
-    return ", ".join(names[:12]) + (f", ... ({len(names)} classes)" if len(names) > 12 else "")
+def other_folder(checkpoint: Checkpoint, given: dict) -> bool:
+    """Whether lenet.eval was given a folder of images other than the one the model trained on."""
+    dataset = given.get("dataset", checkpoint.data_settings["dataset"])
+    root = given.get("root")
+    trained = checkpoint.trained_on.get("root") or checkpoint.data_settings["root"]
+    return dataset not in DATASETS and root is not None and Path(root).expanduser().resolve() != Path(trained)
+
+
+def one_line(names: list[str]) -> str:
+    """Class names shown on one line."""
+    return terminal(", ".join(names[:12]) + (f", ... ({len(names)} classes)" if len(names) > 12 else ""))
 
 
 def warn_if_other_data(ckpt: Path, trained_on: dict, data: dict) -> None:

@@ -10,7 +10,6 @@ from torchmetrics.classification import MulticlassConfusionMatrix
 
 from lenet.frame.errors import ConfigError, UserError
 from lenet.training import misclassified
-from lenet.training.datasets import class_names
 from lenet.training.network import LeNet
 
 STAGES = ("train", "val", "test")
@@ -138,7 +137,7 @@ class LeNetModule(L.LightningModule):
         wrong = self.test_misclassified.compute()  # every rank's most confident errors, gathered
         for logger in self.loggers:
             if isinstance(logger, TensorBoardLogger):
-                figure, _ = self.test_confusion.plot(labels=list(range(self.test_confusion.num_classes)))
+                figure, _ = self.test_confusion.plot(labels=self._class_names())
                 logger.experiment.add_figure("test/confusion_matrix", figure, self.global_step)
                 if self.trainer.is_global_zero and len(wrong[0]):
                     grid = self._misclassified_grid(*wrong)
@@ -146,9 +145,14 @@ class LeNetModule(L.LightningModule):
         self.test_confusion.reset()
         self.test_misclassified.reset()
 
+    def _class_names(self) -> list[str]:
+        """One per output: the data's class names (a model with more outputs than names numbers the rest)."""
+        names = list(self.trainer.datamodule.hparams.classes)
+        return names + [str(i) for i in range(len(names), self.test_confusion.num_classes)]
+
     def _misclassified_grid(self, *wrong):
         data = self.trainer.datamodule.hparams
-        return misclassified.grid(*wrong, class_names(data.dataset), data.mean, data.std)
+        return misclassified.grid(*wrong, self._class_names(), data.mean, data.std)
 
     def setup(self, stage: str):
         self.seed_this_rank()

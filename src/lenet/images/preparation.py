@@ -9,7 +9,7 @@ from PIL import ExifTags, Image, PngImagePlugin, UnidentifiedImageError
 from scipy import ndimage
 
 from lenet.frame.errors import UserError
-from lenet.frame.mnist_family import DATASETS, Layout
+from lenet.frame.mnist_family import LAYOUTS, Layout
 
 SIZE = 28
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -48,12 +48,8 @@ class ImageTooLarge(ImageError):
     header before it is decoded."""
 
 
-# How each data set's images look: its record's layout (lenet.frame.mnist_family), by the name users type.
-LAYOUTS = {name: data.layout for name, data in DATASETS.items()}
-
-
 def prepare(
-    image, layout: Layout = LAYOUTS["mnist"], max_pixels: int | None = None, max_bytes: int | None = None
+    image, layout: Layout = LAYOUTS["strokes"], max_pixels: int | None = None, max_bytes: int | None = None
 ) -> np.ndarray:
     """One image as its dataset's images were made: 28x28 uint8, the object light on black.
 
