@@ -10,6 +10,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import httpx
 import numpy as np
 import onnx
 import pytest
@@ -348,6 +349,19 @@ def test_predict_and_an_exported_file_name_the_folders_classes(trained, tmp_path
     assert json.loads(properties["classes"]) == list(SHAPES) and properties["layout"] == "object"
     assert properties["dataset"] == "images"
     assert predicted_classes(exported, inputs, tmp_path / "onnx") == from_checkpoint
+
+
+def test_serve_answers_with_the_folders_classes(trained, tmp_path):
+    from lenet.inference.model_files import load
+    from test_serve import post, running
+
+    run_dir, root, _ = trained
+    cfg = compose_config(f"ckpt_path={run_dir}", f"run_dir={tmp_path}", "access_log=false", config_name="serve")
+    with running(load(run_dir / "checkpoints" / "best.ckpt", device="cpu"), cfg) as url:
+        assert httpx.get(f"{url}health").json()["classes"] == list(SHAPES)
+        answers = [post(url, sorted((root / shape).iterdir())[0].read_bytes()).json() for shape in SHAPES]
+    assert all([p["class"] for p in answer["probabilities"]] == list(SHAPES) for answer in answers)
+    assert sum(answer["prediction"] == shape for answer, shape in zip(answers, SHAPES, strict=True)) >= 2, answers
 
 
 def eval_config(run_dir: Path, eval_dir: Path, *overrides: str):
