@@ -40,6 +40,9 @@ TRAINING = re.compile(r"^\[([\d-]+ [\d:]+,\d+)\]\S* - Training on ", re.MULTILIN
 IDX_NAMES = {"train": "train", "test": "t10k"}
 SCAN_SIDE = 40
 PAPER, INK = 240, 20  # grey levels of a scan: light paper, dark ink
+# A CPU run's numbers depend on its thread count (docs/faults-and-resume.md), which lenet picks from the machine's
+# load: fixed, so that the same seed gives the same run, and the timings compare.
+THREADS = ["threads=1"]
 TUNE_RECIPE = ["data.batch_size=32"]  # 500 training images: 128 a batch would be 4 steps an epoch
 
 
@@ -78,7 +81,7 @@ def first_per_class(images: np.ndarray, labels: np.ndarray, count: int) -> tuple
 def train(run_dir: Path, overrides: list[str]) -> dict:
     """One `python -m lenet.train` process: its test accuracy, wall time and reported preparation time."""
     shutil.rmtree(run_dir, ignore_errors=True)
-    command = [sys.executable, "-m", "lenet.train", *overrides, f"hydra.run.dir={run_dir}"]
+    command = [sys.executable, "-m", "lenet.train", *overrides, *THREADS, f"hydra.run.dir={run_dir}"]
     launched, start = time.time(), time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True)
     wall = time.perf_counter() - start
