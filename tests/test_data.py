@@ -33,7 +33,7 @@ from lenet.training.batches import InMemoryLoader
 from lenet.training.datamodule import MNISTDataModule
 from lenet.training.datasets import known_test_set, torchvision_class
 from lenet.training.fit import train
-from lenet.training.idx import ALL_FILES, write_idx
+from lenet.training.idx import ALL_FILES, read_idx, write_idx
 
 
 def ready(root, **settings) -> MNISTDataModule:
@@ -432,6 +432,13 @@ def test_a_data_sets_own_mean_and_std_are_what_its_checkpoints_record_and_an_ove
     )  # fmt: skip
     data = compose_config("data=kmnist", "data.mean=0.5", f"data.root={tmp_path}", "run_dir=x").data
     assert instantiate(data, num_classes=10).hparams_initial["mean"] == 0.5  # what a checkpoint saves
+
+
+def test_a_null_mean_and_std_are_the_training_images_own(flat_root):
+    data = datamodule(flat_root, "data.mean=null", "data.std=null")
+    pixels = read_idx(flat_root / "train-images-idx3-ubyte.gz", "images").float() / 255  # the files' training images
+    assert (data.hparams.mean, data.hparams.std) == (round(float(pixels.mean()), 4), round(float(pixels.std()), 4))
+    assert (data.hparams.mean, data.hparams.std) != (DATASETS["mnist"].mean, DATASETS["mnist"].std)
 
 
 def test_a_trained_model_normalizes_bit_for_bit_as_training_does(flat_root):

@@ -21,6 +21,17 @@ from lenet.training.prepared_images import prepared_splits
 AUGMENT_SEED_OFFSET = 1_000_003  # the augmentation's generator starts from seed + this, apart from the shuffling's
 
 
+def pixel_mean_and_std(images: torch.Tensor) -> tuple[float, float]:
+    """The mean and standard deviation of uint8 pixels as values in [0, 1], as the records give theirs, to 4 places.
+
+    From a histogram of the 256 levels: the pixels as floats would take four times the images' memory."""
+    counts = torch.bincount(images.reshape(-1), minlength=256).double()
+    levels = torch.arange(256, dtype=torch.float64) / 255
+    mean = float((counts * levels).sum() / counts.sum())
+    variance = float((counts * (levels - mean) ** 2).sum() / (counts.sum() - 1))
+    return round(mean, 4), round(math.sqrt(variance), 4)
+
+
 class MNISTDataModule(L.LightningDataModule):
     """MNIST, Fashion-MNIST or KMNIST from `root`, or the user's own images (dataset=images).
 
@@ -95,10 +106,10 @@ class MNISTDataModule(L.LightningDataModule):
         if training and not len(train_labels):
             raise DataError(f"data.test_size={self.hparams.test_size} leaves no training images in {self.root}")
         self._check_labels()
-        if self.hparams.mean is None or self.hparams.std is None:  # of the pixels in [0, 1], as the records' are
-            pixels = train_images.float() / 255
-            self.hparams.mean = round(float(pixels.mean()), 4) if self.hparams.mean is None else self.hparams.mean
-            self.hparams.std = round(float(pixels.std()), 4) if self.hparams.std is None else self.hparams.std
+        if self.hparams.mean is None or self.hparams.std is None:
+            mean, std = pixel_mean_and_std(train_images)
+            self.hparams.mean = mean if self.hparams.mean is None else self.hparams.mean
+            self.hparams.std = std if self.hparams.std is None else self.hparams.std
 
     def test_images(self) -> tuple[torch.Tensor, str]:
         """The test images alone (N x 28 x 28 uint8, as the model sees them before normalizing) and where they are:
