@@ -9,7 +9,9 @@ quality 70-92; in three lights: even (brighter at one end), a shadow across half
 It reports the accuracy on the 28x28 originals, on the photos with a plain resize to 28x28, and on the photos
 prepared (lenet.images.preparation.prepare) with each dataset's layout. Then it exports the checkpoint to
 ONNX and .pt2 (the parity figures) and times `python -m lenet.predict` on a folder of --n PNG photos with the
-checkpoint and with the ONNX file: whole process, and images/s once started (the log's own count).
+checkpoint and with the ONNX file: whole process, and images/s once started on one CPU. Then what preparing on
+every CPU (lenet.images.pool, from a thousand images) buys: the checkpoint's whole process on every CPU against one
+(pinned with sched_setaffinity, as `taskset -c 0` would: it then prepares in one process), in pairs.
 
 --make-digits writes scikit-learn's 1,797 handwritten digits (UCI, 8x8, 16 grey levels; needs `pip install
 scikit-learn`) as MNIST's four IDX files (1,300 to train, 497 to test), made by MNIST's published recipe: each
@@ -22,6 +24,7 @@ which cannot be downloaded here, and must not borrow the code it is used to chec
 import argparse
 import io
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -95,12 +98,16 @@ def accuracy(model: Predictor, images: list[np.ndarray], labels: np.ndarray) -> 
     return float((model.probabilities(np.stack(images)).argmax(axis=1) == labels).mean())
 
 
-def run(command: list[str]) -> tuple[float, str]:
+def run(command: list[str], one_cpu: bool = False) -> tuple[float, str]:
     start = time.perf_counter()
-    result = subprocess.run(command, capture_output=True, text=True)
+    result = subprocess.run(command, capture_output=True, text=True, preexec_fn=_one_cpu if one_cpu else None)
     if result.returncode != 0:
         sys.exit(f"{' '.join(command)} failed:\n{result.stderr}")
     return time.perf_counter() - start, result.stdout + result.stderr
+
+
+def _one_cpu() -> None:
+    os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
 
 
 def measure(args) -> None:
@@ -143,14 +150,18 @@ def measure(args) -> None:
         sizes = [max(p.size) for p in photos]
         print(f"predict on {len(photos)} PNG photos ({min(sizes)}-{max(sizes)} px), median of {REPEATS}:")
         for name, path in [("checkpoint", args.ckpt), ("onnx", tmp / "model.onnx")]:
-            walls = []
-            for _ in range(REPEATS):
-                wall, _ = run([sys.executable, "-m", "lenet.predict", f"ckpt_path={path}", f"inputs={folder}",
-                               f"hydra.run.dir={tmp / 'predict'}", *args.predict_args])  # fmt: skip
-                walls.append(wall)
-            wall, in_process = statistics.median(walls), _in_process_rate(path, folder)
+            command = [sys.executable, "-m", "lenet.predict", f"ckpt_path={path}", f"inputs={folder}",
+                       f"hydra.run.dir={tmp / 'predict'}", *args.predict_args]  # fmt: skip
+            wall = statistics.median(run(command)[0] for _ in range(REPEATS))
+            in_process = _in_process_rate(path, folder)
             print(f"  {name}: whole process {wall:.1f} s ({len(photos) / wall:.0f} images/s); "
-                  f"once started {in_process:.0f} images/s")  # fmt: skip
+                  f"once started, one CPU {in_process:.0f} images/s")  # fmt: skip
+            if name == "checkpoint":
+                pairs = [(run(command)[0], run(command, one_cpu=True)[0]) for _ in range(REPEATS)]
+                every, one = (statistics.median(walls) for walls in zip(*pairs, strict=True))
+                print(f"  checkpoint on {len(os.sched_getaffinity(0))} CPUs against one: whole process {every:.1f} s "
+                      f"against {one:.1f} s, {statistics.median(b / a for a, b in pairs):.2f}x (median of "
+                      f"{REPEATS} pairs)")  # fmt: skip
 
 
 def _in_process_rate(model_path, folder: Path) -> float:
@@ -158,11 +169,15 @@ def _in_process_rate(model_path, folder: Path) -> float:
 
     model = load(model_path, device="cpu")
     paths = sorted(folder.iterdir())
-    rates = []
-    for _ in range(REPEATS):
-        start = time.perf_counter()
-        classify(model, paths, batch_size=256, top_k=3)
-        rates.append(len(paths) / (time.perf_counter() - start))
+    rates, cpus = [], os.sched_getaffinity(0)
+    _one_cpu()  # a pool's workers would import this script, torch and all, each time: see the pairs for every CPU
+    try:
+        for _ in range(REPEATS):
+            start = time.perf_counter()
+            classify(model, paths, batch_size=256, top_k=3)
+            rates.append(len(paths) / (time.perf_counter() - start))
+    finally:
+        os.sched_setaffinity(0, cpus)
     return statistics.median(rates)
 
 

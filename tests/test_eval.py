@@ -95,7 +95,8 @@ def test_help_lists_only_what_eval_takes():
     assert done.returncode == 0, done.stderr
     listed = re.findall(r"^  ([a-z_.]+)=", done.stdout.split("== What it takes ==")[1], flags=re.M)
     assert tuple(listed) == TAKES["eval"]
-    assert "data=NAME                  a data set of the model's classes (fashion_mnist, images, kmnist, mnist)" in done.stdout
+    expected = "data=NAME                  a data set of the model's classes (fashion_mnist, images, kmnist, mnist)"
+    assert expected in done.stdout
     for training_only in ("optimizer", "scheduler", "callbacks", "max_epochs", "data.batch_size", "seed"):
         assert training_only not in done.stdout
 

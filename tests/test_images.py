@@ -12,8 +12,8 @@ import pytest
 from PIL import ExifTags, Image
 
 from conftest import glyph_split
-from lenet.inference.model_files import load
 from lenet.images.preparation import ImageError, ImageTooLarge, open_image, prepare
+from lenet.inference.model_files import load
 
 MB = 2**20
 

@@ -25,7 +25,10 @@ import lenet.inference.classify
 from conftest import compose_config, glyph_split, lenet_command
 from lenet.cli import check
 from lenet.frame.errors import ConfigError, ModelError
+from lenet.frame.mnist_family import LAYOUTS
 from lenet.frame.quoting import spreadsheet_cell
+from lenet.images import pool
+from lenet.images.preparation import ImageError, prepare
 from lenet.inference.classify import (
     PredictInterrupted,
     Prediction,
@@ -35,9 +38,6 @@ from lenet.inference.classify import (
 )
 from lenet.inference.input_files import InputError
 from lenet.inference.model_files import load
-from lenet.frame.mnist_family import LAYOUTS
-from lenet.images.preparation import ImageError, prepare
-from lenet.inference.trained_model import Predictor
 
 
 @pytest.fixture(scope="module")
@@ -275,20 +275,20 @@ def glyph_folder(tmp_path: Path, originals, count: int) -> Path:
 
 
 def failing_at(call: int, error: BaseException):
-    """Predictor.prepare, but that its `call`-th call (from 0) raises `error`."""
-    calls, real = iter(range(1_000_000)), Predictor.prepare
+    """lenet.images.preparation.prepare as predict calls it, but that its `call`-th call (from 0) raises `error`."""
+    calls = iter(range(1_000_000))
 
-    def prepare(self, image, max_pixels=None):
+    def failing(image, *args, **kwargs):
         if next(calls) == call:
             raise error
-        return real(self, image, max_pixels)
+        return prepare(image, *args, **kwargs)
 
-    return prepare
+    return failing
 
 
 def test_a_failure_prepare_does_not_foresee_is_that_images_row(glyph_checkpoint, originals, tmp_path, monkeypatch):
     folder = glyph_folder(tmp_path, originals, 3)
-    monkeypatch.setattr(Predictor, "prepare", failing_at(1, TypeError("a case nobody foresaw")))
+    monkeypatch.setattr(lenet.inference.classify, "prepare", failing_at(1, TypeError("a case nobody foresaw")))
     rows = predicted(glyph_checkpoint, folder, tmp_path)
     assert [row["error"] for row in rows] == ["", "cannot read it (TypeError: a case nobody foresaw)", ""]
     assert rows[0]["prediction"] and rows[2]["prediction"]
@@ -476,12 +476,48 @@ def test_the_preview_shows_unreadable_images_first_when_asked(glyph_checkpoint, 
 
 def test_a_ctrl_c_keeps_the_rows_so_far_and_says_how_many(glyph_checkpoint, originals, tmp_path, monkeypatch):
     folder = glyph_folder(tmp_path, originals, 5)
-    monkeypatch.setattr(Predictor, "prepare", failing_at(2, KeyboardInterrupt()))
+    monkeypatch.setattr(lenet.inference.classify, "prepare", failing_at(2, KeyboardInterrupt()))
     output = tmp_path / "predictions.csv"
     with pytest.raises(PredictInterrupted, match=f"^interrupted by Ctrl-C: 2 of 5 rows written to {output}$") as stop:
         predict(predict_config(glyph_checkpoint, folder, tmp_path, "batch_size=1"))
     assert stop.value.exit_status == 130
     assert [Path(row["path"]).name for row in read_rows(output)] == ["0.png", "1.png"]
+
+
+class CountedPool(pool.ProcessPoolExecutor):
+    started = 0
+
+    def __init__(self, *args, **kwargs):
+        CountedPool.started += 1
+        super().__init__(*args, **kwargs)
+
+
+@pytest.mark.parametrize("prepare", ["true", "false"])
+def test_a_pool_of_workers_writes_the_rows_one_process_writes(
+    glyph_checkpoint, originals, tmp_path, monkeypatch, prepare
+):
+    folder = glyph_folder(tmp_path, originals, 10)
+    (folder / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)
+    os.mkfifo(folder / "fifo.png")
+    Image.new("L", (1500, 1000)).save(folder / "large.png")  # over max_megapixels
+    overrides = ["max_megapixels=1", "batch_size=4", f"prepare={prepare}"]
+    alone = predicted(glyph_checkpoint, folder, tmp_path / "alone", *overrides)
+    monkeypatch.setattr(pool, "POOL_FROM", 2)  # a pool for these 13 files, in chunks of 3 (Python 3.11 has no batched)
+    monkeypatch.setattr(pool, "CHUNK", 3)  # more chunks than workers and batches that cut across chunks
+    monkeypatch.setattr(pool, "ProcessPoolExecutor", CountedPool)
+    monkeypatch.setattr(CountedPool, "started", 0)
+    pooled = predicted(glyph_checkpoint, folder, tmp_path / "pooled", *overrides)
+    assert CountedPool.started == 1 and pooled == alone
+    errors = {Path(row["path"]).name: row["error"] for row in pooled if row["error"]}
+    assert list(errors) == ["corrupt.png", "fifo.png", "large.png"] and errors["fifo.png"] == "a FIFO, not a file"
+    assert "more than the limit, 1 megapixels" in errors["large.png"] and len(pooled) == 13
+
+
+def test_the_pools_workers_need_no_torch():
+    """A worker imports the module of the function it runs (lenet.inference.input_files): torch or matplotlib there
+    would cost each worker seconds."""
+    code = "import sys, lenet.inference.input_files; print(sorted({'torch', 'matplotlib'} & set(sys.modules)))"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "[]\n"
 
 
 @pytest.fixture(scope="module")

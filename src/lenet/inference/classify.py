@@ -1,7 +1,7 @@
 """A user's own images classified: what `python -m lenet.predict` runs.
 
-Each image is prepared the way the model's dataset was made (`lenet.images.preparation.prepare`), then classified in
-batches.
+Each image is prepared the way the model's dataset was made (`lenet.images.preparation.prepare`), on every core for
+a thousand images or more (lenet.images.pool), then classified in batches, in the order of the inputs.
 Writes a CSV (path, prediction, confidence, the top-k classes with their probabilities, error) batch by batch, so
 that Ctrl-C, a kill or a crash keeps the rows so far; with `preview=true`, also a grid of images as the model saw
 them. An image that cannot be read, or an entry named like an image that is not a file (a folder, a FIFO, a broken
@@ -14,6 +14,7 @@ import csv
 import functools
 import heapq
 import io
+import itertools
 import logging
 import math
 import signal
@@ -29,9 +30,11 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 from lenet.frame.errors import UserError
+from lenet.frame.mnist_family import LAYOUTS
 from lenet.frame.quoting import spreadsheet_cell
-from lenet.images.preparation import ImageError, open_image, resize
-from lenet.inference.input_files import InputError, Reader, image_paths, path_text, read_image
+from lenet.images.pool import in_order
+from lenet.images.preparation import prepare
+from lenet.inference.input_files import InputError, Reader, image_or_error, image_paths, path_text, resized
 from lenet.inference.model_files import load
 from lenet.inference.trained_model import Predictor
 from lenet.runs.rundir import model_file
@@ -74,10 +77,11 @@ def predict(cfg: DictConfig) -> list[Prediction]:
         raise InputError(f"top_k={cfg.top_k} is more than the model's {len(classifier.classes)} classes")
     log.info("%s (%s): %s", classifier.source, classifier.dataset, plural(len(paths), "image"))
     read = image_reader(classifier, cfg.prepare, max_pixels=round(cfg.max_megapixels * 1e6))
-    batches = classified_batches(classifier, paths, cfg.batch_size, cfg.top_k, read)
     output = Path(cfg.output)
     picks = PreviewPicks(cfg.preview_order) if cfg.preview else None
-    predictions = write_predictions(batches, output, cfg.top_k, len(paths), picks)
+    # closed when predict stops, Ctrl-C included: the pool's workers end then, not when the process does
+    with contextlib.closing(classified_batches(classifier, paths, cfg.batch_size, cfg.top_k, read)) as batches:
+        predictions = write_predictions(batches, output, cfg.top_k, len(paths), picks)
 
     print_table(predictions, output)
     if picks:
@@ -119,10 +123,16 @@ def write_predictions(
 def classified_batches(
     classifier: Predictor, paths: list[Path], batch_size: int, top_k: int, read: Reader
 ) -> Iterator[Batch]:
-    """`paths`, read and classified batch by batch."""
-    with tqdm(total=len(paths), unit="img", disable=len(paths) <= batch_size or None) as bar:
+    """`paths`, read and classified batch by batch; read on every core (lenet.images.pool) when there are many."""
+    images = in_order(functools.partial(image_or_error, read=read), paths)
+    with (
+        tqdm(total=len(paths), unit="img", disable=len(paths) <= batch_size or None) as bar,
+        contextlib.closing(images),
+    ):
         for start in range(0, len(paths), batch_size):
-            batch = [read_one(path, read) for path in paths[start : start + batch_size]]
+            chunk = paths[start : start + batch_size]
+            batch = [(Prediction(path_text(path), error=error), image) for path, (image, error) in
+                     zip(chunk, itertools.islice(images, len(chunk)), strict=True)]  # fmt: skip
             readable = [(prediction, image) for prediction, image in batch if image is not None]
             if readable:
                 rows = classifier.probabilities(np.stack([image for _, image in readable]))
@@ -135,24 +145,17 @@ def classified_batches(
 
 def classify(classifier: Predictor, paths: list[Path], batch_size: int, top_k: int) -> list[Prediction]:
     """All predictions at once, nothing written (benchmarks/predict.py times this)."""
-    read = image_reader(classifier, prepare=True)
+    read = image_reader(classifier, prepared=True)
     return [p for batch in classified_batches(classifier, paths, batch_size, top_k, read) for p, _ in batch]
 
 
-def image_reader(classifier: Predictor, prepare: bool, max_pixels: int | None = None) -> Reader:
-    """An open file -> the 28x28 image; one of more than `max_pixels` pixels is refused from its header."""
-    if prepare:
-        return functools.partial(classifier.prepare, max_pixels=max_pixels)
-    return lambda file: resize(open_image(file, max_pixels))  # resize has no limit of its own: opened (checked) first
-
-
-def read_one(path: Path, read: Reader) -> tuple[Prediction, np.ndarray | None]:
-    prediction = Prediction(path_text(path))
-    try:
-        return prediction, read_image(path, read)
-    except ImageError as error:
-        prediction.error = " ".join(str(error).split())  # one line, in the CSV and on the console
-        return prediction, None
+def image_reader(classifier: Predictor, prepared: bool, max_pixels: int | None = None) -> Reader:
+    """An open file -> the 28x28 image, as `classifier.prepare` makes it (or resized); one of more than `max_pixels`
+    pixels is refused from its header. A partial of a module's function: the pool's workers run it, without the model.
+    """
+    if prepared:
+        return functools.partial(prepare, layout=LAYOUTS[classifier.layout], max_pixels=max_pixels)
+    return functools.partial(resized, max_pixels=max_pixels)
 
 
 class PredictionsCsv:

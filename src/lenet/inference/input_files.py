@@ -18,7 +18,7 @@ import numpy as np
 from omegaconf import ListConfig
 
 from lenet.frame.errors import UserError
-from lenet.images.preparation import IMAGE_SUFFIXES, ImageError
+from lenet.images.preparation import IMAGE_SUFFIXES, ImageError, open_image, resize
 
 NOT_FILES = {
     stat.S_IFDIR: "a folder",
@@ -49,6 +49,21 @@ def read_image(path: Path, read: Reader) -> np.ndarray:
         raise
     except Exception as error:  # a case prepare() does not foresee ends this image only, not the 5,000 others
         raise ImageError(f"cannot read it ({type(error).__name__}: {error})") from error
+
+
+def image_or_error(path: Path, read: Reader) -> tuple[np.ndarray | None, str]:
+    """`read_image`, or None and why not in one line: a row of predict's CSV. lenet.images.pool's workers run it, so
+    this module must not import torch, nor `read` be a closure."""
+    try:
+        return read_image(path, read), ""
+    except ImageError as error:
+        return None, " ".join(str(error).split())  # one line, in the CSV and on the console
+
+
+def resized(file: BinaryIO, max_pixels: int | None = None) -> np.ndarray:
+    """The Reader of predict's `prepare=false`: the image resized to 28x28, refused from its header when it has more
+    than `max_pixels` pixels (resize has no limit of its own)."""
+    return resize(open_image(file, max_pixels))
 
 
 def not_a_file(path: Path) -> str | None:
