@@ -131,8 +131,9 @@ class Checkpoint:
         """
         classes = self.contents["hyper_parameters"]["model"].get("num_classes", 10)
         given = {key: value for key, value in settings.items() if value is not None}
-        own = {"classes": self.classes, "layout": self.layout, "test_size": TEST_SIZE}  # older checkpoints lack them
-        data = {"num_classes": classes, **self.data_settings, **own, **given}
+        # Older checkpoints lack these; they are of the MNIST family, whose data never reads test_size.
+        own = {"classes": self.classes, "layout": self.layout, "test_size": None}
+        data = {"num_classes": classes, **own, **self.data_settings, **given}
         if missing := [f"data.{key}" for key in DATA_SETTINGS if key not in data]:
             raise ModelError(f"{self.path} lacks {', '.join(missing)}, which its data module needs")
         return MNISTDataModule(**data)
@@ -149,7 +150,6 @@ MODEL_SETTINGS = (*LENET_SETTINGS, *OWN_MODEL_SETTINGS, "_target_")
 DATA_SETTINGS = tuple(inspect.signature(MNISTDataModule).parameters)
 BUILT = {"model": LENET, "data": f"{MNISTDataModule.__module__}.{MNISTDataModule.__qualname__}"}  # from each group
 PREDICTOR_NEEDS = ("dataset", "mean", "std")  # the data settings every use of a checkpoint reads
-TEST_SIZE = 0.142857  # data.test_size, for checkpoints older than it: they were of IDX data sets, which ignore it
 # What a trained model's settings hold where a config may hold null: the data's own, filled in (lenet.frame.keys'
 # from_data). The other settings are checked by their keys' rules.
 FILLED = {"model.num_classes": keys.integer(2), "data.num_classes": keys.integer(2), "data.mean": keys.MEAN,
