@@ -377,6 +377,17 @@ def test_eval_without_data_tests_the_runs_own_test_images(trained, tmp_path):
     assert tested["test/acc"] == pytest.approx(metrics["test/acc"])
 
 
+def test_eval_tests_the_split_its_run_made_whatever_its_test_size(tmp_path):
+    root = shapes_folder(tmp_path / "shapes", 20)
+    run_dir = tmp_path / "run"
+    metrics = train(
+        compose_config("data=images", f"data.root={root}", "data.test_size=0.3", *QUICK, f"run_dir={run_dir}")
+    )
+    assert metrics["data"]["test_images"] == 18  # 0.3 of 60
+    tested = evaluate(eval_config(run_dir, tmp_path / "eval"))
+    assert tested["data"] == metrics["data"]  # the run's own test images, not a default share of the folder
+
+
 def test_eval_on_another_folder_tests_all_its_images_of_some_of_the_classes(trained, tmp_path):
     run_dir, _, _ = trained
     other = shapes_folder(tmp_path / "other", 10, seed=5, shapes=("bar", "cross"))
