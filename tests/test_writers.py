@@ -125,6 +125,10 @@ def slurm_sweep(*overrides: str) -> list[str]:
     return lenet_command("train", "-m", *ON_THE_NODE, *TRAINING, *overrides)
 
 
+def hangup_as_default() -> None:
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
+
+
 @pytest.mark.slow
 def test_a_sweep_continued_after_its_launcher_died_leaves_running_jobs_alone(slurm, flat_root, tmp_path):
     """An ssh drop (SIGHUP) ends the launcher on the login node; its jobs run on. The same command continues the
@@ -136,8 +140,9 @@ def test_a_sweep_continued_after_its_launcher_died_leaves_running_jobs_alone(slu
     recipe = ["optimizer.lr=0.05,0.02,0.01", "trainer.max_epochs=2", f"data.root={flat_root}",
               f"+callbacks.hold={{_target_:test_writers.HoldsUntil,go:{go}/${{hydra:job.num}}}}",
               f"hydra.sweep.dir={sweep_dir}"]  # fmt: skip
+    # SIGHUP as a login shell leaves it (a suite run under nohup would hand its SIG_IGN on to the launcher)
     launcher = subprocess.Popen(slurm_sweep(*recipe), cwd=tmp_path, env=slurm, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE)  # fmt: skip
+                                stderr=subprocess.PIPE, preexec_fn=hangup_as_default)  # fmt: skip
     wait_for(
         lambda: (
             (sweep_dir / "0" / "metrics.json").is_file()
