@@ -1,4 +1,4 @@
-"""Training on a folder of one's own images (data=images): what it costs and what it is worth (issue 22).
+"""Training on a folder of one's own images (data=images): what it costs and what it is worth.
 
     python benchmarks/own_images.py --fashion /usr/share/datasets/fashion-mnist --mnist FOLDER --work DIR
         [--epochs 3] [--seeds 1 2] [--tune-epochs 10] [--tune-seeds 1 2 3 4 5]
