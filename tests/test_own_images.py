@@ -516,6 +516,12 @@ def test_a_folder_lenet_cannot_write_to_still_trains_without_a_cache(read_only_f
 # The split by data.split_seed.
 
 
+def test_splits_that_leave_no_training_images_are_refused_naming_both_sizes(tmp_path):
+    root = shapes_folder(tmp_path / "shapes", 10)
+    with pytest.raises(DataError, match=r"data.test_size=0.5 and data.val_size=100 leave no training images in "):
+        data_module(root, "data.test_size=0.5", "data.val_size=100")
+
+
 def test_the_split_is_the_same_for_the_same_seed_and_keeps_copies_together(tmp_path):
     root = shapes_folder(tmp_path, 12)
     for copy in range(6):

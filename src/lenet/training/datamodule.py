@@ -16,7 +16,7 @@ from lenet.training import datasets
 from lenet.training.batches import InMemoryLoader
 from lenet.training.idx import FIX, read_idx
 from lenet.training.image_folder import listing
-from lenet.training.prepared_images import prepared_splits
+from lenet.training.prepared_images import count_of, prepared_splits
 
 AUGMENT_SEED_OFFSET = 1_000_003  # the augmentation's generator starts from seed + this, apart from the shuffling's
 
@@ -103,8 +103,12 @@ class MNISTDataModule(L.LightningDataModule):
         train_images, train_labels = self.loaded["train"]
         if training and "val" not in self.loaded:
             self.val_count(len(train_labels))
-        if training and not len(train_labels):
-            raise DataError(f"data.test_size={self.hparams.test_size} leaves no training images in {self.root}")
+        if training and not len(train_labels):  # data=images: what its test and validation splits left
+            hp = self.hparams
+            raise DataError(
+                f"data.test_size={hp.test_size} and data.val_size={hp.val_size} leave no training images in "
+                f"{self.root}: use smaller shares, e.g. 0.1"
+            )
         self._check_labels()
         if self.hparams.mean is None or self.hparams.std is None:
             mean, std = pixel_mean_and_std(train_images)
@@ -117,9 +121,7 @@ class MNISTDataModule(L.LightningDataModule):
         if self.own_images:
             self.load(training=False)
             return self.loaded["test"][0][:, 0], str(self.root)
-        files = self.idx_files()
-        if not files:
-            raise DataError(f"no IDX files in {self.root} or {datasets.raw_folder(self.root, self.hparams.dataset)}")
+        files = self._found_idx_files()
         return read_idx(files["test"][0], "images"), str(files["test"][0])
 
     def _read_images(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
@@ -134,10 +136,7 @@ class MNISTDataModule(L.LightningDataModule):
         record = DATASETS[self.hparams.dataset]
         if self.hparams.classes is None:
             self.hparams.classes = list(record.classes)
-        files = self.idx_files()
-        if not files:
-            raw = datasets.raw_folder(self.root, self.hparams.dataset)
-            raise DataError(f"no IDX files in {self.root} or {raw}: pass data.root=FOLDER")
+        files = self._found_idx_files()
         loaded = {split: self._read(*files[split]) for split in ("train", "test")}
         found = datasets.known_test_set(*loaded["test"])
         if found and found != self.hparams.dataset:
@@ -146,6 +145,12 @@ class MNISTDataModule(L.LightningDataModule):
                 f"(or a data.root holding {self.hparams.dataset})"
             )
         return loaded
+
+    def _found_idx_files(self) -> dict[str, tuple[Path, Path]]:
+        if files := self.idx_files():
+            return files
+        raw = datasets.raw_folder(self.root, self.hparams.dataset)
+        raise DataError(f"no IDX files in {self.root} or {raw}: pass data.root=FOLDER")
 
     def _check_labels(self) -> None:
         """Labels within the model's outputs; num_classes, when null, the data's class count."""
@@ -180,7 +185,7 @@ class MNISTDataModule(L.LightningDataModule):
     def val_count(self, n: int) -> int:
         """`val_size` as a number of the `n` training images: a share (at least one image), or a count."""
         size = self.hparams.val_size
-        count = max(1, round(size * n)) if 0 < size < 1 else int(size)
+        count = count_of(size, n)
         if count >= n:
             raise DataError(f"data.val_size={size} leaves no training images of {n}: use a share, e.g. 0.1")
         return count

@@ -30,8 +30,6 @@ CACHE_FOLDER = ".lenet-cache"
 
 log = logging.getLogger(__name__)
 
-Split = tuple[torch.Tensor, torch.Tensor]  # images N x 1 x 28 x 28 uint8, labels N
-
 
 def prepared_splits(listing: Listing, layout: str, val_size: float, test_size: float, split_seed: int):
     """The listing's images prepared with `layout`, as {train, val, test}: the splits the user made, the rest carved
@@ -122,10 +120,16 @@ def assigned_splits(listing: Listing, digests: list[bytes], val_size: float, tes
     return {split: torch.tensor(chosen, dtype=torch.int64) for split, chosen in given.items()}
 
 
+def count_of(size: float, n: int) -> int:
+    """data.val_size or data.test_size as a number of `n` images: a share (at least one image), a count, or 1.0: all."""
+    if isinstance(size, float) and size == 1.0:
+        return n
+    return max(1, round(size * n)) if 0 < size < 1 else int(size)
+
+
 def _carve(indexes: list[int], digests: list[bytes], size: float, generator: torch.Generator):
     """`size` of `indexes` (a share, or a count) drawn at random, copies of a file drawn together: (drawn, rest)."""
-    whole = isinstance(size, float) and size == 1.0  # data.test_size=1.0: all of them
-    wanted = len(indexes) if whole else max(1, round(size * len(indexes))) if 0 < size < 1 else int(size)
+    wanted = count_of(size, len(indexes))
     groups: dict[bytes, list[int]] = {}
     for i in indexes:
         groups.setdefault(digests[i], []).append(i)
