@@ -516,6 +516,15 @@ def test_a_folder_lenet_cannot_write_to_still_trains_without_a_cache(read_only_f
 # The split by data.split_seed.
 
 
+def test_a_refusal_naming_a_file_that_is_not_utf8_prints_anywhere(tmp_path):
+    root = shapes_folder(tmp_path / "shapes", 2)
+    os.mkdir(os.fsencode(root) + b"/caf\xe9")  # a Latin-1 name: not UTF-8
+    with pytest.raises(DataError) as refused:
+        listing(root)
+    line = str(refused.value)
+    assert "caf\\xe9 holds no images" in line and line.encode("utf-8") and line.isprintable()
+
+
 def test_splits_that_leave_no_training_images_are_refused_naming_both_sizes(tmp_path):
     root = shapes_folder(tmp_path / "shapes", 10)
     with pytest.raises(DataError, match=r"data.test_size=0.5 and data.val_size=100 leave no training images in "):

@@ -2,7 +2,9 @@
 where it is shown, so that it shows as text and does nothing: a spreadsheet cell that is not a formula, a markdown
 table cell that is not markup, a console line without the terminal's control sequences."""
 
+import os
 import re
+from pathlib import Path
 
 # A spreadsheet runs a cell that starts with one of these as a formula (CSV injection): the six OWASP lists.
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
@@ -35,3 +37,11 @@ def shown(value, most: int = 40) -> str:
 def terminal(text: str) -> str:
     """Text printed to a console as itself: control characters (ESC and the like) shown as escapes."""
     return CONTROLS.sub(lambda match: repr(match.group())[1:-1], text)
+
+
+def path_text(path: str | Path) -> str:
+    """A path (or a name from a user's files) as text that prints and writes anywhere: bytes that are not UTF-8 and
+    characters that do not print (a newline, a terminal escape in a file name) as backslash escapes, so that no name
+    breaks a row or a terminal."""
+    text = os.fsencode(path).decode("utf-8", "backslashreplace")
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)

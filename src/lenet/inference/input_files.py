@@ -18,6 +18,7 @@ import numpy as np
 from omegaconf import ListConfig
 
 from lenet.frame.errors import UserError
+from lenet.frame.quoting import path_text
 from lenet.images.preparation import IMAGE_SUFFIXES, ImageError, open_image, resize
 
 NOT_FILES = {
@@ -88,13 +89,6 @@ def open_file(path: Path) -> Iterator[BinaryIO]:
         if not stat.S_ISREG(os.fstat(descriptor).st_mode):
             raise ImageError("not a regular file")
         yield file
-
-
-def path_text(path: str | Path) -> str:
-    """A path as text that prints and writes anywhere: bytes that are not UTF-8 and characters that do not print
-    (a newline, a terminal escape in a file name) as backslash escapes, so that no name breaks a row or a terminal."""
-    text = os.fsencode(path).decode("utf-8", "backslashreplace")
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
 
 
 def image_paths(inputs) -> list[Path]:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lenet.frame.errors import DataError
-from lenet.frame.quoting import terminal
+from lenet.frame.quoting import path_text
 from lenet.images.preparation import IMAGE_SUFFIXES
 
 SPLITS = ("train", "val", "test")
@@ -44,16 +44,18 @@ def listing(root: Path, classes: list[str] | None = None) -> Listing:
     elif root.is_dir():
         named = _from_folders(root)
     else:
-        raise DataError(f"data.root={as_text(root)} does not exist: pass a folder of class folders, or a CSV")
+        raise DataError(f"data.root={path_text(root)} does not exist: pass a folder of class folders, or a CSV")
     found = sorted({label for _, label, _ in named}, key=_class_order)
     if classes is None:
         if len(found) < 2:
-            raise DataError(f"{as_text(root)} holds one class ({as_text(found[0])}): a classifier needs two or more")
+            raise DataError(
+                f"{path_text(root)} holds one class ({path_text(found[0])}): a classifier needs two or more"
+            )
         classes = found
     elif unknown := [name for name in found if name not in classes]:
         raise DataError(
-            f"{as_text(root)} holds classes the model does not know ({as_text(', '.join(unknown[:12]))}); "
-            f"its classes are {as_text(', '.join(classes[:12]))}: test it on images of those"
+            f"{path_text(root)} holds classes the model does not know ({path_text(', '.join(unknown[:12]))}); "
+            f"its classes are {path_text(', '.join(classes[:12]))}: test it on images of those"
         )
     index = {name: i for i, name in enumerate(classes)}
     named.sort(key=lambda item: (SPLITS.index(item[2]) if item[2] else -1, index[item[1]], str(item[0])))
@@ -71,8 +73,8 @@ def _refuse_loose_images(folder: Path) -> None:
     loose = [path for path in _visible(folder, dirs=False) if path.suffix.lower() in IMAGE_SUFFIXES]
     if loose:
         raise DataError(
-            f"{as_text(folder)} holds images outside class folders ({_named(loose, folder)}): put each class's "
-            f"images in a folder named after it ({as_text(folder / 'cat')}/..., {as_text(folder / 'dog')}/...), or "
+            f"{path_text(folder)} holds images outside class folders ({_named(loose, folder)}): put each class's "
+            f"images in a folder named after it ({path_text(folder / 'cat')}/..., {path_text(folder / 'dog')}/...), or "
             "pass a CSV"
         )
 
@@ -82,8 +84,8 @@ def _from_folders(root: Path) -> list[tuple[Path, str, str | None]]:
     _refuse_loose_images(root)
     if not folders:
         raise DataError(
-            f"{as_text(root)} holds no class folders: put each class's images in a folder named after it "
-            f"({as_text(root / 'cat')}/..., {as_text(root / 'dog')}/...), or pass a CSV of path,label"
+            f"{path_text(root)} holds no class folders: put each class's images in a folder named after it "
+            f"({path_text(root / 'cat')}/..., {path_text(root / 'dog')}/...), or pass a CSV of path,label"
         )
     split_folders = [folder for folder in folders if folder.name in SPLITS]
     if not split_folders:
@@ -91,7 +93,7 @@ def _from_folders(root: Path) -> list[tuple[Path, str, str | None]]:
     if len(split_folders) < len(folders) or "train" not in {folder.name for folder in split_folders}:
         others = [folder.name for folder in folders if folder.name not in SPLITS]
         raise DataError(
-            f"{as_text(root)} mixes split folders ({', '.join(f.name for f in split_folders)}) with "
+            f"{path_text(root)} mixes split folders ({', '.join(f.name for f in split_folders)}) with "
             f"{'other folders (' + ', '.join(others[:SHOWN]) + ')' if others else 'no train/'}: either train/ (and "
             "val/, test/) each holding the class folders, or only class folders"
         )
@@ -100,8 +102,8 @@ def _from_folders(root: Path) -> list[tuple[Path, str, str | None]]:
     if untrained := sorted({(label, split) for _, label, split in named if split != "train" and label not in trained}):
         label, split = untrained[0]
         raise DataError(
-            f"{as_text(root)}: class {as_text(label)} is in {split}/ but not in train/: a model cannot learn a class "
-            "it never sees; add its training images or remove it"
+            f"{path_text(root)}: class {path_text(label)} is in {split}/ but not in train/: a model cannot learn a "
+            "class it never sees; add its training images or remove it"
         )
     return named
 
@@ -110,7 +112,7 @@ def _classes_in(folder: Path, split: str | None) -> list[tuple[Path, str, str | 
     if split:
         _refuse_loose_images(folder)
         if not _visible(folder, dirs=True):
-            raise DataError(f"{as_text(folder)} holds no class folders: put its images in them, or remove it")
+            raise DataError(f"{path_text(folder)} holds no class folders: put its images in them, or remove it")
     named, other = [], 0
     for class_folder in _visible(folder, dirs=True):
         files = [path for path in _files_under(class_folder)]
@@ -118,7 +120,7 @@ def _classes_in(folder: Path, split: str | None) -> list[tuple[Path, str, str | 
         other += len(files) - len(images)
         if not images:
             raise DataError(
-                f"{as_text(class_folder)} holds no images ({', '.join(IMAGE_SUFFIXES)}): add its images or remove "
+                f"{path_text(class_folder)} holds no images ({', '.join(IMAGE_SUFFIXES)}): add its images or remove "
                 "the folder"
             )
         named += [(path, class_folder.name, split) for path in images]
@@ -137,9 +139,9 @@ def _visible(folder: Path, dirs: bool) -> list[Path]:
 
 def _files_under(folder: Path) -> list[Path]:
     """Every file at any depth, hidden files and folders left out."""
-    found = []
+    found, here = [], folder.resolve()
     for entry in _visible(folder, dirs=True):
-        if not folder.resolve().is_relative_to(entry.resolve()):  # a link to a folder above: a loop
+        if not here.is_relative_to(entry.resolve()):  # a link to a folder above: a loop
             found += _files_under(entry)
     return found + _visible(folder, dirs=False)
 
@@ -151,7 +153,7 @@ def _from_csv(table: Path) -> list[tuple[Path, str, str | None]]:
                 (number, row) for number, row in enumerate(csv.reader(file), 1) if any(cell.strip() for cell in row)
             ]
     except (UnicodeDecodeError, csv.Error) as error:
-        raise DataError(f"{as_text(table)} is not a CSV of path,label ({error})") from None
+        raise DataError(f"{path_text(table)} is not a CSV of path,label ({error})") from None
     if rows and [cell.strip().lower() for cell in rows[0][1]] in CSV_HEADERS:
         rows = rows[1:]
     named, missing = [], []
@@ -159,7 +161,7 @@ def _from_csv(table: Path) -> list[tuple[Path, str, str | None]]:
         cells = [cell.strip() for cell in row]
         if len(cells) not in (2, 3) or not all(cells[:2]) or (len(cells) == 3 and cells[2] not in SPLITS):
             raise DataError(
-                f"{as_text(table)}, line {number}: {','.join(row)[:80]!r} is not path,label or path,label,split "
+                f"{path_text(table)}, line {number}: {','.join(row)[:80]!r} is not path,label or path,label,split "
                 f"(split: {', '.join(SPLITS)})"
             )
         path = (table.parent / cells[0]).resolve()
@@ -167,21 +169,16 @@ def _from_csv(table: Path) -> list[tuple[Path, str, str | None]]:
             missing.append(path)
         named.append((path, cells[1], cells[2] if len(cells) == 3 else None))
     if missing:
-        raise DataError(f"{as_text(table)} names {len(missing)} file(s) that do not exist: {_named(missing, None)}")
+        raise DataError(f"{path_text(table)} names {len(missing)} file(s) that do not exist: {_named(missing, None)}")
     if not named:
-        raise DataError(f"{as_text(table)} lists no images: one row per image, path,label")
+        raise DataError(f"{path_text(table)} lists no images: one row per image, path,label")
     if any(split for _, _, split in named) and not all(split for _, _, split in named):
-        raise DataError(f"{as_text(table)}: give every row a split (train, val, test), or none")
+        raise DataError(f"{path_text(table)}: give every row a split (train, val, test), or none")
     if named[0][2] and "train" not in {split for _, _, split in named}:
-        raise DataError(f"{as_text(table)} puts no image in the train split")
+        raise DataError(f"{path_text(table)} puts no image in the train split")
     return named
 
 
-def as_text(path) -> str:
-    """A path or a name from the user's files, shown as itself on the console."""
-    return terminal(str(path))
-
-
 def _named(paths: list[Path], root: Path | None) -> str:
-    shown = [as_text(path.relative_to(root) if root else path) for path in paths[:SHOWN]]
+    shown = [path_text(path.relative_to(root) if root else path) for path in paths[:SHOWN]]
     return ", ".join(shown) + (f", ... ({len(paths)} in all)" if len(paths) > SHOWN else "")

@@ -22,9 +22,10 @@ from filelock import FileLock
 from lenet.frame import atomic
 from lenet.frame.errors import DataError
 from lenet.frame.mnist_family import LAYOUTS
+from lenet.frame.quoting import path_text
 from lenet.images import preparation
 from lenet.images.pool import prepared_files
-from lenet.training.image_folder import SHOWN, SPLITS, Listing, as_text
+from lenet.training.image_folder import SHOWN, SPLITS, Listing
 
 CACHE_FOLDER = ".lenet-cache"
 
@@ -97,7 +98,7 @@ def _prepare(listing: Listing, layout: str) -> tuple[np.ndarray, list[bytes]]:
     log.info("Preparing %d images of %s (%s layout)", count, listing.root, layout)
     results = list(prepared_files(listing.files, LAYOUTS[layout]))
     if bad := [(path, result.error) for path, result in zip(listing.files, results, strict=True) if result.error]:
-        named = "; ".join(f"{as_text(_relative(path, listing.root))} ({error})" for path, error in bad[:SHOWN])
+        named = "; ".join(f"{path_text(_relative(path, listing.root))} ({error})" for path, error in bad[:SHOWN])
         raise DataError(
             f"{len(bad)} of {count} images cannot be used: {named}{'; ...' if len(bad) > SHOWN else ''}. Remove "
             "them, or replace them with good copies"
@@ -153,7 +154,7 @@ def _refuse_copies_across_splits(listing: Listing, digests: list[bytes]) -> None
             crossing.append((listing.files[seen], listing.files[i]))
     if crossing:
         named = ", ".join(
-            f"{as_text(_relative(a, listing.root))} = {as_text(_relative(b, listing.root))}"
+            f"{path_text(_relative(a, listing.root))} = {path_text(_relative(b, listing.root))}"
             for a, b in crossing[:SHOWN]
         )
         raise DataError(
