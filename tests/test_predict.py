@@ -22,6 +22,7 @@ import pytest
 from PIL import Image
 
 import lenet.inference.classify
+import lenet.inference.trained_model
 from conftest import compose_config, glyph_split, lenet_command
 from lenet.cli import check
 from lenet.frame.errors import ConfigError, ModelError
@@ -288,7 +289,7 @@ def failing_at(call: int, error: BaseException):
 
 def test_a_failure_prepare_does_not_foresee_is_that_images_row(glyph_checkpoint, originals, tmp_path, monkeypatch):
     folder = glyph_folder(tmp_path, originals, 3)
-    monkeypatch.setattr(lenet.inference.classify, "prepare", failing_at(1, TypeError("a case nobody foresaw")))
+    monkeypatch.setattr(lenet.inference.trained_model, "prepare", failing_at(1, TypeError("a case nobody foresaw")))
     rows = predicted(glyph_checkpoint, folder, tmp_path)
     assert [row["error"] for row in rows] == ["", "cannot read it (TypeError: a case nobody foresaw)", ""]
     assert rows[0]["prediction"] and rows[2]["prediction"]
@@ -476,7 +477,7 @@ def test_the_preview_shows_unreadable_images_first_when_asked(glyph_checkpoint, 
 
 def test_a_ctrl_c_keeps_the_rows_so_far_and_says_how_many(glyph_checkpoint, originals, tmp_path, monkeypatch):
     folder = glyph_folder(tmp_path, originals, 5)
-    monkeypatch.setattr(lenet.inference.classify, "prepare", failing_at(2, KeyboardInterrupt()))
+    monkeypatch.setattr(lenet.inference.trained_model, "prepare", failing_at(2, KeyboardInterrupt()))
     output = tmp_path / "predictions.csv"
     with pytest.raises(PredictInterrupted, match=f"^interrupted by Ctrl-C: 2 of 5 rows written to {output}$") as stop:
         predict(predict_config(glyph_checkpoint, folder, tmp_path, "batch_size=1"))

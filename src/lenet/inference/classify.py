@@ -30,10 +30,8 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 from lenet.frame.errors import UserError
-from lenet.frame.mnist_family import LAYOUTS
 from lenet.frame.quoting import spreadsheet_cell
 from lenet.images.pool import in_order
-from lenet.images.preparation import prepare
 from lenet.inference.input_files import InputError, Reader, image_or_error, image_paths, path_text, resized
 from lenet.inference.model_files import load
 from lenet.inference.trained_model import Predictor
@@ -154,7 +152,7 @@ def image_reader(classifier: Predictor, prepared: bool, max_pixels: int | None =
     pixels is refused from its header. A partial of a module's function: the pool's workers run it, without the model.
     """
     if prepared:
-        return functools.partial(prepare, layout=LAYOUTS[classifier.layout], max_pixels=max_pixels)
+        return classifier.preparer(max_pixels)
     return functools.partial(resized, max_pixels=max_pixels)
 
 

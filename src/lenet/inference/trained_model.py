@@ -3,6 +3,7 @@ lenet.export (.onnx, .pt2), read by that format's own reader (lenet.inference.mo
 one interface, Predictor, which every reader builds from what it read.
 """
 
+import functools
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -40,7 +41,11 @@ class Predictor:
 
     def prepare(self, image, max_pixels: int | None = None, max_bytes: int | None = None) -> np.ndarray:
         """A user's image as its data set's images were made (lenet.images.preparation.prepare)."""
-        return prepare(image, LAYOUTS[self.layout], max_pixels, max_bytes)
+        return self.preparer(max_pixels, max_bytes)(image)
+
+    def preparer(self, max_pixels: int | None = None, max_bytes: int | None = None) -> Callable[..., np.ndarray]:
+        """`prepare` as a function of the image alone that holds no model: what predict's worker processes run."""
+        return functools.partial(prepare, layout=LAYOUTS[self.layout], max_pixels=max_pixels, max_bytes=max_bytes)
 
     def normalize(self, images: np.ndarray) -> np.ndarray:
         """uint8 N x 28 x 28 -> float32 N x 1 x 28 x 28, by the function training normalizes with."""
