@@ -260,6 +260,11 @@ KEYS: dict[str, Key] = {
     "access_log": Key(BOOLEAN),
 }
 
+# What a trained model's files (a checkpoint's settings, an export's metadata) hold where a config may hold null: the
+# data's own, filled in (the from_data keys, and the data module's num_classes). Other settings: their keys' rules.
+FILLED = {"model.num_classes": integer(2), "data.num_classes": integer(2), "data.mean": MEAN, "data.std": POSITIVE,
+          "data.classes": CLASS_NAMES}  # fmt: skip
+
 # Rules between two keys of a group: (group, test of the group's node, what to do instead).
 CONSTRAINTS: list[tuple[str, Callable[[Any], bool], str]] = [
     (

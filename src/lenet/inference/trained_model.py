@@ -98,8 +98,8 @@ def from_metadata(path: Path, metadata: dict, model, forward) -> Predictor:
 def _metadata_refusal(metadata: dict) -> str | None:
     """Why the metadata an exported file carries is not what lenet.export writes, naming the key; None if it is.
     Its numbers are checked by the rules of the data settings they come from (lenet.frame.keys), null excluded."""
-    for key, rule in (("mean", keys.MEAN), ("std", keys.POSITIVE)):  # numbers: a data's own, filled in
-        value = metadata[key]
+    for key in ("mean", "std"):
+        value, rule = metadata[key], keys.FILLED[f"data.{key}"]
         if not rule.test(value):
             return f"holds {key}={value!r:.60}, which is not allowed: it must be {rule.text}"
     if not isinstance(metadata["dataset"], str):

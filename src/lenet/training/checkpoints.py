@@ -150,10 +150,6 @@ MODEL_SETTINGS = (*LENET_SETTINGS, *OWN_MODEL_SETTINGS, "_target_")
 DATA_SETTINGS = tuple(inspect.signature(MNISTDataModule).parameters)
 BUILT = {"model": LENET, "data": f"{MNISTDataModule.__module__}.{MNISTDataModule.__qualname__}"}  # from each group
 PREDICTOR_NEEDS = ("dataset", "mean", "std")  # the data settings every use of a checkpoint reads
-# What a trained model's settings hold where a config may hold null: the data's own, filled in (lenet.frame.keys'
-# from_data). The other settings are checked by their keys' rules.
-FILLED = {"model.num_classes": keys.integer(2), "data.num_classes": keys.integer(2), "data.mean": keys.MEAN,
-          "data.std": keys.POSITIVE, "data.classes": keys.CLASS_NAMES}  # fmt: skip
 
 
 def _load(path: Path, data: bytes) -> dict:
@@ -225,7 +221,7 @@ def _settings_refusal(group: str, settings, known: tuple[str, ...], needed: tupl
                 shown = quoting.shown(value, 60)
                 return f"holds {name}={shown}, which is not allowed: it must be {LENET}, lenet's own network"
             continue
-        rule = FILLED.get(name) or keys.KEYS[name].rule
+        rule = keys.FILLED.get(name) or keys.KEYS[name].rule
         if not _plain(value) or not rule.test(value):
             return f"holds {name}={quoting.shown(value, 60)}, which is not allowed: it must be {rule.text}"
     return None
