@@ -33,7 +33,7 @@ from lenet.training import cpus, misclassified
 from lenet.training.checkpoints import Checkpoint
 from lenet.training.fit import TrainingInterrupted, evaluate, train
 from lenet.training.hparams import HPARAM_METRICS
-from lenet.training.module import LeNetModule
+from lenet.training.module import EVAL_CHUNK, LeNetModule
 from lenet.training.network import LeNet
 
 EPOCHS = 3
@@ -482,6 +482,17 @@ def test_ranks_other_than_0_draw_their_own_dropout_masks():
         module.setup("fit")
         draws.append(torch.rand(3))
     assert not torch.equal(draws[0], draws[1]) and not torch.equal(draws[1], draws[2])
+
+
+def test_validation_and_test_batches_evaluated_in_chunks_give_one_pass_logits():
+    # On the CPU an evaluation batch runs EVAL_CHUNK images at a time (memory): its metrics must not depend on that.
+    torch.manual_seed(0)
+    module = LeNetModule(model={"batch_norm": True, "dropout": 0.5}).eval()
+    images = torch.randn(2 * EVAL_CHUNK + 3, 1, 28, 28)
+    with torch.inference_mode():
+        chunked, whole = module._evaluate(images), module(images)
+    assert torch.equal(chunked.argmax(1), whole.argmax(1))
+    torch.testing.assert_close(chunked, whole, rtol=0, atol=1e-6)
 
 
 # --- What it reports ---
