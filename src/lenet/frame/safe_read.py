@@ -45,7 +45,7 @@ def read_yaml(path: Path, name: str):
     """A YAML file as plain values; `name` is how messages call it (`.hydra/config.yaml`)."""
     text = read_text(path, name)
     try:
-        value = yaml.load(text, Loader=YAML_LOADER)
+        value = yaml.load(text, Loader=YAML_LOADER if "&" in text else _TreeLoader)
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
@@ -53,6 +53,58 @@ def read_yaml(path: Path, name: str):
     if "&" in text and _count(value, MOST_VALUES) > MOST_VALUES:  # no alias without an anchor (&name)
         raise Unreadable(f"{name}: more than {MOST_VALUES:,} values, none of lenet's records")
     return value
+
+
+class _Unusual(Exception):
+    """A node _TreeLoader leaves to the safe loader's own constructor."""
+
+
+class _TreeLoader(YAML_LOADER):
+    """The safe loader, for a document without anchors (a tree: no node is used twice): its plain values built in
+    one pass, the same as the safe loader's constructor builds them, which spends a generator and a dozen calls on
+    each node (half of reading a run's records). A tag of its own, a merge key (`<<`) or a key that is a list or
+    a mapping: the document is built by that constructor instead, which accepts or refuses it as ever."""
+
+    SCALARS = {f"tag:yaml.org,2002:{kind}" for kind in ("str", "int", "float", "bool", "null")}
+    RESOLVED: dict[str, str] = {}  # a plain scalar's tag by its text: the resolver's, remembered
+    MOST_RESOLVED = 1 << 16
+
+    def resolve(self, kind, value, implicit):
+        """The resolver's tag for a node the document gives none. A plain scalar's depends on its text alone, which
+        the resolver tries against its patterns each time: remembered, for a sweep's records repeat their keys and
+        most values (a third of reading them)."""
+        if kind is not yaml.ScalarNode or not implicit[0] or self.yaml_path_resolvers:
+            return super().resolve(kind, value, implicit)
+        tag = self.RESOLVED.get(value)
+        if tag is None:
+            tag = super().resolve(kind, value, implicit)
+            if len(self.RESOLVED) < self.MOST_RESOLVED:
+                self.RESOLVED[value] = tag
+        return tag
+
+    def get_single_data(self):
+        node = self.get_single_node()
+        if node is None:
+            return None
+        try:
+            return self._built(node)
+        except _Unusual:
+            return self.construct_document(node)
+
+    def _built(self, node):
+        tag, kind = node.tag, type(node)
+        if kind is yaml.ScalarNode and tag in self.SCALARS:
+            return node.value if tag == "tag:yaml.org,2002:str" else self.yaml_constructors[tag](self, node)
+        if kind is yaml.SequenceNode and tag == "tag:yaml.org,2002:seq":
+            return [self._built(item) for item in node.value]
+        if kind is yaml.MappingNode and tag == "tag:yaml.org,2002:map":
+            built = {}
+            for key, value in node.value:  # a key repeated: the last value, where the first was (as dict() does)
+                if type(key) is not yaml.ScalarNode or key.tag not in self.SCALARS:
+                    raise _Unusual
+                built[self._built(key)] = self._built(value)
+            return built
+        raise _Unusual
 
 
 def read_json(path: Path, name: str):
@@ -116,6 +168,7 @@ def _count(value, most: int) -> int:
     return count
 
 
+@functools.lru_cache(maxsize=4096)  # a sweep's jobs repeat the same overrides: Hydra's parser is a millisecond each
 def distrust(override: str, hydra: bool = False) -> str | None:
     """Why an override read from a file (a run's .hydra/overrides.yaml, a sweep's multirun.yaml) is not one lenet
     runs or prints, naming its key; None when it is one: it sets a key lenet.frame.keys declares (or one under it:
