@@ -239,6 +239,25 @@ def test_each_configuration_is_compared_with_the_best_with_its_interval(tmp_path
     assert [label.get_text() for label in panel.get_yticklabels()] == ["optimizer.lr=0.0525", "optimizer.lr=0.005"]
 
 
+def test_a_sweep_of_many_configurations_is_reported_and_plotted_with_readable_labels(tmp_path, capsys):
+    """Past what a panel's height holds, the differences panel names every n-th configuration, best first;
+    report.md still names each one."""
+    rates = [f"0.{lr:03d}" for lr in range(1, 81)]
+    for job, (lr, seed) in enumerate((lr, seed) for lr in rates for seed in (1, 2)):
+        value = 0.95 - int(lr[2:]) / 10_000 + SEED_EFFECT[seed]
+        raw_run(tmp_path / str(job), [f"optimizer.lr={lr}", f"seed={seed}"], metrics=finals(value, value))
+    sweep_report.main([str(tmp_path)])
+    md = capsys.readouterr().out
+    assert all(f"- optimizer.lr={lr}: val/acc_best" in md for lr in rates[1:]), "each compared in words"
+    assert (tmp_path / "report.png").read_bytes()[:4] == b"\x89PNG"
+    figure = report_figure(*_jobs_and_configs(tmp_path))
+    panel = next(ax for ax in figure.axes if "vs best" in ax.get_xlabel())
+    labels = [label.get_text() for label in panel.get_yticklabels()]
+    assert labels[0] == "optimizer.lr=0.002" and 10 <= len(labels) <= sweep_report.MOST_LABELS, labels
+    rows = [rates[1:].index(label.removeprefix("optimizer.lr=")) for label in labels]
+    assert rows == list(range(0, len(rates) - 1, rows[1])) == list(panel.get_yticks()), "every n-th, at its row"
+
+
 def _jobs_and_configs(folder: Path):
     _, jobs = read_runs([folder])
     jobs = sweep_report.best_first(jobs)

@@ -59,6 +59,7 @@ POOLED = (METRIC, "test/acc")  # their mean and standard deviation over each con
 COMPARED = {METRIC: "", "test/acc": "test_"}  # compared with the best configuration: the CSV columns' prefixes
 POINTS = 100  # accuracy differences are said in points: 0.9123 - 0.9080 is +0.43
 SUGGESTED_SEEDS = 5  # what one seed per configuration is told to run: enough for an interval, and a first estimate
+MOST_LABELS = 30  # of report.png's differences panel: every configuration's name up to this many, else every n-th
 
 
 def best_first(jobs: list[Job]) -> list[Job]:
@@ -440,13 +441,16 @@ def _metric_panel(axes, key: str, configs: list[Configuration]) -> None:
 
 def _differences_panel(axes, compared: list[tuple[Configuration, Difference]]) -> None:
     """Each configuration's difference from the best, with its 95% interval: an interval across 0 is noise."""
-    for y, (_, found) in enumerate(compared):
-        error = [[found.delta - found.low], [found.high - found.delta]]
-        color = "C3" if found.resolved else "0.5"  # red: resolved; grey: noise
-        axes.errorbar([found.delta], [y], xerr=error, fmt="o", color=color, capsize=4)
+    for resolved, color in ((True, "C3"), (False, "0.5")):  # red: resolved; grey: noise
+        rows = [(y, found) for y, (_, found) in enumerate(compared) if found.resolved == resolved]
+        if rows:  # one call for each colour: a call per configuration costs seconds at a hundred of them
+            ys, differences = zip(*rows, strict=True)
+            error = [[d.delta - d.low for d in differences], [d.high - d.delta for d in differences]]
+            axes.errorbar([d.delta for d in differences], ys, xerr=error, fmt="o", color=color, capsize=4)
     axes.axvline(0, color="0.3", linewidth=0.8)
-    labels = [_tex_free(_short(config.describe())) for config, _ in compared]
-    axes.set_yticks(range(len(compared)), labels, fontsize="small")
+    every = math.ceil(len(compared) / MOST_LABELS)  # more labels than this overlap into one black band
+    labels = [_tex_free(_short(config.describe())) for config, _ in compared[::every]]
+    axes.set_yticks(range(0, len(compared), every), labels, fontsize="small")
     axes.set_ylim(len(compared) - 0.5, -0.5)  # best first, as in the tables
     axes.set_xlabel(f"{METRIC} vs best (points, 95% CI)")
 
@@ -475,14 +479,15 @@ def _positions(axes, values: list[str]) -> list[float]:
 
 
 def _curves_panel(axes, configs: list[Configuration], curves: dict[str, list[tuple[int, float]]]) -> None:
+    """Every job's curve, one line per configuration: its jobs' curves as pieces of it, parted by NaN (a line
+    per job costs seconds at 1,000 jobs)."""
     for index, config in enumerate(configs):
-        label = _tex_free(config.describe())
-        for job in config.jobs:
-            if points := curves[job.name]:
-                epochs, values = zip(*points, strict=True)
-                # A marker on every point: a one-epoch run's curve is a single point, which a line alone never draws.
-                axes.plot(epochs, values, marker="o", markersize=3, color=f"C{index % 10}", alpha=0.7, label=label)
-                label = None  # one legend entry per configuration
+        if pieces := [points for job in config.jobs if (points := curves[job.name])]:
+            joined = [point for piece in pieces for point in [(math.nan, math.nan), *piece]][1:]  # NaN: a gap
+            epochs, values = zip(*joined, strict=True)
+            # A marker on every point: a one-epoch run's curve is a single point, which a line alone never draws.
+            label = _tex_free(config.describe())  # one legend entry per configuration
+            axes.plot(epochs, values, marker="o", markersize=3, color=f"C{index % 10}", alpha=0.7, label=label)
     axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes.set_xlabel("epoch")
     axes.set_ylabel(CURVE)
