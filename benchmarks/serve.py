@@ -12,22 +12,29 @@ paper, JPEG (`photo`). Reports requests/s and the p50/p99 latency, each the medi
 same server. The client threads share the machine's cores with the server: on 2 cores the figures are the whole
 loop's, load generator included.
 
+`--versus "A" "B" ...`: configurations side by side instead, each a string of serve overrides ("" is the defaults,
+"processes=2 workers=1" two), each on a server of its own, all started first; then rounds in which they take turns,
+so that the machine's load drifts alike for all. Per configuration and number of clients: the medians of requests/s,
+p50 and p99, the server's CPU per request (its processes together) and the load generator's (this process), and the
+1-minute load average over its runs.
+
 `--soak N`: the server's RSS before and after N more requests (16 clients). `--attacks`: the worst request each
 limit allows, each waited for a bounded time. Decoding (`max_megapixels`, `max_decoded_mb`): for each kind of image,
 the largest the limits let through (and two they refuse), each on a fresh server (glibc keeps much of a large
 request's memory for reuse, which would hide the next one's cost), then four of the worst at once with a good
-request among them. The rest on the server of the throughput runs. The body (`max_upload_mb`): a 10 MB image, a
-PNG whose text chunks decompress far beyond its size, a body over the limit. Time (`upload_timeout_s`,
-`header_timeout_s`): 50 and 100 uploads that stop 1 byte short of 10 MB, 100 request heads that stop halfway. Then
-a foreign Host, a cross-origin POST, and what the docs pages load from elsewhere. The peak RSS of a request is the
-server's VmHWM, reset before it through /proc/PID/clear_refs (Linux); the RSS of stalled uploads is sampled every
-5 ms.
+request among them. The rest on the server of the throughput runs. The body (`max_upload_mb`): a 10 MB image, a PNG
+whose text chunks decompress far beyond its size, a body over the limit. Time (`upload_timeout_s`,
+`header_timeout_s`): 50 and 100 uploads that stop 1 byte short of 10 MB, 100 request heads that stop halfway. Then a
+foreign Host, a cross-origin POST, and what the docs pages load from elsewhere. The peak RSS of a request is the
+server's VmHWM (processes=N: the supervising process's, not its servers'), reset before it through
+/proc/PID/clear_refs (Linux); the RSS of stalled uploads is sampled every 5 ms.
 """
 
 import argparse
 import contextlib
 import http.client
 import io
+import os
 import re
 import select
 import socket
@@ -360,6 +367,52 @@ def throughput(port: int, body: bytes, content_type: str, clients: int, requests
     )
 
 
+def cpu_s(pid: int) -> float:
+    """CPU seconds of `pid` and of its child processes (processes=N: the server processes it spawned)."""
+    total = 0.0
+    for entry in Path("/proc").iterdir():
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split() if entry.name.isdigit() else None
+        except OSError:  # ended meanwhile
+            continue
+        if fields and pid in (int(entry.name), int(fields[1])):
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+    return total
+
+
+def load_average() -> float:
+    return float(Path("/proc/loadavg").read_text().split()[0])
+
+
+def versus(command: list[str], configurations: list[str], body: bytes, content_type: str, args) -> None:
+    """Each configuration on a server of its own, taking turns run by run (see the docstring's `--versus`)."""
+    runs = {(name, clients): [] for name in configurations for clients in args.clients}
+    with contextlib.ExitStack() as stack:
+        servers = {}
+        for index, name in enumerate(configurations):
+            own = [*command, f"hydra.run.dir=benchmarks/results/serve-versus/{index}", *name.split()]
+            servers[name] = stack.enter_context(serving(own))
+            load(servers[name][0], body, content_type, max(args.clients), args.warmup)
+        for _ in range(args.repeats):
+            for clients in args.clients:
+                for name, (port, pid) in servers.items():
+                    average, server, client = load_average(), cpu_s(pid), time.process_time()
+                    wall, latencies = load(port, body, content_type, clients, args.requests)
+                    server, client = (cpu_s(pid) - server, time.process_time() - client)
+                    p50, p99 = np.percentile(latencies, [50, 99]) * 1000
+                    per_request = [1000 * seconds / args.requests for seconds in (server, client)]
+                    runs[name, clients].append((args.requests / wall, p50, p99, *per_request, average))
+    print("| configuration | clients | requests/s | p50 ms | p99 ms | server CPU ms/request | "
+          "load generator CPU ms/request | load |\n|---|---|---|---|---|---|---|---|")  # fmt: skip
+    for (name, clients), results in runs.items():
+        rate, p50, p99, server, client, _ = (statistics.median(column) for column in zip(*results, strict=True))
+        averages = [result[-1] for result in results]
+        print(
+            f"| {name or 'defaults'} | {clients} | {rate:.0f} | {p50:.1f} | {p99:.1f} | {server:.2f} | "
+            f"{client:.2f} | {min(averages):.1f}-{max(averages):.1f} |"
+        )
+
+
 def upload_timeout_s(overrides: list[str]) -> float:
     given = [float(o.split("=", 1)[1]) for o in overrides if o.startswith("upload_timeout_s=")]
     return given[-1] if given else 30.0  # conf/serve.yaml's
@@ -391,11 +444,15 @@ def main() -> None:
     parser.add_argument("--image", choices=["pad", "photo"], default="pad")
     parser.add_argument("--soak", type=int, default=0, help="RSS before and after this many requests")
     parser.add_argument("--attacks", action="store_true")
+    parser.add_argument("--versus", nargs="+", metavar="OVERRIDES", help='side by side, e.g. --versus "" workers=1')
     parser.add_argument("overrides", nargs="*", help="lenet.serve overrides, e.g. workers=4")
     args = parser.parse_args()
 
     data = pad_image() if args.image == "pad" else photo_image()
     body, content_type = multipart(data, f"digit.{'png' if args.image == 'pad' else 'jpg'}")
+    if args.versus is not None:
+        command = [sys.executable, "-m", "lenet.serve", f"ckpt_path={args.ckpt}", "port=0", *args.overrides]
+        return versus(command, args.versus, body, content_type, args)
     command = [sys.executable, "-m", "lenet.serve", f"ckpt_path={args.ckpt}", "port=0",
                "hydra.run.dir=benchmarks/results/serve", *args.overrides]  # fmt: skip
     with serving(command) as (port, pid):

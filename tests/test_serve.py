@@ -124,8 +124,8 @@ def test_predict_answers_as_the_loaded_classifier_does(server, uploads, classifi
 def test_health_names_the_model_and_its_classes(server, glyph_checkpoint, classifier):
     response = httpx.get(f"{server}health")
     assert response.status_code == 200
-    assert response.json() == {"status": "ok", "model": glyph_checkpoint.name, "dataset": "mnist",
-                               "classes": classifier.classes, "max_upload_bytes": LIMIT,
+    assert response.json() == {"status": "ok", "process": os.getpid(), "model": glyph_checkpoint.name,
+                               "dataset": "mnist", "classes": classifier.classes, "max_upload_bytes": LIMIT,
                                "max_megapixels": 50, "max_decoded_bytes": 100 * MB}  # fmt: skip
 
 
@@ -272,6 +272,32 @@ def test_the_command_serves_until_a_signal_stops_it(glyph_checkpoint, uploads, t
         process.send_signal(stop)
         assert process.wait(timeout=10) == 0
         assert f"Stopped ({stop.name})" in process.stdout.read()
+    finally:
+        process.kill()
+        process.stdout.close()
+
+
+@pytest.mark.slow  # three model loads, two of them in new interpreters: 40 s on a busy 2-core machine
+def test_processes_each_load_the_model_and_answer_on_the_one_port(glyph_checkpoint, uploads, tmp_path):
+    """processes=2: two server processes share the port, each answers with the model; SIGTERM stops them all."""
+    command = lenet_command("serve", f"ckpt_path={glyph_checkpoint}", "port=0", "processes=2")
+    process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        line = process.stdout.readline()  # written once every process serves
+        url = re.search(r"at (http://127\.0\.0\.1:\d+/)", line)
+        assert url, line + process.stdout.read()
+        answered = {}  # process id -> its answer
+        for _ in range(100):  # each on a new connection, which either process may accept
+            with httpx.Client() as client:
+                server = client.get(f"{url[1]}health", timeout=30).json()["process"]
+                answered[server] = post(url[1], uploads[0][0][0], client=client).json()["prediction"]
+            if len(answered) == 2:
+                break
+        assert process.pid not in answered and list(answered.values()) == [uploads[1][0][0]] * 2
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=20) == 0
+        assert "Stopped (SIGTERM)" in process.stdout.read()
+        assert not [pid for pid in answered if Path(f"/proc/{pid}").exists()], "a server process outlived the stop"
     finally:
         process.kill()
         process.stdout.close()

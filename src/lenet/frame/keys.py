@@ -22,6 +22,7 @@ and what is allowed in one line. Rules go by key, not by option: a new option fi
 gets the checks of the keys it shares with the others without a change here.
 """
 
+import functools
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, fields
@@ -252,6 +253,7 @@ KEYS: dict[str, Key] = {
     "host": Key(TEXT),
     "port": Key(integer(0, 65535)),
     "workers": Key(integer(1)),
+    "processes": Key(integer(1)),
     "max_upload_mb": Key(POSITIVE),
     "upload_timeout_s": Key(POSITIVE),
     "header_timeout_s": Key(POSITIVE),
@@ -290,6 +292,7 @@ HPARAM_VALUES = {
 HPARAM_DEFAULTS = {"weight_decay": 0.0, "momentum": 0.0, "scheduler": "none"}
 
 
+@functools.lru_cache(maxsize=4096)  # KEYS is fixed and a Key frozen: a report asks for each override of 1,000 jobs
 def role(key: str) -> Key:
     """The key's rule and roles, each role taken from the nearest declaration that has it."""
     declared = sorted((pattern for pattern in KEYS if _covers(pattern, key)), key=len, reverse=True)

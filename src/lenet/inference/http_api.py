@@ -23,15 +23,21 @@ Threads: decoding, preparing and classifying an upload take about a millisecond 
 of `workers` threads and the event loop stays free to accept and read other requests. The classifier is read-only
 after loading (torch modules in eval and inference mode, an onnxruntime session: both safe to call from several
 threads), so the threads share one model; the pool's size also caps how many decoded images are in memory at once.
+Python's GIL lets those threads use little more than one core: `processes` > 1 runs that many server processes on
+the one listening socket (uvicorn's supervisor, `Processes`), each a new interpreter that loads the model itself.
 """
 
 import asyncio
 import base64
 import errno
+import functools
+import json
 import logging
+import os
 import signal
 import socket
 import sys
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
@@ -46,16 +52,18 @@ from fastapi import APIRouter, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi_offline import FastAPIOffline
-from omegaconf import DictConfig
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 from starlette.requests import Request as StarletteRequest
+from uvicorn.supervisors.multiprocess import Multiprocess
 
 from lenet.frame.errors import UserError
 from lenet.images.preparation import ImageError, ImageTooLarge, limit_png_text
 from lenet.inference.model_files import load
-from lenet.inference.request_limits import HostAndOrigin, allowed_hosts, with_header_timeout
+from lenet.inference.request_limits import HeaderDeadline, HostAndOrigin, Hosts, allowed_hosts, with_header_timeout
 from lenet.inference.trained_model import Predictor
 from lenet.runs.rundir import model_file
 
@@ -68,6 +76,8 @@ SPOOL = MB  # a raw upload beyond this waits on disk, not in memory (Starlette s
 PNG_TEXT = MB  # the most of a PNG's text chunks (metadata) kept, decompressed; more: 422 (Pillow's default: 64 MB)
 CLOSE = {"connection": "close"}  # a response header: uvicorn closes the connection once it is sent
 SHUTDOWN_S = 5  # requests still running when the server is told to stop get this long to finish
+START_S = 120  # `processes` > 1: each loads the model in a new interpreter (imports included) within this
+SETTINGS = "LENET_SERVE_SETTINGS"  # `processes` > 1: the environment variable that hands each its settings
 
 
 class ServeError(UserError):
@@ -105,16 +115,15 @@ class Limits:
 
 
 def serve(cfg: DictConfig) -> None:
-    """Load the model, open the port, serve until Ctrl-C or SIGTERM."""
+    """Load the model, open the port, serve until Ctrl-C or SIGTERM: in this process, or in `processes` of its own."""
     classifier = load(model_file(cfg.ckpt_path, Path(cfg.outputs_dir)), device=cfg.device)
-    if cfg.threads and "torch" in sys.modules:  # a checkpoint or .pt2 runs on torch; an .onnx on onnxruntime alone
-        sys.modules["torch"].set_num_threads(cfg.threads)
+    set_threads(cfg.threads)
     sock = listen(cfg.host, cfg.port)
     host, port = sock.getsockname()[:2]
-    app = create_app(classifier, cfg, allowed_hosts(cfg.allowed_hosts, cfg.host, host))
-    server = uvicorn.Server(server_config(app, cfg))
+    hosts = allowed_hosts(cfg.allowed_hosts, cfg.host, host)
     url = f"http://{f'[{host}]' if ':' in host else host}:{port}/"
-    log.info(
+    serving = functools.partial(
+        log.info,
         "Serving %s (%s, %d classes) at %s: the page at /, POST /predict, docs at /docs. Ctrl-C stops.",
         classifier.source.name, classifier.dataset, len(classifier.classes), url,
     )  # fmt: skip
@@ -122,7 +131,12 @@ def serve(cfg: DictConfig) -> None:
     # that into an ordinary end instead of a KeyboardInterrupt traceback (SIGINT) or a kill (SIGTERM).
     previous = {number: signal.signal(number, _stop) for number in (signal.SIGINT, signal.SIGTERM)}
     try:
-        server.run(sockets=[sock])
+        if cfg.processes > 1:
+            Processes(processes_config(cfg, classifier.source, hosts), [sock], serving).run()
+        else:
+            server = uvicorn.Server(server_config(create_app(classifier, cfg, hosts), cfg))
+            serving()
+            server.run(sockets=[sock])
     except Stopped as stop:
         log.info("Stopped (%s)", signal.Signals(stop.args[0]).name)
     finally:
@@ -131,22 +145,81 @@ def serve(cfg: DictConfig) -> None:
         sock.close()
 
 
+def set_threads(threads: int | None) -> None:
+    if threads and "torch" in sys.modules:  # a checkpoint or .pt2 runs on torch; an .onnx on onnxruntime alone
+        sys.modules["torch"].set_num_threads(threads)
+
+
 def _stop(number, frame):
     raise Stopped(number)
 
 
-def server_config(app, cfg: DictConfig):
+def server_config(app, cfg: DictConfig, **settings):
     """uvicorn's settings: the app's loggers left to Hydra's logging, no lifespan, a bounded graceful stop, and h11
     with a deadline for request heads (named, not "auto": that would pick httptools wherever it is installed)."""
     logging.getLogger("uvicorn.error").setLevel(logging.WARNING)  # its start and stop notes; the start line says it
+    settings = {"http": with_header_timeout(cfg.header_timeout_s), "log_config": None, **settings}
     return uvicorn.Config(
-        app,
-        http=with_header_timeout(cfg.header_timeout_s),
-        log_config=None,
-        access_log=cfg.access_log,
-        lifespan="off",
-        timeout_graceful_shutdown=SHUTDOWN_S,
+        app, access_log=cfg.access_log, lifespan="off", timeout_graceful_shutdown=SHUTDOWN_S, **settings
     )
+
+
+class Processes(Multiprocess):
+    """uvicorn's supervisor of server processes (spawned: each a new interpreter that loads the model, so an .onnx
+    session's threads and a GPU work in each), sharing the listening socket. It says when they all serve, and a
+    stopping signal ends it as it ends one process: each process finishes its requests, then `Stopped`."""
+
+    def __init__(self, config: uvicorn.Config, sockets: list[socket.socket], serving: Callable[[], None]):
+        super().__init__(config, sockets)
+        self.serving = serving
+        self.stopped_by: int | None = None
+
+    def init_processes(self) -> None:
+        super().init_processes()
+        if all(process.wait_until_ready(START_S, self.should_exit) for process in self.processes):
+            self.serving()
+        elif not (self.should_exit.is_set() or self.signal_queue):  # Ctrl-C while they started: `run` stops
+            self.terminate_all()
+            self.join_all()
+            raise ServeError(f"the server processes did not start (each has {START_S} s): see the lines above")
+
+    def handle_int(self) -> None:
+        self.stopped_by = signal.SIGINT
+        super().handle_int()
+
+    def handle_term(self) -> None:
+        self.stopped_by = signal.SIGTERM
+        super().handle_term()
+
+    def run(self) -> None:
+        super().run()
+        if self.stopped_by is not None:
+            raise Stopped(self.stopped_by)
+
+
+def processes_config(cfg: DictConfig, model: Path, hosts: Hosts) -> uvicorn.Config:
+    """uvicorn's settings for `processes` of their own: what each needs to build its app (`app_of_a_process`) goes
+    through the environment, which spawned processes inherit; each logs as this one does (Hydra's logging)."""
+    settings = {**OmegaConf.to_container(cfg, resolve=True), "ckpt_path": str(model)}  # `last` resolved once
+    os.environ[SETTINGS] = json.dumps({"cfg": settings, "hosts": hosts.names, "reached": hosts.reached})
+    logging_config = None
+    if HydraConfig.initialized():
+        logging_config = OmegaConf.to_container(HydraConfig.get().job_logging, resolve=True)
+        logging_config.setdefault("loggers", {})["uvicorn.error"] = {"level": "WARNING"}
+    http = f"{HeaderDeadline.__module__}:{HeaderDeadline.__name__}"  # by name: a spawned process imports it
+    return server_config(
+        f"{__name__}:app_of_a_process", cfg, http=http, log_config=logging_config, factory=True, workers=cfg.processes
+    )
+
+
+def app_of_a_process():
+    """The app of one of `processes` server processes (uvicorn's app factory, run in the process it spawned)."""
+    settings = json.loads(os.environ[SETTINGS])
+    cfg = OmegaConf.create(settings["cfg"])
+    HeaderDeadline.timeout_s = cfg.header_timeout_s  # this process serves only this app
+    classifier = load(Path(cfg.ckpt_path), device=cfg.device)
+    set_threads(cfg.threads)
+    return create_app(classifier, cfg, Hosts(tuple(settings["hosts"]), settings["reached"]))
 
 
 def listen(host: str, port: int) -> socket.socket:
@@ -190,6 +263,7 @@ def answer(classifier: Predictor, file: BinaryIO, max_pixels: int, max_decoded: 
 def health(classifier: Predictor, limits: Limits) -> dict:
     return {
         "status": "ok",
+        "process": os.getpid(),  # which of `processes` answered
         "model": classifier.source.name,
         "dataset": classifier.dataset,
         "classes": classifier.classes,
