@@ -495,6 +495,30 @@ def test_validation_and_test_batches_evaluated_in_chunks_give_one_pass_logits():
     torch.testing.assert_close(chunked, whole, rtol=0, atol=1e-6)
 
 
+def test_hooks_a_callback_defines_still_run_once_undefined_ones_are_skipped():
+    # lenet.training.hook_calls skips the hooks no callback defines (speed): one defined by a class, or set on an
+    # instance as LambdaCallback does, must still run at every step.
+    import lightning as L
+    from lightning.pytorch.callbacks import LambdaCallback
+    from lightning.pytorch.demos.boring_classes import BoringModel
+
+    from lenet.training.hook_calls import skip_undefined_hooks
+
+    class CountsBackward(L.Callback):
+        calls = 0
+
+        def on_before_backward(self, trainer, module, loss):
+            CountsBackward.calls += 1
+
+    after = []
+    counted = [CountsBackward(), LambdaCallback(on_after_backward=lambda *_: after.append(1))]
+    skip_undefined_hooks()
+    trainer = L.Trainer(max_steps=3, limit_val_batches=0, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, callbacks=counted)  # fmt: skip
+    trainer.fit(BoringModel())
+    assert (CountsBackward.calls, len(after)) == (3, 3)
+
+
 # --- What it reports ---
 
 

@@ -39,6 +39,7 @@ from lenet.training.checkpoints import (
     check_same_run,
 )
 from lenet.training.cpus import set_threads
+from lenet.training.hook_calls import skip_undefined_hooks
 from lenet.training.hparams import logged_hparams, overrides_and_swept, shown_hparams
 from lenet.training.module import LeNetModule
 from lenet.training.progress import Progress
@@ -58,6 +59,7 @@ class TrainingInterrupted(UserError):
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit, test the best checkpoint, write `metrics.json` in `cfg.run_dir`; return the final metrics."""
     quiet_lightning()
+    skip_undefined_hooks()
     plain = OmegaConf.to_container(cfg, resolve=True)  # checkpoints must hold plain containers
     run_dir = Path(cfg.run_dir)
     rundir.remove_partial_writes(run_dir)  # an earlier attempt's, killed while it saved
