@@ -26,7 +26,7 @@ from processes import timed_child
 TORCH_FLOOR = [sys.executable, "-c", "import torch"]
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081  # lenet.frame.mnist_family's record of MNIST
 # The speedrun's recipe (conf/experiment/speedrun.yaml over conf/optimizer/sgd.yaml and conf/scheduler/onecycle.yaml)
-BATCH, LR, MOMENTUM, WEIGHT_DECAY, PCT_START = 256, 0.8, 0.8, 5e-4, 0.25
+BATCH, LR, MOMENTUM, WEIGHT_DECAY, PCT_START = 256, 0.6, 0.8, 5e-4, 0.25
 
 
 def idx(path: Path, offset: int):
