@@ -41,6 +41,7 @@ from torch import nn
 from torchvision import datasets, transforms
 from torchvision.datasets.vision import VisionDataset
 
+import predict_cores
 import report as report_bench
 import speedrun
 from lenet import CONFIG_DIR
@@ -212,6 +213,18 @@ def import_floor(runs: int) -> dict:
         "floor_s": statistics.median(floor["wall_s"] for floor in floors),
         "floor_rss_mb": statistics.median(floor["peak_rss_mb"] for floor in floors),
     }
+
+
+def predict_on_every_cpu(args, common: list[str]) -> dict:
+    """predict_cores.py's pairs, with a model trained for it in a few steps (its speed is not its accuracy's)."""
+    with tempfile.TemporaryDirectory(prefix="lenet-bench-predict-") as tmp:
+        run_dir = Path(tmp) / "run"
+        given = [override for override in common if not override.startswith(("trainer.", "++trainer."))]
+        overrides = [*given, "trainer.max_epochs=1", "++trainer.limit_train_batches=10", "logger=none"]
+        subprocess.run([sys.executable, "-m", "lenet.train", *overrides, f"hydra.run.dir={run_dir}"], check=True,
+                       cwd=REPO, capture_output=True)  # fmt: skip
+        n, pairs = (1100, 1) if args.quick else (2000, predict_cores.PAIRS)
+        return predict_cores.measure(run_dir, args.data_root, args.dataset, n, pairs)
 
 
 def time_to_target(run: dict, target: float) -> tuple[int | None, float | None]:
@@ -464,7 +477,7 @@ def main():
     sections.append(
         "## lenet.report over a big sweep\n\n" + "\n".join(line for line in report_lines if line not in goal)
     )
-    checks = check_lines(rows, floor) + goal
+    checks = check_lines(rows, floor) + goal + predict_cores.check_lines(predict_on_every_cpu(args, common))
     if fastest:
         checks += speedrun.check_lines(fastest)
     else:
