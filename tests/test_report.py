@@ -17,7 +17,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 from lenet import CONFIG_DIR
 from lenet.frame.quoting import markdown_cell
-from lenet.runs import sweep_report
+from lenet.runs import jobs, sweep_report
 from lenet.runs.comparison import _power, _seeds_needed, difference
 from lenet.runs.jobs import curve, read_runs
 from lenet.runs.sweep_report import configurations, report_figure
@@ -113,6 +113,20 @@ def test_curves_come_from_tensorboard_events_or_a_csv_logger(tmp_path):
     rows = "epoch,step,train/loss,val/acc\n0,9,1.2,\n0,9,,0.4\n1,19,0.9,\n1,19,,0.55\n"
     (tmp_path / "csv" / "csv" / "metrics.csv").write_text(rows)
     assert curve(tmp_path / "csv") == [(1, 0.4), (2, 0.55)]
+
+
+def test_an_events_file_larger_than_what_is_read_gives_its_first_points(tmp_path, monkeypatch):
+    # A folder from elsewhere may hold an events file of any size: it is read up to EVENTS_READ, never whole.
+    events = tmp_path / "events"
+    with SummaryWriter(events) as writer:
+        for epoch in range(200):
+            writer.add_scalar("epoch", epoch, epoch)
+            writer.add_scalar("val/acc", epoch / 200, epoch)
+    whole = curve(events)
+    (path,) = events.glob("events.out.tfevents.*")
+    monkeypatch.setattr(jobs, "EVENTS_READ", path.stat().st_size // 2)
+    first = curve(events)
+    assert len(whole) == 200 and 0 < len(first) < 200 and first == whole[: len(first)]
 
 
 def test_runs_from_several_folders_are_compared_by_their_configs(tmp_path, capsys):

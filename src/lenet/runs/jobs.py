@@ -33,6 +33,7 @@ from lenet.runs.multirun import MULTIRUN, sweep_record
 SEED = "seed"  # the one key configurations are pooled over
 CURVE = "val/acc"  # logged once per epoch
 OVERRIDES, HYDRA, CONFIG = ".hydra/overrides.yaml", ".hydra/hydra.yaml", ".hydra/config.yaml"
+EVENTS_READ = 256 << 20  # of an events file, what is read: a lenet run's are a few MB (a grid image an epoch)
 
 
 @dataclass
@@ -264,7 +265,9 @@ def _scalars(path: Path) -> dict[str, list[tuple[int, float]]]:
     (about 30 ms a run dir: 30 s for a sweep of 1,000). A damaged or cut-off record ends the file's points."""
     scalars: dict[str, list[tuple[int, float]]] = {}
     with open(path, "rb") as file:  # read whole, in one call: two reads a record cost more than the parsing
-        data = file.read(os.fstat(file.fileno()).st_size)  # as long as it was when opened: a running job's grows
+        # as long as it was when opened (a running job's grows), and at most EVENTS_READ: a folder from elsewhere
+        # may hold a file of any size, whose points past that are left out as a cut-off file's
+        data = file.read(min(os.fstat(file.fileno()).st_size, EVENTS_READ))
     start = 0
     # A record: the event's length (8 bytes), their CRC (4), the event, its CRC (4).
     while start + 12 <= len(data):
