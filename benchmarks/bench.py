@@ -48,7 +48,7 @@ from lenet import CONFIG_DIR
 from lenet.training.datasets import DATASETS, idx_files
 from lenet.training.idx import read_idx
 from lenet.training.network import LeNet
-from processes import MB, REPO, cpu_snapshot, other_cores, run_child, timed_child
+from processes import MB, REPO, cpu_snapshot, other_cores, run_child
 
 SEED_BATCH, SEED_LR, SEED_MOMENTUM, SEED_WORKERS = 64, 0.001, 0.9, 2
 WARMUP_BATCHES = 20  # excluded from (a)/(b) timing: first-call allocations and worker start-up
@@ -176,7 +176,7 @@ def run_lenet_train(name: str, overrides: list[str], cfg, common: list[str], tim
         before = cpu_snapshot()
         run = {"name": name, "overrides": overrides, "batch_size": cfg.data.batch_size, "finished": False}
         try:
-            returncode, rss_kib = run_child([sys.executable, "-m", "lenet.train", *args], log, timeout)
+            returncode, rss_kib, _ = run_child([sys.executable, "-m", "lenet.train", *args], log, timeout)
         except subprocess.TimeoutExpired:
             others = other_cores(before)
             print(f"    killed at the time limit, after {timeout:.0f} s; other processes used {others:.1f} cores")
@@ -206,9 +206,8 @@ def import_floor(runs: int) -> dict:
     """`python -c "import torch, lightning"` in whole processes: the time and memory every run spends before any work
     of its own (medians), after one run that warms the page cache."""
     print(f"the import floor: {' '.join(speedrun.FLOOR[1:])}, {runs} times", flush=True)
-    with tempfile.TemporaryDirectory(prefix="lenet-floor-") as tmp:
-        timed_child(speedrun.FLOOR, Path(tmp) / "warm-up.log", speedrun.TIMEOUT_S)
-        floors = [timed_child(speedrun.FLOOR, Path(tmp) / "floor.log", speedrun.TIMEOUT_S) for _ in range(runs)]
+    speedrun.warm_up()
+    floors = speedrun.floors(runs)
     return {
         "floor_s": statistics.median(floor["wall_s"] for floor in floors),
         "floor_rss_mb": statistics.median(floor["peak_rss_mb"] for floor in floors),

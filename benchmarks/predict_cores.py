@@ -16,12 +16,12 @@ import statistics
 import sys
 import tempfile
 import time
-from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 
 from predict import photo, run, test_split
+from processes import logged_at
 
 GOAL = 1.7
 PAIRS = 3
@@ -41,7 +41,7 @@ def timed_predict(command: list[str], one_cpu: bool) -> tuple[float, float]:
     started = time.time()
     wall, output = run(command, one_cpu=one_cpu)
     stamp = next(match["at"] for line in output.splitlines() if (match := START.match(line)))
-    begun = datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f").timestamp() - started
+    begun = logged_at(stamp) - started
     return wall, wall - begun
 
 

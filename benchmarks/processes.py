@@ -11,6 +11,7 @@ import resource
 import signal
 import subprocess
 import time
+from datetime import datetime
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -51,8 +52,9 @@ def peak_rss_kib(pid: int) -> int:
     return 0
 
 
-def run_child(command: list[str], log: Path, timeout: float) -> tuple[int, int]:
-    """Run `command` with its output in `log`; return its exit code and peak RSS in KiB.
+def run_child(command: list[str], log: Path, timeout: float) -> tuple[int, int, float]:
+    """Run `command` with its output in `log`; return its exit code, peak RSS in KiB and CPU seconds (user and
+    system: steadier than the wall clock on a busy machine).
 
     Polls every 20 ms: VmHWM only grows, so the last reading before exit is the peak (a rise in the last
     20 ms, during shutdown, would be missed). A timeout or Ctrl-C kills the child's whole process group.
@@ -61,12 +63,15 @@ def run_child(command: list[str], log: Path, timeout: float) -> tuple[int, int]:
         proc = subprocess.Popen(command, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     deadline, peak = time.perf_counter() + timeout, 0
     try:
-        while proc.poll() is None:
+        while True:
             peak = max(peak, peak_rss_kib(proc.pid))
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here: Popen must not wait for it
+                return proc.returncode, peak, usage.ru_utime + usage.ru_stime
             if time.perf_counter() > deadline:
                 raise subprocess.TimeoutExpired(command, timeout)
             time.sleep(POLL_S)
-        return proc.returncode, peak
     except BaseException:
         with contextlib.suppress(ProcessLookupError):  # it may have just ended by itself
             os.killpg(proc.pid, signal.SIGKILL)
@@ -74,13 +79,19 @@ def run_child(command: list[str], log: Path, timeout: float) -> tuple[int, int]:
         raise
 
 
+def logged_at(stamp: str) -> float:
+    """time.time() of a lenet log line's stamp (Hydra's format: `2026-12-08 04:11:27,316`)."""
+    return datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f").timestamp()
+
+
 def timed_child(command: list[str], log: Path, timeout: float) -> dict:
     """`run_child` with the wall clock around it: its `started` (time.time(), to place the child's log lines on),
     `wall_s`, `peak_rss_mb`, `returncode` and `other_cores`."""
     before, started = cpu_snapshot(), time.time()
-    returncode, rss_kib = run_child(command, log, timeout)
+    returncode, rss_kib, cpu_s = run_child(command, log, timeout)
     return {
         "started": started,
+        "cpu_s": cpu_s,
         "wall_s": time.perf_counter() - before[2],
         "peak_rss_mb": rss_kib * 1024 / MB if rss_kib else None,
         "returncode": returncode,

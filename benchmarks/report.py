@@ -25,12 +25,11 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import yaml
 
-from processes import POLL_S, peak_rss_kib
+from processes import timed_child
 
 TARGET_JOBS, TARGET_S = 1000, 10.0  # a report over 1,000 jobs within 10 s, whole process
 SEEDS = 10  # per configuration
@@ -39,7 +38,7 @@ LEARNING_RATES = [f"{0.005 * 2**i:g}" for i in range(10)]
 WEIGHT_DECAYS = ["0", "1e-05", "3e-05", "0.0001", "0.0003", "0.001", "0.003", "0.01", "0.03", "0.1"]
 LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
-KB = 1024  # /proc VmHWM is in KiB
+TIMEOUT_S = 600  # one report, on the busiest machine
 
 
 WRITE_DATA = """
@@ -137,24 +136,13 @@ def _results(metrics: dict, rate: str, decay: str, seed: int) -> dict:
 
 
 def time_report(sweep: Path) -> tuple[float, float, float]:
-    """Seconds, CPU seconds (user and system: steadier than the wall clock on a busy machine) and peak RSS (MB, its
-    VmHWM: not ru_maxrss, which a child forked from a process that has torch loaded inherits) of
-    `python -m lenet.report sweep` as a whole process."""
-    start = time.perf_counter()
-    process = subprocess.Popen([sys.executable, "-m", "lenet.report", str(sweep)], stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE)  # fmt: skip
-    peak = 0
-    while True:
-        peak = max(peak, peak_rss_kib(process.pid))
-        pid, status, usage = os.wait4(process.pid, os.WNOHANG)
-        if pid:
-            break
-        time.sleep(POLL_S)
-    seconds = time.perf_counter() - start
-    if os.waitstatus_to_exitcode(status):
-        raise SystemExit(f"error: lenet.report {sweep} failed: {process.stderr.read().decode()[-2000:]}")
-    process.stderr.close()
-    return seconds, usage.ru_utime + usage.ru_stime, peak / KB
+    """Seconds, CPU seconds and peak RSS (MB, 10^6 bytes, as bench.py's) of `python -m lenet.report sweep` as a
+    whole process."""
+    log = sweep.parent / f"{sweep.name}.log"
+    child = timed_child([sys.executable, "-m", "lenet.report", str(sweep)], log, TIMEOUT_S)
+    if child["returncode"]:
+        raise SystemExit(f"error: lenet.report {sweep} failed: {log.read_text()[-2000:]}")
+    return child["wall_s"], child["cpu_s"], child["peak_rss_mb"]
 
 
 def measure(jobs_counts=(100, 1000), repeats: int = 3, template: Path | None = None, keep: Path | None = None) -> dict:

@@ -18,10 +18,9 @@ import statistics
 import sys
 import tempfile
 import time
-from datetime import datetime
 from pathlib import Path
 
-from processes import timed_child
+from processes import logged_at, timed_child
 
 FLOOR = [sys.executable, "-c", "import torch, lightning"]
 SEEDS = (1, 2, 3, 4, 5)
@@ -38,7 +37,7 @@ def log_times(log: Path) -> dict[str, float]:
     found = {}
     for line in log.read_text(errors="replace").splitlines():
         if match := LINE.match(line):
-            found[match["text"]] = datetime.strptime(match["at"], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+            found[match["text"]] = logged_at(match["at"])
     return found
 
 
@@ -69,20 +68,31 @@ def speedrun(mnist_root: Path, seed: int, timeout: float) -> dict:
     }
 
 
+def warm_up() -> None:
+    """One import floor, not timed: it puts the stack's files in the page cache, where the runs after find them."""
+    with tempfile.TemporaryDirectory(prefix="lenet-floor-") as tmp:
+        timed_child(FLOOR, Path(tmp) / "warm-up.log", TIMEOUT_S)
+
+
+def floors(runs: int) -> list[dict]:
+    """The import floor `runs` times, each a whole process."""
+    with tempfile.TemporaryDirectory(prefix="lenet-floor-") as tmp:
+        return [timed_child(FLOOR, Path(tmp) / "floor.log", TIMEOUT_S) for _ in range(runs)]
+
+
 def measure(mnist_root: Path, seeds=SEEDS, deadline: float | None = None) -> dict:
     """The floor and a speedrun in turn for each seed, after one floor run to warm the page cache; past `deadline`
     (time.perf_counter()), no further seed is started (at least one is)."""
     print(f"speedrun: the import floor and experiment=speedrun in turn, seeds {', '.join(map(str, seeds))}")
-    floors, runs = [], []
-    with tempfile.TemporaryDirectory(prefix="lenet-floor-") as tmp:
-        timed_child(FLOOR, Path(tmp) / "warm-up.log", TIMEOUT_S)
-        for seed in seeds:
-            if runs and deadline and time.perf_counter() > deadline:
-                print(f"    the time limit: seeds {', '.join(str(run['seed']) for run in runs)} only")
-                break
-            floors.append(timed_child(FLOOR, Path(tmp) / "floor.log", TIMEOUT_S))
-            runs.append(speedrun(mnist_root, seed, TIMEOUT_S))
-    return summary(floors, runs)
+    warm_up()
+    taken, runs = [], []
+    for seed in seeds:
+        if runs and deadline and time.perf_counter() > deadline:
+            print(f"    the time limit: seeds {', '.join(str(run['seed']) for run in runs)} only")
+            break
+        taken += floors(1)
+        runs.append(speedrun(mnist_root, seed, TIMEOUT_S))
+    return summary(taken, runs)
 
 
 def summary(floors: list[dict], runs: list[dict]) -> dict:
