@@ -24,9 +24,22 @@ import speedrun
 from processes import timed_child
 
 TORCH_FLOOR = [sys.executable, "-c", "import torch"]
-MNIST_MEAN, MNIST_STD = 0.1307, 0.3081  # lenet.frame.mnist_family's record of MNIST
 # The speedrun's recipe (conf/experiment/speedrun.yaml over conf/optimizer/sgd.yaml and conf/scheduler/onecycle.yaml)
-BATCH, LR, MOMENTUM, WEIGHT_DECAY, PCT_START = 256, 0.6, 0.8, 5e-4, 0.25
+
+
+def speedrun_recipe() -> dict:
+    """The values the plain script takes from `experiment=speedrun`'s config (conf/ is their one source): composed
+    here, in the parent, so that the plain script imports neither Hydra nor lenet's config."""
+    from hydra import compose, initialize_config_dir
+
+    from lenet import CONFIG_DIR
+
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose("config", overrides=["experiment=speedrun", "data=mnist"])
+    optimizer, data = cfg.optimizer, cfg.data
+    return {"batch": data.batch_size, "mean": data.mean, "std": data.std, "lr": optimizer.lr,
+            "momentum": optimizer.momentum, "nesterov": optimizer.nesterov, "weight_decay": optimizer.weight_decay,
+            "pct_start": cfg.scheduler.pct_start, "cycle_momentum": cfg.scheduler.cycle_momentum}  # fmt: skip
 
 
 def idx(path: Path, offset: int):
@@ -35,7 +48,7 @@ def idx(path: Path, offset: int):
     return np.fromfile(path, dtype=np.uint8, offset=offset)
 
 
-def plain(root: Path, seed: int) -> None:
+def plain(root: Path, seed: int, recipe: dict) -> None:
     """The speedrun's recipe as a plain script; prints its test accuracy and training time as JSON."""
     import torch
 
@@ -47,17 +60,27 @@ def plain(root: Path, seed: int) -> None:
     labels = {split: torch.from_numpy(idx(root / f"{split}-labels-idx1-ubyte", 8)).long() for split in images}
     model = LeNet(batch_norm=True)
     optimizer = torch.optim.SGD(
-        model.parameters(), lr=LR, momentum=MOMENTUM, nesterov=True, weight_decay=WEIGHT_DECAY, fused=True
+        model.parameters(),
+        lr=recipe["lr"],
+        momentum=recipe["momentum"],
+        nesterov=recipe["nesterov"],
+        weight_decay=recipe["weight_decay"],
+        fused=True,
     )
-    steps = -(-len(labels["train"]) // BATCH)
+    batch, mean, std = recipe["batch"], recipe["mean"], recipe["std"]
+    steps = -(-len(labels["train"]) // batch)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=LR, total_steps=steps, pct_start=PCT_START, cycle_momentum=False
+        optimizer,
+        max_lr=recipe["lr"],
+        total_steps=steps,
+        pct_start=recipe["pct_start"],
+        cycle_momentum=recipe["cycle_momentum"],
     )
     started = time.perf_counter()
     order = torch.randperm(len(labels["train"]))
-    for start in range(0, len(order), BATCH):
-        index = order[start : start + BATCH]
-        x = (images["train"].index_select(0, index).float() / 255 - MNIST_MEAN) / MNIST_STD
+    for start in range(0, len(order), batch):
+        index = order[start : start + batch]
+        x = (images["train"].index_select(0, index).float() / 255 - mean) / std
         loss = torch.nn.functional.cross_entropy(model(x), labels["train"].index_select(0, index))
         optimizer.zero_grad()
         loss.backward()
@@ -66,16 +89,15 @@ def plain(root: Path, seed: int) -> None:
     train_s = time.perf_counter() - started
     model.eval()
     with torch.inference_mode():
-        x = (images["t10k"].float() / 255 - MNIST_MEAN) / MNIST_STD
+        x = (images["t10k"].float() / 255 - mean) / std
         acc = (model(x).argmax(1) == labels["t10k"]).float().mean().item()
     print(json.dumps({"test_acc": acc, "train_s": train_s}))
 
 
-def plain_process(root: Path, seed: int, tmp: Path) -> dict:
+def plain_process(root: Path, seed: int, recipe: dict, tmp: Path) -> dict:
     log = tmp / "plain.log"
-    child = timed_child(
-        [sys.executable, __file__, "plain", "--mnist-root", str(root), "--seed", str(seed)], log, speedrun.TIMEOUT_S
-    )
+    command = [sys.executable, __file__, "plain", "--mnist-root", str(root), "--seed", str(seed)]
+    child = timed_child([*command, "--recipe", json.dumps(recipe)], log, speedrun.TIMEOUT_S)
     if child["returncode"] != 0:
         raise SystemExit(f"the plain script failed:\n{log.read_text()[-3000:]}")
     return child | json.loads(log.read_text().strip().splitlines()[-1])
@@ -91,6 +113,7 @@ def original(root: Path, tmp: Path) -> dict:
 
 def measure(root: Path, seeds) -> dict:
     rows = {"import torch": [], "import torch, lightning": [], "plain script": [], "experiment=speedrun": []}
+    recipe = speedrun_recipe()
     with tempfile.TemporaryDirectory(prefix="lenet-t99-") as tmp:
         tmp = Path(tmp)
         timed_child(speedrun.FLOOR, tmp / "warm-up.log", speedrun.TIMEOUT_S)
@@ -98,7 +121,7 @@ def measure(root: Path, seeds) -> dict:
             print(f"seed {seed}", flush=True)
             rows["import torch"].append(timed_child(TORCH_FLOOR, tmp / "floor.log", speedrun.TIMEOUT_S))
             rows["import torch, lightning"].append(timed_child(speedrun.FLOOR, tmp / "floor.log", speedrun.TIMEOUT_S))
-            rows["plain script"].append(plain_process(root, seed, tmp))
+            rows["plain script"].append(plain_process(root, seed, recipe, tmp))
             rows["experiment=speedrun"].append(speedrun.speedrun(root, seed, speedrun.TIMEOUT_S))
         rows["experiment=original, 10 epochs (seed 42)"] = [original(root, tmp)]
     return rows
@@ -123,9 +146,10 @@ def main() -> None:
     parser.add_argument("--mnist-root", required=True, type=Path)
     parser.add_argument("--seeds", type=int, nargs="+", default=list(speedrun.SEEDS))
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--recipe", type=json.loads, help="plain: the speedrun's values, as JSON")
     args = parser.parse_args()
     if args.what == "plain":
-        return plain(args.mnist_root, args.seed)
+        return plain(args.mnist_root, args.seed, args.recipe or speedrun_recipe())
     print(table(measure(args.mnist_root, args.seeds)))
 
 
